@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each writes JSON under bench/results/ and prints a one-line summary."""

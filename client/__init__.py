@@ -1,0 +1,1 @@
+"""Site side: the ClientApp that trains and evaluates on a hospital's own data."""

@@ -1,0 +1,41 @@
+"""Which data a ClientApp trains on: a simulated site's partition, or a site's own files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from common.config import ConfigError, RunConfig
+from common.datasets import Split, TaskInfo, load_dataset
+
+PARTITION_ID = "partition-id"   # set by Flower's simulation engine on each virtual SuperNode
+DATA_PATH = "data-path"         # set by a site operator: `--node-config data-path=...`
+SITE_ID = "site-id"
+
+
+@dataclass(frozen=True)
+class LocalSite:
+    site: int
+    train: Split
+    test: Split
+    task: TaskInfo
+
+
+def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
+    """Simulation: rebuild this node's partition (deterministic from cfg). Deployment: read the
+    site's own MedMNIST-layout file given as node config `data-path`."""
+    if PARTITION_ID in node_config:
+        # Imported here: only simulated sites need the partitioner (simulations/ imports common/).
+        from simulations.partition import site_data
+
+        part = site_data(cfg, int(node_config[PARTITION_ID]))
+        return LocalSite(part.site, part.train, part.test, load_dataset(cfg).task)
+    if DATA_PATH in node_config:
+        local_cfg = cfg.replace(dataset="medmnist", data_path=str(node_config[DATA_PATH]))
+        data = load_dataset(local_cfg)
+        if data.test is None:
+            raise ConfigError(f"{node_config[DATA_PATH]}: the site's file has no test split")
+        site = int(node_config.get(SITE_ID, 0))
+        return LocalSite(site, data.train, data.test, data.task)
+    raise ConfigError(f"node config has neither '{PARTITION_ID}' (simulation) nor '{DATA_PATH}' "
+                      f"(a site's data file); got keys {sorted(node_config)}")

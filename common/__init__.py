@@ -1,0 +1,1 @@
+"""Shared building blocks: config, models, datasets, metrics, training. No Flower imports here."""

@@ -1,0 +1,234 @@
+"""Run configuration: one frozen dataclass, validated once at the edge.
+
+Every field is a plain str/int/float/bool so the same object maps 1:1 to Flower's run config
+(`[tool.flwr.app.config]`), to a Flower `ConfigRecord` sent to sites, and to CLI flags. Each field
+carries its help text and what it accepts in `metadata`; the CLI and `--help` are generated from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DATASETS = ("synthetic", "medmnist")
+MODELS = (
+    "resnet10", "resnet18", "resnet34", "resnet50", "densenet121", "unet", "cnn",
+)
+NORMS = ("group", "instance", "batch")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
+OPTIMIZERS = ("sgd", "adam")
+LOSSES = ("ce", "weighted_ce", "focal")
+LABEL_SKEWS = ("iid", "dirichlet", "pathological")
+QUANTITY_LAWS = ("powerlaw", "lognormal")
+BASELINES = ("local", "pooled")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, malformed or out of range (message says which)."""
+
+
+def _opt(default: Any, help: str, *, choices: tuple | None = None,
+         lo: float | None = None, hi: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """Parsed form of a partition string such as ``dirichlet:0.5+shift``."""
+
+    label: str = "iid"            # iid | dirichlet | pathological
+    alpha: float = 0.0            # Dirichlet concentration (label == "dirichlet")
+    classes_per_site: int = 0     # K (label == "pathological")
+    quantity: str = ""            # "" | powerlaw | lognormal: skewed site sizes
+    shift: bool = False           # per-site acquisition (scanner) profiles
+
+
+PARTITION_HELP = (
+    "terms joined by '+': one of iid | dirichlet:ALPHA | pathological:K, optionally "
+    "quantity[:powerlaw|lognormal] (with iid only) and shift, e.g. dirichlet:0.5+shift"
+)
+
+
+def parse_partition(spec: str) -> PartitionSpec:
+    """Parse ``iid``, ``dirichlet:0.5``, ``pathological:2``, ``quantity:lognormal``, ``+shift``."""
+    out: dict[str, Any] = {}
+    terms = [t.strip() for t in spec.split("+") if t.strip()]
+    if not terms:
+        raise ConfigError(f"partition={spec!r}: empty; expected {PARTITION_HELP}")
+    for term in terms:
+        name, _, arg = term.partition(":")
+        if name in LABEL_SKEWS:
+            if "label" in out:
+                raise ConfigError(f"partition={spec!r}: two label-skew terms; use one of "
+                                  f"{', '.join(LABEL_SKEWS)}")
+            out["label"] = name
+            if name == "dirichlet":
+                out["alpha"] = _number(spec, term, arg, float, lo=1e-3)
+            elif name == "pathological":
+                out["classes_per_site"] = _number(spec, term, arg, int, lo=1)
+            elif arg:
+                raise ConfigError(f"partition={spec!r}: 'iid' takes no argument")
+        elif name == "quantity":
+            law = arg or "powerlaw"
+            if law not in QUANTITY_LAWS:
+                raise ConfigError(f"partition={spec!r}: quantity law {law!r} unknown; "
+                                  f"expected one of {', '.join(QUANTITY_LAWS)}")
+            out["quantity"] = law
+        elif name == "shift" and not arg:
+            out["shift"] = True
+        else:
+            raise ConfigError(f"partition={spec!r}: unknown term {term!r}; expected {PARTITION_HELP}")
+    parsed = PartitionSpec(**out)
+    if parsed.quantity and parsed.label != "iid":
+        raise ConfigError(f"partition={spec!r}: quantity skew combines with iid labels (and shift) "
+                          f"only, not with {parsed.label}")
+    return parsed
+
+
+def _number(spec: str, term: str, arg: str, kind: type, lo: float) -> Any:
+    try:
+        value = kind(arg)
+    except ValueError:
+        raise ConfigError(f"partition={spec!r}: {term!r} needs a {kind.__name__} argument, "
+                          f"e.g. {term.split(':')[0]}:{'0.5' if kind is float else '2'}") from None
+    if value < lo:
+        raise ConfigError(f"partition={spec!r}: {term!r} must be >= {lo}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a federated run needs. Defaults give the README's quick demo."""
+
+    # --- data ---
+    dataset: str = _opt("synthetic", "dataset name", choices=DATASETS)
+    data_path: str = _opt("", "medmnist: path to an official .npz file, or a subset name "
+                              "(e.g. pneumoniamnist) to download into the cache; unused for synthetic")
+    image_size: int = _opt(28, "synthetic image side in pixels (medmnist: read from the file)",
+                           choices=(28, 64))
+    spatial_dims: int = _opt(2, "synthetic images: 2 (slices) or 3 (volumes)", choices=(2, 3))
+    num_samples: int = _opt(2400, "synthetic: number of images generated (train+val pool)",
+                            lo=20, hi=1_000_000)
+    # --- federation layout ---
+    sites: int = _opt(4, "number of simulated hospitals", lo=1, hi=1000)
+    partition: str = _opt("iid", PARTITION_HELP)
+    val_fraction: float = _opt(0.1, "share of each site's data held out for validation", lo=0.0, hi=0.5)
+    test_fraction: float = _opt(0.2, "share of each site's data held out as its own test split",
+                                lo=0.05, hi=0.5)
+    # --- model ---
+    model: str = _opt("resnet18", "network from the model registry", choices=MODELS)
+    norm: str = _opt("group", "normalisation layers (group/instance work with DP-SGD)", choices=NORMS)
+    width: int = _opt(16, "channels of the first stage; later stages scale from it", lo=4, hi=512)
+    # --- local training ---
+    local_epochs: int = _opt(1, "local epochs per round at each site", lo=1, hi=1000)
+    batch_size: int = _opt(32, "mini-batch size", lo=1, hi=65536)
+    lr: float = _opt(0.05, "local learning rate", lo=1e-7, hi=10.0)
+    optimizer: str = _opt("sgd", "local optimiser (sgd uses momentum)", choices=OPTIMIZERS)
+    momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
+    weight_decay: float = _opt(0.0, "L2 weight decay", lo=0.0, hi=1.0)
+    loss: str = _opt("ce", "loss: cross-entropy, class-weighted CE, or focal", choices=LOSSES)
+    focal_gamma: float = _opt(2.0, "focal loss gamma", lo=0.0, hi=10.0)
+    # --- server ---
+    rounds: int = _opt(5, "federated rounds", lo=1, hi=100_000)
+    strategy: str = _opt("fedavg", "aggregation strategy", choices=STRATEGIES)
+    fraction_train: float = _opt(1.0, "fraction of sites sampled each round", lo=0.01, hi=1.0)
+    proximal_mu: float = _opt(0.01, "FedProx proximal weight mu", lo=0.0, hi=100.0)
+    server_lr: float = _opt(0.01, "FedAdam/FedYogi server learning rate (eta)", lo=1e-6, hi=10.0)
+    trim_beta: float = _opt(0.2, "FedTrimmedAvg: fraction cut from each end", lo=0.0, hi=0.49)
+    krum_malicious: int = _opt(0, "Krum: number of malicious sites tolerated", lo=0, hi=1000)
+    # --- run ---
+    baselines: str = _opt("local,pooled", "comma-separated baselines trained with the same model "
+                                          "and compute ('' for none)")
+    seed: int = _opt(0, "seed for data, partition, model init and training", lo=0, hi=2**31 - 1)
+    output_dir: str = _opt("runs", "parent folder of run directories")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        parse_partition(self.partition)
+        unknown = set(self.baseline_list) - set(BASELINES)
+        if unknown:
+            raise ConfigError(f"baselines={self.baselines!r}: unknown {sorted(unknown)}; "
+                              f"allowed: {', '.join(BASELINES)}")
+        if self.dataset == "medmnist" and not self.data_path:
+            raise ConfigError("data_path='' but dataset='medmnist' needs a .npz file path or a "
+                              "MedMNIST subset name (e.g. pneumoniamnist)")
+
+    @property
+    def partition_spec(self) -> PartitionSpec:
+        return parse_partition(self.partition)
+
+    @property
+    def baseline_list(self) -> tuple[str, ...]:
+        return tuple(b.strip() for b in self.baselines.split(",") if b.strip())
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """Build from a mapping (CLI, JSON, Flower run config); keys may use '-' or '_'."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(names)}")
+            kwargs[name] = _coerce(names[name], value)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "RunConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read run config ({exc})") from None
+        return cls.from_dict(data)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert strings (CLI, Flower) to the field's type; reject what cannot be converted."""
+    kind = type(f.default)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            if str(value).lower() in ("1", "true", "yes"):
+                return True
+            if str(value).lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value) if kind is not int else int(float(value))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{f.name}={value!r}: expected {kind.__name__}") from None
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    kind = type(f.default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        if not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"{f.name}={value!r}: expected {kind.__name__}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        allowed = ", ".join(str(c) for c in meta["choices"])
+        raise ConfigError(f"{f.name}={value!r}: not allowed; expected one of {allowed}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{f.name}={value!r}: out of range; expected {lo} <= {f.name} <= {hi}")
+
+
+def describe_fields() -> list[tuple[str, Any, str, tuple | None]]:
+    """(name, default, help, choices) per field, for CLI generation and docs."""
+    return [(f.name, f.default, f.metadata["help"], f.metadata.get("choices"))
+            for f in dataclasses.fields(RunConfig)]

@@ -1,0 +1,88 @@
+"""The `fedclinic` console command. Every option's help ends with its default."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from common.config import ConfigError, RunConfig, describe_fields
+from common.datasets import DataError
+from fedclinic import __version__
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field: --local-epochs, --batch-size, ..."""
+    for name, default, help_text, choices in describe_fields():
+        flag = "--" + name.replace("_", "-")
+        shown = repr(default) if isinstance(default, str) else default
+        extra = f" [choices: {', '.join(map(str, choices))}]" if choices else ""
+        parser.add_argument(flag, dest=name, default=None, metavar=type(default).__name__.upper(),
+                            help=f"{help_text}{extra} (default: {shown})")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks on errors (default: off)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedclinic",
+        description="Federated learning for hospitals: train a shared model across sites that "
+                    "keep their data.")
+    parser.add_argument("--version", action="version", version=f"fedclinic {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sim = sub.add_parser(
+        "simulate", help="run a whole federation of simulated hospitals on this machine",
+        description="Partition a dataset into simulated hospitals, train with Flower's simulation "
+                    "engine, train the local and pooled baselines, and write a report to a new "
+                    "run directory under --output-dir.")
+    _add_run_options(sim)
+    sim.add_argument("--run-name", default=None,
+                     help="name of the run directory (default: time-dataset-partition-strategy-seed)")
+    sim.add_argument("--verbose", action="store_true",
+                     help="show Flower's and Ray's own log lines (default: off)")
+    _add_common(sim)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    values = {name: getattr(args, name) for name, *_ in describe_fields()
+              if getattr(args, name) is not None}
+    return RunConfig.from_dict(values)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulations.simulate import simulate
+
+    simulate(config_from_args(args), verbose=args.verbose, run_name=args.run_name)
+    return 0
+
+
+COMMANDS = {"simulate": _simulate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError) as exc:
+        if args.debug:
+            raise
+        print(f"fedclinic: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedclinic: interrupted; completed rounds and checkpoints are kept in the run "
+              "directory", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for people, traceback with --debug
+        if args.debug:
+            raise
+        print(f"fedclinic: error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

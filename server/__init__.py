@@ -1,0 +1,1 @@
+"""Coordinator side: the ServerApp, strategies, per-round records and checkpoints."""

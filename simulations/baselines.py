@@ -1,0 +1,64 @@
+"""Baselines with the same model, initial weights and compute as the federation.
+
+`local`: each site trains alone for rounds x local_epochs epochs on its own training split.
+`pooled`: one model trains for rounds x local_epochs epochs on every site's training data at once
+(what sharing the data would give). Both are scored on every site's test split and the global test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from common.config import RunConfig
+from common.datasets import Split
+from common.metrics import mean_metrics
+from common.models import build_model
+from common.training import evaluate, train_local
+from simulations.partition import Federation
+
+
+def initial_model(cfg: RunConfig, fed: Federation) -> torch.nn.Module:
+    """The same initial network the ServerApp starts from (seeded by cfg.seed)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, spatial_dims=fed.task.spatial_dims, in_channels=fed.task.channels,
+                       num_classes=fed.task.num_classes, norm=cfg.norm, width=cfg.width)
+
+
+def _score(model: torch.nn.Module, fed: Federation) -> dict:
+    sites = {str(s.site): evaluate(model, s.test, fed.task) for s in fed.sites}
+    glob = evaluate(model, fed.global_test, fed.task) if fed.global_test is not None else {}
+    return {"sites": sites, "global": glob}
+
+
+def run_local(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> dict:
+    """One model per site; each site's entry is its own model on its own test split."""
+    epochs = cfg.rounds * cfg.local_epochs
+    sites, globals_, weights = {}, [], []
+    for s in fed.sites:
+        model = initial_model(cfg, fed)
+        train_local(model, s.train, fed.task, cfg, epochs=epochs, seed=cfg.seed + 7919 * (s.site + 1))
+        sites[str(s.site)] = evaluate(model, s.test, fed.task)
+        if fed.global_test is not None:
+            globals_.append(evaluate(model, fed.global_test, fed.task))
+            weights.append(len(s.train))
+        echo(f"[baseline local] site {s.site}: test acc {sites[str(s.site)]['accuracy']:.3f}")
+    glob = mean_metrics(globals_, weights) if globals_ else {}
+    return {"sites": sites, "global": glob, "global_note": "mean of the local models, "
+            "weighted by training samples"}
+
+
+def run_pooled(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> dict:
+    """One model on the union of the sites' training data."""
+    model = initial_model(cfg, fed)
+    pooled = Split.concat([s.train for s in fed.sites])
+    train_local(model, pooled, fed.task, cfg, epochs=cfg.rounds * cfg.local_epochs,
+                seed=cfg.seed + 104729)
+    scores = _score(model, fed)
+    acc = scores["global"].get("accuracy")
+    echo("[baseline pooled] done" + (f": global acc {acc:.3f}" if acc is not None else ""))
+    return scores
+
+
+BASELINE_RUNNERS = {"local": run_local, "pooled": run_pooled}

@@ -1,0 +1,150 @@
+"""Run report: summary.json for scripts, sites.md and report.md for people, a learning-curve PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common import rundir  # noqa: E402
+
+
+def _ok(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def primary_metric(site_metrics: dict[str, dict]) -> str:
+    """AUC when every site has one (threshold-free, robust to imbalance), else accuracy."""
+    values = [m.get("auc") for m in site_metrics.values()]
+    return "auc" if values and all(_ok(v) for v in values) else "accuracy"
+
+
+def federation_helped(federated: dict[str, dict], local: dict[str, dict], metric: str
+                      ) -> dict[str, dict]:
+    """Per site: is the federated model better than the site's own model on the site's test?"""
+    out = {}
+    for site, fed_m in federated.items():
+        loc = local.get(site, {}).get(metric)
+        fed = fed_m.get(metric)
+        if not (_ok(loc) and _ok(fed)):
+            out[site] = {"helped": None, "delta": None}
+        else:
+            out[site] = {"helped": bool(fed > loc), "delta": fed - loc}
+    return out
+
+
+def build_summary(cfg: dict, history: list[dict], baselines: dict[str, dict], counts: dict,
+                  heterogeneity: float, wall_seconds: float) -> dict:
+    last = history[-1]
+    federated = {"global": last["global"],
+                 "sites": {s: v["test"] for s, v in last["sites"].items()}}
+    metric = primary_metric(federated["sites"])
+    summary = {
+        "config": cfg,
+        "rounds": last["round"],
+        "wall_seconds": round(wall_seconds, 2),
+        "heterogeneity": heterogeneity,
+        "site_counts": counts,
+        "primary_metric": metric,
+        "initial": {"global": history[0]["global"]},
+        "federated": federated,
+        **{name: result for name, result in baselines.items()},
+    }
+    if "local" in baselines:
+        summary["federation_helped"] = federation_helped(federated["sites"],
+                                                         baselines["local"]["sites"], metric)
+    return summary
+
+
+def _cell(metrics: dict | None, key: str) -> str:
+    value = (metrics or {}).get(key)
+    return f"{value:.3f}" if _ok(value) else "n/a"
+
+
+def sites_table(summary: dict) -> str:
+    """Markdown: per site, federated vs local vs pooled on that site's own test split."""
+    models = [m for m in ("federated", "local", "pooled") if m in summary]
+    head = ["site", "train", "test"] + [f"{m} {k}" for m in models for k in ("acc", "AUC")]
+    if "federation_helped" in summary:
+        head.append(f"did federation help this site? ({summary['primary_metric']})")
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for site, fed in summary["federated"]["sites"].items():
+        counts = summary["site_counts"].get(site, {})
+        cells = [site, str(counts.get("train", "")), str(counts.get("test", ""))]
+        for m in models:
+            site_m = summary[m]["sites"].get(site)
+            cells += [_cell(site_m, "accuracy"), _cell(site_m, "auc")]
+        if "federation_helped" in summary:
+            h = summary["federation_helped"][site]
+            cells.append("n/a" if h["helped"] is None else
+                         f"{'yes' if h['helped'] else 'no'} ({h['delta']:+.3f})")
+        rows.append("| " + " | ".join(cells) + " |")
+    glob = ["global test", "", ""]
+    for m in models:
+        glob += [_cell(summary[m].get("global"), "accuracy"), _cell(summary[m].get("global"), "auc")]
+    if "federation_helped" in summary:
+        glob.append("")
+    rows.append("| " + " | ".join(glob) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def plot_learning_curve(history: list[dict], summary: dict, path: Path) -> None:
+    rounds = [h["round"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "auc", "ROC-AUC")):
+        if any(_ok(h["global"].get(key)) for h in history):
+            ax.plot(rounds, [h["global"].get(key, math.nan) for h in history], "k-o", lw=2,
+                    label="federated, global test")
+        sites = sorted({s for h in history for s in h["sites"]}, key=int)
+        for s in sites:
+            pts = [(h["round"], h["sites"][s]["test"].get(key, math.nan)) for h in history
+                   if s in h["sites"] and h["sites"][s]["test"]]
+            if pts:
+                ax.plot(*zip(*pts), "--", alpha=0.7, label=f"site {s} test")
+        for name, style in (("pooled", "g:"), ("local", "r:")):
+            value = summary.get(name, {}).get("global", {}).get(key)
+            if _ok(value):
+                ax.axhline(value, color=style[0], ls=":", label=f"{name} baseline, global test")
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per round")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{summary['config']['dataset']} / {summary['config']['partition']} / "
+                 f"{summary['config']['strategy']} / {summary['config']['model']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
+    rundir.write_json(run_dir / rundir.SUMMARY, summary)
+    table = sites_table(summary)
+    (run_dir / rundir.SITES_TABLE).write_text(table)
+    plot_learning_curve(history, summary, run_dir / rundir.CURVE)
+    cfg = summary["config"]
+    lines = [
+        f"# fedclinic run: {cfg['dataset']}, {cfg['sites']} sites, partition `{cfg['partition']}`",
+        "",
+        f"Model `{cfg['model']}` (norm {cfg['norm']}, width {cfg['width']}), strategy "
+        f"`{cfg['strategy']}`, {summary['rounds']} rounds x {cfg['local_epochs']} local epoch(s), "
+        f"batch {cfg['batch_size']}, lr {cfg['lr']}, seed {cfg['seed']}. "
+        f"Wall time {summary['wall_seconds']:.1f} s. Label heterogeneity "
+        f"{summary['heterogeneity']:.3f} (0 = IID).",
+        "",
+        "Each site is scored on its own test split; baselines use the same model, initial weights "
+        "and number of epochs. `local` = the site's own model; its global-test row is the mean "
+        "of the local models.",
+        "",
+        table,
+        f"![learning curve]({rundir.CURVE})",
+        "",
+        "Partition: see [partition.md](partition.md) and ![partition](partition.png).",
+        "",
+    ]
+    (run_dir / rundir.REPORT).write_text("\n".join(lines))
