@@ -11,8 +11,8 @@ from common import rundir
 from common.config import RunConfig
 from fedclinic.cli import main
 
-SMALL = dict(dataset="synthetic", num_samples=360, sites=3, rounds=2, model="cnn", width=8,
-             batch_size=16, lr=0.05, seed=0)
+SMALL = dict(dataset="synthetic", num_samples=600, sites=3, rounds=2, local_epochs=2, model="cnn",
+             width=16, optimizer="adam", lr=0.003, batch_size=16, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def test_run_directory_has_every_artefact(run):
                  rundir.CURVE, rundir.SITES_TABLE, rundir.FINAL_MODEL, rundir.SUMMARY,
                  rundir.REPORT, rundir.CHECKPOINT):
         assert (run / name).is_file(), name
-    assert RunConfig.load(run / rundir.CONFIG) == RunConfig.from_dict(SMALL)
+    assert RunConfig.load(run / rundir.CONFIG) == RunConfig.from_dict(
+        {**SMALL, "output_dir": str(run.parent)})
     for png in ("partition.png", rundir.CURVE):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
