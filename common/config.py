@@ -123,9 +123,9 @@ class RunConfig:
     norm: str = _opt("group", "normalisation layers (group/instance work with DP-SGD)", choices=NORMS)
     width: int = _opt(16, "channels of the first stage; later stages scale from it", lo=4, hi=512)
     # --- local training ---
-    local_epochs: int = _opt(1, "local epochs per round at each site", lo=1, hi=1000)
-    batch_size: int = _opt(32, "mini-batch size", lo=1, hi=65536)
-    lr: float = _opt(0.05, "local learning rate", lo=1e-7, hi=10.0)
+    local_epochs: int = _opt(2, "local epochs per round at each site", lo=1, hi=1000)
+    batch_size: int = _opt(16, "mini-batch size", lo=1, hi=65536)
+    lr: float = _opt(0.02, "local learning rate", lo=1e-7, hi=10.0)
     optimizer: str = _opt("sgd", "local optimiser (sgd uses momentum)", choices=OPTIMIZERS)
     momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
     weight_decay: float = _opt(0.0, "L2 weight decay", lo=0.0, hi=1.0)

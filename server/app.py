@@ -56,8 +56,10 @@ def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         run_cfg = cfg or RunConfig.from_dict(dict(context.run_config))
-        directory = run_dir or rundir.create_run_dir(run_cfg)
-        print(f"fedclinic: run directory {directory}", file=sys.stderr, flush=True)
+        directory = run_dir
+        if directory is None:
+            directory = rundir.create_run_dir(run_cfg)
+            print(f"fedclinic: run directory {directory}", file=sys.stderr, flush=True)
         result, log = run_federation(grid, run_cfg, directory, echo)
         if outcome is not None:
             outcome.update(result=result, history=log.history)

@@ -108,7 +108,7 @@ def progress_line(line: dict, num_rounds: int) -> str:
     if line["failures"]:
         parts.append(f"{len(line['failures'])} site failure(s)")
     parts.append(f"{line['seconds']:.1f}s")
-    return " | ".join(parts)
+    return parts[0] + " " + " | ".join(parts[1:])
 
 
 def _fmt(value: Any) -> str:

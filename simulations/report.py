@@ -95,7 +95,7 @@ def sites_table(summary: dict) -> str:
 
 def plot_learning_curve(history: list[dict], summary: dict, path: Path) -> None:
     rounds = [h["round"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, key, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "auc", "ROC-AUC")):
         if any(_ok(h["global"].get(key)) for h in history):
             ax.plot(rounds, [h["global"].get(key, math.nan) for h in history], "k-o", lw=2,
@@ -114,10 +114,12 @@ def plot_learning_curve(history: list[dict], summary: dict, path: Path) -> None:
         ax.set_ylabel(label)
         ax.set_title(f"{label} per round")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(4, len(labels)),
+               frameon=False)
     fig.suptitle(f"{summary['config']['dataset']} / {summary['config']['partition']} / "
                  f"{summary['config']['strategy']} / {summary['config']['model']}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -29,12 +29,14 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def backend_config(cfg: RunConfig) -> dict:
-    """Ray: one CPU per virtual site, as many sites at once as the machine has cores."""
+def backend_config(verbose: bool = False) -> dict:
+    """Ray: one CPU per virtual site, as many sites at once as the machine has cores. Site errors
+    reach the server as error replies (and are reported), so actor logs are shown only if verbose."""
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "logging_level": "ERROR",
-                      "log_to_driver": True, "include_dashboard": False},
+        "init_args": {"num_cpus": max(1, os.cpu_count() or 1),
+                      "logging_level": "INFO" if verbose else "ERROR",
+                      "log_to_driver": verbose, "include_dashboard": False},
     }
 
 
@@ -43,17 +45,18 @@ def run_flower_simulation(cfg: RunConfig, run_dir: Path, echo: Callable[[str], N
     """Run the real ServerApp and ClientApp on Flower's Ray simulation engine; return history."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
     from client.app import app as client_app
     from server.app import make_server_app
 
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        logging.getLogger("flwr").setLevel(logging.ERROR)
     outcome: dict = {}
     server_app = make_server_app(cfg, run_dir, echo, outcome)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.sites,
-                   backend_config=backend_config(cfg), verbose_logging=verbose)
+                   backend_config=backend_config(verbose), verbose_logging=verbose)
     history = outcome.get("history")
     if not history or history[-1]["round"] != cfg.rounds:
         done = history[-1]["round"] if history else "no"
