@@ -58,6 +58,7 @@ def train(msg: Message, context: Context) -> Message:
         "train_seconds": result.seconds,
         "client_seconds": time.perf_counter() - start,
         "steps": result.steps,
+        "proximal_mu": mu,
         "site": site.site,
     })
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import rundir
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from common.datasets import load_dataset
+from common.models import MODEL_NAMES, is_segmentation_model
 from simulations.baselines import BASELINE_RUNNERS
 from simulations.partition import build_federation, write_partition_report
 from simulations.report import build_summary, write_report
@@ -69,6 +70,10 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
              run_name: str | None = None) -> SimulationOutcome:
     """Partition, federate, run baselines, write the report. Returns the run dir and summary."""
     start = time.perf_counter()
+    if is_segmentation_model(cfg.model):
+        classifiers = ", ".join(m for m in MODEL_NAMES if not is_segmentation_model(m))
+        raise ConfigError(f"model={cfg.model!r} is a segmentation network; `simulate` trains "
+                          f"classifiers for now: use one of {classifiers}")
     dataset = load_dataset(cfg)
     fed = build_federation(dataset, cfg)          # validates the partition before any work
     from server.strategies import build_strategy

@@ -45,6 +45,11 @@ def test_unknown_model_is_one_clear_line(capsys):
     assert "model='vgg16'" in line and "resnet18" in line
 
 
+def test_segmentation_model_is_refused_for_classification(capsys):
+    line = _error(capsys, ["--model", "unet"])
+    assert "segmentation" in line and "resnet18" in line
+
+
 def test_unknown_strategy_and_partition(capsys):
     assert "fedavg" in _error(capsys, ["--strategy", "fedsgd"])
     assert "unknown term 'zipf'" in _error(capsys, ["--partition", "zipf"])

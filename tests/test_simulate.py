@@ -76,3 +76,22 @@ def test_final_model_matches_last_checkpoint_and_loads(run):
     assert latest["round"] == 2 and final["config"]["model"] == "cnn"
     for key, tensor in final["state_dict"].items():
         assert np.allclose(tensor.numpy(), latest["state_dict"][key].numpy())
+
+
+def test_3d_shifted_fedprox_federation_without_baselines(tmp_path):
+    """3D volumes, label skew + scanner shift, FedProx: sites get mu, profiles are recorded."""
+    from simulations.simulate import simulate
+
+    cfg = RunConfig(num_samples=120, spatial_dims=3, sites=2, rounds=1, model="cnn", width=8,
+                    partition="dirichlet:1.0+shift", strategy="fedprox", proximal_mu=0.1,
+                    baselines="", output_dir=str(tmp_path))
+    outcome = simulate(cfg, echo=lambda line: None, run_name="fedprox3d")
+    assert "local" not in outcome.summary and "pooled" not in outcome.summary
+    sites = outcome.history[-1]["sites"]
+    assert sorted(sites) == ["0", "1"]
+    assert all(s["train"]["proximal_mu"] == pytest.approx(0.1) for s in sites.values())
+    partition = json.loads((outcome.run_dir / "partition.json").read_text())
+    text = json.dumps(partition)
+    assert "reference" in text            # site 0 keeps the reference acquisition profile
+    final = torch.load(outcome.run_dir / rundir.FINAL_MODEL, weights_only=False)
+    assert final["task"]["spatial_dims"] == 3
