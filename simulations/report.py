@@ -18,23 +18,20 @@ def _ok(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def primary_metric(site_metrics: dict[str, dict]) -> str:
-    """AUC when every site has one (threshold-free, robust to imbalance), else accuracy."""
-    values = [m.get("auc") for m in site_metrics.values()]
-    return "auc" if values and all(_ok(v) for v in values) else "accuracy"
+def federation_helped(federated: dict[str, dict], local: dict[str, dict]) -> dict[str, dict]:
+    """Per site: is the federated model better than the site's own model on the site's test split?
 
-
-def federation_helped(federated: dict[str, dict], local: dict[str, dict], metric: str
-                      ) -> dict[str, dict]:
-    """Per site: is the federated model better than the site's own model on the site's test?"""
+    Compared on ROC-AUC (threshold-free, robust to imbalance) where both models have one, else on
+    accuracy (AUC is undefined on a test split holding a single class)."""
     out = {}
     for site, fed_m in federated.items():
-        loc = local.get(site, {}).get(metric)
-        fed = fed_m.get(metric)
+        loc_m = local.get(site, {})
+        metric = "auc" if _ok(fed_m.get("auc")) and _ok(loc_m.get("auc")) else "accuracy"
+        fed, loc = fed_m.get(metric), loc_m.get(metric)
         if not (_ok(loc) and _ok(fed)):
-            out[site] = {"helped": None, "delta": None}
+            out[site] = {"helped": None, "delta": None, "metric": metric}
         else:
-            out[site] = {"helped": bool(fed > loc), "delta": fed - loc}
+            out[site] = {"helped": bool(fed > loc), "delta": fed - loc, "metric": metric}
     return out
 
 
@@ -43,21 +40,19 @@ def build_summary(cfg: dict, history: list[dict], baselines: dict[str, dict], co
     last = history[-1]
     federated = {"global": last["global"],
                  "sites": {s: v["test"] for s, v in last["sites"].items()}}
-    metric = primary_metric(federated["sites"])
     summary = {
         "config": cfg,
         "rounds": last["round"],
         "wall_seconds": round(wall_seconds, 2),
         "heterogeneity": heterogeneity,
         "site_counts": counts,
-        "primary_metric": metric,
         "initial": {"global": history[0]["global"]},
         "federated": federated,
         **{name: result for name, result in baselines.items()},
     }
     if "local" in baselines:
         summary["federation_helped"] = federation_helped(federated["sites"],
-                                                         baselines["local"]["sites"], metric)
+                                                         baselines["local"]["sites"])
     return summary
 
 
@@ -71,7 +66,7 @@ def sites_table(summary: dict) -> str:
     models = [m for m in ("federated", "local", "pooled") if m in summary]
     head = ["site", "train", "test"] + [f"{m} {k}" for m in models for k in ("acc", "AUC")]
     if "federation_helped" in summary:
-        head.append(f"did federation help this site? ({summary['primary_metric']})")
+        head.append("did federation help this site?")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for site, fed in summary["federated"]["sites"].items():
         counts = summary["site_counts"].get(site, {})
@@ -82,7 +77,8 @@ def sites_table(summary: dict) -> str:
         if "federation_helped" in summary:
             h = summary["federation_helped"][site]
             cells.append("n/a" if h["helped"] is None else
-                         f"{'yes' if h['helped'] else 'no'} ({h['delta']:+.3f})")
+                         f"{'yes' if h['helped'] else 'no'} ({h['delta']:+.3f} "
+                         f"{'AUC' if h['metric'] == 'auc' else 'acc'})")
         rows.append("| " + " | ".join(cells) + " |")
     glob = ["global test", "", ""]
     for m in models:

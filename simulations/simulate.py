@@ -74,6 +74,9 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
         classifiers = ", ".join(m for m in MODEL_NAMES if not is_segmentation_model(m))
         raise ConfigError(f"model={cfg.model!r} is a segmentation network; `simulate` trains "
                           f"classifiers for now: use one of {classifiers}")
+    if cfg.data_path and Path(cfg.data_path).exists():
+        # Sites may run in other processes (Ray workers) with another working directory.
+        cfg = cfg.replace(data_path=str(Path(cfg.data_path).resolve()))
     dataset = load_dataset(cfg)
     fed = build_federation(dataset, cfg)          # validates the partition before any work
     from server.strategies import build_strategy

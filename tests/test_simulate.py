@@ -62,7 +62,8 @@ def test_summary_compares_baselines_per_site(run):
     helped = summary["federation_helped"]
     assert sorted(helped) == ["0", "1", "2"]
     for site, verdict in helped.items():
-        metric = summary["primary_metric"]
+        metric = verdict["metric"]
+        assert metric in ("auc", "accuracy")
         delta = summary["federated"]["sites"][site][metric] - summary["local"]["sites"][site][metric]
         assert verdict["helped"] == (delta > 0)
     table = (run / rundir.SITES_TABLE).read_text()
