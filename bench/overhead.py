@@ -39,10 +39,14 @@ def measure(cfg: RunConfig) -> dict:
     client = sum(site["train"].get("client_seconds", 0.0)
                  for line in history for site in line["sites"].values() if site["train"])
     slots = max(1, min(cfg.sites, os.cpu_count() or 1))
+    marks = [line["seconds"] for line in history]           # cumulative, from ServerApp start
+    rounds = [round(b - a, 2) for a, b in zip(marks, marks[1:])]
     return {"sites": cfg.sites, "rounds": cfg.rounds, "wall_seconds": round(wall, 2),
             "sum_train_seconds": round(train, 2), "sum_client_seconds": round(client, 2),
             "parallel_slots": slots, "overhead": round(wall / train, 3),
-            "overhead_vs_parallel_ideal": round(wall / (train / slots), 3)}
+            "overhead_vs_parallel_ideal": round(wall / (train / slots), 3),
+            "round_seconds": rounds,
+            "outside_rounds_seconds": round(wall - (marks[-1] - marks[0]), 2)}  # Ray start/stop
 
 
 def main() -> None:
