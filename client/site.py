@@ -9,6 +9,7 @@ from common.config import ConfigError, RunConfig
 from common.datasets import Split, TaskInfo, load_dataset
 
 PARTITION_ID = "partition-id"   # set by Flower's simulation engine on each virtual SuperNode
+NUM_PARTITIONS = "num-partitions"  # ... with the number of virtual SuperNodes
 DATA_PATH = "data-path"         # set by a site operator: `--node-config data-path=...`
 SITE_ID = "site-id"
 
@@ -28,6 +29,11 @@ def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
         # Imported here: only simulated sites need the partitioner (simulations/ imports common/).
         from simulations.partition import site_data
 
+        engine_sites = int(node_config.get(NUM_PARTITIONS, cfg.sites))
+        if engine_sites != cfg.sites:
+            raise ConfigError(f"the simulation engine runs {engine_sites} virtual sites but the run "
+                              f"config says sites={cfg.sites}; make them equal (flwr run: "
+                              f"--federation-config 'num-supernodes={cfg.sites}')")
         part = site_data(cfg, int(node_config[PARTITION_ID]))
         return LocalSite(part.site, part.train, part.test, load_dataset(cfg).task)
     if DATA_PATH in node_config:
