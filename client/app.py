@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.site import LocalSite, load_site
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from common.models import build_model
 from common.training import evaluate, train_local
 
@@ -46,6 +46,8 @@ def local_seed(seed: int, server_round: int, site: int) -> int:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, site, model, server_round = _setup(msg, context)
+    if cfg.dp != "off":  # fail closed: never train without the privacy that was asked for
+        raise ConfigError(f"dp={cfg.dp!r} is not supported by this site's fedclinic version")
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
     global_params = [p.detach().clone() for p in model.parameters()] if mu > 0 else None
     start = time.perf_counter()

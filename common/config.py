@@ -24,6 +24,9 @@ LOSSES = ("ce", "weighted_ce", "focal")
 LABEL_SKEWS = ("iid", "dirichlet", "pathological")
 QUANTITY_LAWS = ("powerlaw", "lognormal")
 BASELINES = ("local", "pooled")
+DP_MODES = ("off", "sample", "client")
+ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch")
 
 
 class ConfigError(ValueError):
@@ -139,6 +142,20 @@ class RunConfig:
     server_lr: float = _opt(0.01, "FedAdam/FedYogi server learning rate (eta)", lo=1e-6, hi=10.0)
     trim_beta: float = _opt(0.2, "FedTrimmedAvg: fraction cut from each end", lo=0.0, hi=0.49)
     krum_malicious: int = _opt(0, "Krum: number of malicious sites tolerated", lo=0, hi=1000)
+    # --- differential privacy ---
+    dp: str = _opt("off", "differential privacy: off, sample (DP-SGD at each site, protects each "
+                          "patient), client (central DP on site updates)", choices=DP_MODES)
+    target_epsilon: float = _opt(8.0, "privacy budget epsilon for the whole run, per site (used "
+                                      "when noise_multiplier is 0)", lo=0.01, hi=1e6)
+    noise_multiplier: float = _opt(0.0, "DP-SGD noise multiplier sigma; 0 = calibrate it so the "
+                                        "whole planned run spends exactly target_epsilon", lo=0.0,
+                                   hi=1e4)
+    delta: float = _opt(0.0, "DP delta; 0 = 1/(10 n) with n the site's training-set size", lo=0.0,
+                        hi=0.1)
+    max_grad_norm: float = _opt(1.0, "per-sample gradient clipping norm C", lo=1e-6, hi=1e6)
+    accountant: str = _opt("rdp", "privacy accountant (Opacus)", choices=ACCOUNTANTS)
+    grad_sample_mode: str = _opt("auto", "Opacus per-sample gradient mode; auto = the fastest "
+                                         "correct one for the model", choices=GRAD_SAMPLE_MODES)
     # --- run ---
     baselines: str = _opt("local,pooled", "comma-separated baselines trained with the same model "
                                           "and compute ('' for none)")

@@ -70,6 +70,9 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
              run_name: str | None = None) -> SimulationOutcome:
     """Partition, federate, run baselines, write the report. Returns the run dir and summary."""
     start = time.perf_counter()
+    if cfg.dp != "off":
+        raise ConfigError(f"dp={cfg.dp!r}: differential privacy is not wired into simulate yet; "
+                          "use dp='off' (refusing rather than running without privacy)")
     if is_segmentation_model(cfg.model):
         classifiers = ", ".join(m for m in MODEL_NAMES if not is_segmentation_model(m))
         raise ConfigError(f"model={cfg.model!r} is a segmentation network; `simulate` trains "
