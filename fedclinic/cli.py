@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--verbose", action="store_true",
                      help="show Flower's and Ray's own log lines (default: off)")
     _add_common(sim)
+    from simulations import privacy_plan
+
+    privacy_plan.add_parser(sub)
     return parser
 
 
@@ -60,7 +63,13 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"simulate": _simulate}
+def _privacy(args: argparse.Namespace) -> int:
+    from simulations import privacy_plan
+
+    return privacy_plan.run(args)
+
+
+COMMANDS = {"simulate": _simulate, "privacy": _privacy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
