@@ -11,13 +11,19 @@ import time
 import zlib
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.ledger import load_ledger, save_ledger
 from client.site import LocalSite, load_site
 from common.config import ConfigError, RunConfig
+from common.dp_training import DPTrainResult, train_local_dp
 from common.models import build_model
+from common.privacy import plan_from_config
 from common.training import evaluate, train_local
+
+BUDGET_EXHAUSTED_CODE = 4030            # error code of a round a site refused (privacy budget)
+BUDGET_EXHAUSTED_REASON = "budget-exhausted"
 
 # Keys Flower strategies add to the config record next to the run config.
 FLOWER_KEYS = ("server-round", "proximal-mu")
@@ -38,6 +44,37 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, LocalSite, torch.
     return cfg, site, model, server_round
 
 
+def _train_private(msg: Message, context: Context, cfg: RunConfig, site: LocalSite,
+                   model: torch.nn.Module, server_round: int, seed: int, mu: float,
+                   global_params: list[torch.Tensor] | None
+                   ) -> Message | tuple[DPTrainResult, dict[str, float]]:
+    """DP-SGD for one round, charged to the site's ledger; refuse if it would break the budget."""
+    plan = plan_from_config(cfg, len(site.train))
+    ledger = load_ledger(context, cfg.accountant)
+    spent = ledger.epsilon(plan.delta)
+    after = ledger.epsilon_if(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round,
+                              plan.delta)
+    if after > cfg.target_epsilon * (1 + 1e-9):
+        reason = (f"{BUDGET_EXHAUSTED_REASON}: site {site.site} has spent epsilon {spent:.3f} of "
+                  f"its budget {cfg.target_epsilon:g} (delta {plan.delta:.2e}); round "
+                  f"{server_round} would bring it to {after:.3f}")
+        return Message(Error(code=BUDGET_EXHAUSTED_CODE, reason=reason), reply_to=msg)
+    result = train_local_dp(model, site.train, site.task, cfg, epochs=cfg.local_epochs,
+                            seed=seed, noise_multiplier=plan.noise_multiplier,
+                            sample_rate=plan.sample_rate, steps=plan.steps_per_round,
+                            proximal_mu=mu, global_params=global_params)
+    ledger.record(result.noise_multiplier, result.sample_rate, result.steps)
+    save_ledger(context, ledger)
+    return result, {
+        "epsilon": ledger.epsilon(plan.delta),   # cumulative: the whole run so far
+        "epsilon_budget": cfg.target_epsilon,
+        "delta": plan.delta,
+        "noise_multiplier": result.noise_multiplier,
+        "sample_rate": result.sample_rate,
+        "dp_steps": ledger.steps,
+    }
+
+
 def local_seed(seed: int, server_round: int, site: int) -> int:
     """A distinct, reproducible seed per (run seed, round, site)."""
     return zlib.crc32(f"{seed}/{server_round}/{site}".encode())
@@ -46,15 +83,24 @@ def local_seed(seed: int, server_round: int, site: int) -> int:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, site, model, server_round = _setup(msg, context)
-    if cfg.dp != "off":  # fail closed: never train without the privacy that was asked for
-        raise ConfigError(f"dp={cfg.dp!r} is not supported by this site's fedclinic version")
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
     global_params = [p.detach().clone() for p in model.parameters()] if mu > 0 else None
+    seed = local_seed(cfg.seed, server_round, site.site)
     start = time.perf_counter()
-    result = train_local(model, site.train, site.task, cfg, epochs=cfg.local_epochs,
-                         seed=local_seed(cfg.seed, server_round, site.site),
-                         proximal_mu=mu, global_params=global_params)
+    privacy: dict[str, float] = {}
+    if cfg.dp == "sample":
+        outcome = _train_private(msg, context, cfg, site, model, server_round, seed, mu,
+                                 global_params)
+        if isinstance(outcome, Message):
+            return outcome                      # the round was refused: budget exhausted
+        result, privacy = outcome
+    elif cfg.dp == "off":
+        result = train_local(model, site.train, site.task, cfg, epochs=cfg.local_epochs,
+                             seed=seed, proximal_mu=mu, global_params=global_params)
+    else:  # fail closed: never train without the privacy that was asked for
+        raise ConfigError(f"dp={cfg.dp!r} is not supported by this site's fedclinic version")
     metrics = MetricRecord({
+        **privacy,
         "num-examples": len(site.train),   # FedAvg weights by training samples, not batches
         "train_loss": result.loss,
         "train_seconds": result.seconds,

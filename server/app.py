@@ -16,12 +16,12 @@ from common import rundir
 from common.config import RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
-from server.recording import RecordingStrategy, RoundLog
+from server.recording import PrivacyBudgetSpent, RecordingStrategy, RoundLog
 from server.strategies import build_strategy
 
 
 def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
-                   echo: Callable[[str], None] | None = None) -> tuple[Result, RoundLog]:
+                   echo: Callable[[str], None] | None = None) -> tuple[Result | None, RoundLog]:
     """Train cfg.rounds rounds over the sites on `grid`; write metrics, checkpoints, final model."""
     dataset = load_dataset(cfg)
     task = dataset.task
@@ -36,13 +36,19 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
     if echo is not None:
         log.echo = echo
     strategy = RecordingStrategy(build_strategy(cfg, cfg.sites), log)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial),
-                            num_rounds=cfg.rounds,
-                            train_config=ConfigRecord(cfg.to_dict()),
-                            evaluate_config=ConfigRecord(cfg.to_dict()),
-                            evaluate_fn=log.evaluate)
-    rundir.save_model(run_dir / rundir.FINAL_MODEL, result.arrays.to_torch_state_dict(),
-                      {"round": cfg.rounds, **meta})
+    try:
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial),
+                                num_rounds=cfg.rounds,
+                                train_config=ConfigRecord(cfg.to_dict()),
+                                evaluate_config=ConfigRecord(cfg.to_dict()),
+                                evaluate_fn=log.evaluate)
+        final, final_round = result.arrays.to_torch_state_dict(), cfg.rounds
+    except PrivacyBudgetSpent as stop:
+        log.echo(f"fedclinic: {stop}")
+        latest = torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)
+        result, final, final_round = None, latest["state_dict"], latest["round"]
+        log.stopped = str(stop)
+    rundir.save_model(run_dir / rundir.FINAL_MODEL, final, {"round": final_round, **meta})
     return result, log
 
 
@@ -62,7 +68,8 @@ def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
             print(f"fedclinic: run directory {directory}", file=sys.stderr, flush=True)
         result, log = run_federation(grid, run_cfg, directory, echo)
         if outcome is not None:
-            outcome.update(result=result, history=log.history)
+            outcome.update(result=result, history=log.history, stopped=log.stopped,
+                           privacy=log.privacy, exhausted=log.exhausted)
 
     return server_app
 

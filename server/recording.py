@@ -24,7 +24,14 @@ from common import rundir
 from common.datasets import Split, TaskInfo
 from common.training import evaluate
 
-HIDDEN = ("site", "num-examples")
+PRIVACY_LEDGER = "privacy_ledger.json"
+BUDGET_EXHAUSTED_REASON = "budget-exhausted"   # the reason prefix a site's refusal carries
+PRIVACY_KEYS = ("epsilon", "epsilon_budget", "delta", "noise_multiplier", "sample_rate",
+                "dp_steps")
+
+
+class PrivacyBudgetSpent(Exception):
+    """Every site has refused to train because its privacy budget is spent: end the run cleanly."""
 
 
 def _site_metrics(replies: list[Message]) -> tuple[dict[int, dict], dict[int, str]]:
@@ -56,12 +63,23 @@ class RoundLog:
     test: dict[int, dict] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    exhausted: dict[int, dict] = field(default_factory=dict)     # node id -> round, reason
+    privacy: dict[str, list[dict]] = field(default_factory=dict)  # site -> per-round ledger rows
+    stopped: str = ""                                             # why the run ended early
     _t0: float = field(default_factory=time.perf_counter)
 
     def record_train(self, server_round: int, replies: list[Message]) -> None:
         self.train, failed = _site_metrics(replies)
         self.failures = {f"node {n} (train)": reason for n, reason in failed.items()}
-        if failed and not self.train:
+        for node, reason in failed.items():
+            if reason.startswith(BUDGET_EXHAUSTED_REASON):
+                self.exhausted.setdefault(node, {"round": server_round, "reason": reason})
+        for site, metrics in self.train.items():
+            if "epsilon" in metrics:
+                row = {"round": server_round, **{k: metrics[k] for k in PRIVACY_KEYS}}
+                self.privacy.setdefault(str(site), []).append(row)
+        refused = all(r.startswith(BUDGET_EXHAUSTED_REASON) for r in failed.values())
+        if failed and not self.train and not refused:
             detail = "; ".join(f"{k}: {v}" for k, v in self.failures.items())
             raise RuntimeError(f"round {server_round}: every site failed to train: {detail}")
 
@@ -84,12 +102,22 @@ class RoundLog:
             "failures": self.failures,
         }
         rundir.append_jsonl(self.run_dir / rundir.METRICS, line)
+        if self.privacy or self.exhausted:
+            self.write_privacy_ledger()
         rundir.save_model(self.run_dir / rundir.CHECKPOINT, state,
                           {"round": server_round, **self.meta})
         self.history.append(line)
         self.echo(progress_line(line, self.num_rounds))
         self.train, self.test, self.failures = {}, {}, {}
         return MetricRecord({k: float(v) for k, v in glob.items()}) if glob else None
+
+
+    def write_privacy_ledger(self) -> None:
+        """Run-level ledger: every site's cumulative epsilon after each round, and refusals."""
+        rundir.write_json(self.run_dir / PRIVACY_LEDGER, {
+            "sites": self.privacy,
+            "exhausted": {str(node): info for node, info in self.exhausted.items()},
+        })
 
 
 def progress_line(line: dict, num_rounds: int) -> str:
@@ -124,7 +152,13 @@ class RecordingStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        """The inner strategy's messages, minus sites that have spent their privacy budget."""
+        exhausted = self.log.exhausted
+        if exhausted and set(grid.get_node_ids()) <= set(exhausted):
+            raise PrivacyBudgetSpent(f"every site has spent its privacy budget; the run stops "
+                                     f"after round {server_round - 1}")
+        messages = self.inner.configure_train(server_round, arrays, config, grid)
+        return [m for m in messages if m.metadata.dst_node_id not in exhausted]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -3,6 +3,7 @@
 `local`: each site trains alone for rounds x local_epochs epochs on its own training split.
 `pooled`: one model trains for rounds x local_epochs epochs on every site's training data at once
 (what sharing the data would give). Both are scored on every site's test split and the global test.
+With dp='sample' both train under DP-SGD with the same epsilon budget and delta rule as the sites.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from common.config import RunConfig
 from common.datasets import Split
 from common.metrics import mean_metrics
 from common.models import build_model
+from common.dp_training import train_local_dp
+from common.privacy import PrivacyLedger, plan_from_config
 from common.training import evaluate, train_local
 from simulations.partition import Federation
 
@@ -26,6 +29,25 @@ def initial_model(cfg: RunConfig, fed: Federation) -> torch.nn.Module:
                        num_classes=fed.task.num_classes, norm=cfg.norm, width=cfg.width)
 
 
+def _train(model: torch.nn.Module, split: Split, cfg: RunConfig, fed: Federation,
+           seed: int) -> dict:
+    """Train for rounds x local_epochs epochs; under DP-SGD with the same budget as each site
+    (noise calibrated for this data set's size). Returns the privacy spent ({} without DP)."""
+    epochs = cfg.rounds * cfg.local_epochs
+    if cfg.dp != "sample":
+        train_local(model, split, fed.task, cfg, epochs=epochs, seed=seed)
+        return {}
+    plan = plan_from_config(cfg, len(split))
+    result = train_local_dp(model, split, fed.task, cfg, epochs=epochs, seed=seed,
+                            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                            steps=plan.total_steps)
+    ledger = PrivacyLedger(cfg.accountant)
+    ledger.record(result.noise_multiplier, result.sample_rate, result.steps)
+    return {"epsilon": ledger.epsilon(plan.delta), "delta": plan.delta,
+            "noise_multiplier": result.noise_multiplier, "sample_rate": result.sample_rate,
+            "dp_steps": result.steps}
+
+
 def _score(model: torch.nn.Module, fed: Federation) -> dict:
     sites = {str(s.site): evaluate(model, s.test, fed.task) for s in fed.sites}
     glob = evaluate(model, fed.global_test, fed.task) if fed.global_test is not None else {}
@@ -34,28 +56,33 @@ def _score(model: torch.nn.Module, fed: Federation) -> dict:
 
 def run_local(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> dict:
     """One model per site; each site's entry is its own model on its own test split."""
-    epochs = cfg.rounds * cfg.local_epochs
-    sites, globals_, weights = {}, [], []
+    sites, globals_, weights, privacy = {}, [], [], {}
     for s in fed.sites:
         model = initial_model(cfg, fed)
-        train_local(model, s.train, fed.task, cfg, epochs=epochs, seed=cfg.seed + 7919 * (s.site + 1))
+        spent = _train(model, s.train, cfg, fed, seed=cfg.seed + 7919 * (s.site + 1))
+        if spent:
+            privacy[str(s.site)] = spent
         sites[str(s.site)] = evaluate(model, s.test, fed.task)
         if fed.global_test is not None:
             globals_.append(evaluate(model, fed.global_test, fed.task))
             weights.append(len(s.train))
         echo(f"[baseline local] site {s.site}: test acc {sites[str(s.site)]['accuracy']:.3f}")
     glob = mean_metrics(globals_, weights) if globals_ else {}
-    return {"sites": sites, "global": glob, "global_note": "mean of the local models, "
-            "weighted by training samples"}
+    out = {"sites": sites, "global": glob, "global_note": "mean of the local models, "
+           "weighted by training samples"}
+    if privacy:
+        out["privacy"] = privacy
+    return out
 
 
 def run_pooled(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> dict:
     """One model on the union of the sites' training data."""
     model = initial_model(cfg, fed)
     pooled = Split.concat([s.train for s in fed.sites])
-    train_local(model, pooled, fed.task, cfg, epochs=cfg.rounds * cfg.local_epochs,
-                seed=cfg.seed + 104729)
+    spent = _train(model, pooled, cfg, fed, seed=cfg.seed + 104729)
     scores = _score(model, fed)
+    if spent:
+        scores["privacy"] = spent
     acc = scores["global"].get("accuracy")
     echo("[baseline pooled] done" + (f": global acc {acc:.3f}" if acc is not None else ""))
     return scores

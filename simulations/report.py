@@ -56,6 +56,35 @@ def build_summary(cfg: dict, history: list[dict], baselines: dict[str, dict], co
     return summary
 
 
+def privacy_summary(cfg, outcome: dict) -> dict:
+    """Final cumulative epsilon per site (the whole run's, from the sites' own ledgers)."""
+    sites = {site: rows[-1] for site, rows in outcome.get("privacy", {}).items()}
+    return {
+        "mode": cfg.dp, "accountant": cfg.accountant, "budget_epsilon": cfg.target_epsilon,
+        "max_grad_norm": cfg.max_grad_norm,
+        "sites": sites,
+        "per_round": outcome.get("privacy", {}),
+        "exhausted": {str(node): info for node, info in outcome.get("exhausted", {}).items()},
+        "max_epsilon": max((row["epsilon"] for row in sites.values()), default=0.0),
+    }
+
+
+def privacy_table(privacy: dict) -> str:
+    """Markdown: cumulative epsilon of each site after each round."""
+    per_round = privacy["per_round"]
+    rounds = sorted({row["round"] for rows in per_round.values() for row in rows})
+    lines = ["| site | delta | sigma | q | " + " | ".join(f"eps r{r}" for r in rounds) + " |",
+             "|" + "---|" * (4 + len(rounds))]
+    for site in sorted(per_round, key=int):
+        rows = {row["round"]: row for row in per_round[site]}
+        last = per_round[site][-1]
+        cells = [site, f"{last['delta']:.2e}", f"{last['noise_multiplier']:.3f}",
+                 f"{last['sample_rate']:.4f}"]
+        cells += [f"{rows[r]['epsilon']:.3f}" if r in rows else "-" for r in rounds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _cell(metrics: dict | None, key: str) -> str:
     value = (metrics or {}).get(key)
     return f"{value:.3f}" if _ok(value) else "n/a"
@@ -145,4 +174,23 @@ def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
         "Partition: see [partition.md](partition.md) and ![partition](partition.png).",
         "",
     ]
+    if summary.get("stopped_early"):
+        lines += [f"**The run stopped early:** {summary['stopped_early']}.", ""]
+    if "privacy" in summary:
+        p = summary["privacy"]
+        lines += [
+            "## Privacy",
+            "",
+            f"Sample-level DP-SGD at each site (Opacus, {p['accountant'].upper()} accountant, clip "
+            f"{p['max_grad_norm']:g}), budget epsilon {p['budget_epsilon']:g} per site for the "
+            f"whole run. Each epsilon below is cumulative: the privacy spent by the site from the "
+            f"first round up to that round, recomputed by the site's own ledger. Largest final "
+            f"epsilon: {p['max_epsilon']:.3f}.",
+            "",
+            privacy_table(p),
+        ]
+        for node, info in p["exhausted"].items():
+            lines.append(f"- node {node} stopped training at round {info['round']}: "
+                         f"{info['reason']}")
+        lines.append("")
     (run_dir / rundir.REPORT).write_text("\n".join(lines))

@@ -16,7 +16,7 @@ from common.datasets import load_dataset
 from common.models import MODEL_NAMES, is_segmentation_model
 from simulations.baselines import BASELINE_RUNNERS
 from simulations.partition import build_federation, write_partition_report
-from simulations.report import build_summary, write_report
+from simulations.report import build_summary, privacy_summary, write_report
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,9 @@ def backend_config(verbose: bool = False) -> dict:
 
 
 def run_flower_simulation(cfg: RunConfig, run_dir: Path, echo: Callable[[str], None],
-                          verbose: bool = False) -> list[dict]:
-    """Run the real ServerApp and ClientApp on Flower's Ray simulation engine; return history."""
+                          verbose: bool = False) -> dict:
+    """Run the real ServerApp and ClientApp on Flower's Ray simulation engine. Returns what the
+    ServerApp recorded: history (one entry per round), privacy ledger, refusals, early stop."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -59,20 +60,22 @@ def run_flower_simulation(cfg: RunConfig, run_dir: Path, echo: Callable[[str], N
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.sites,
                    backend_config=backend_config(verbose), verbose_logging=verbose)
     history = outcome.get("history")
-    if not history or history[-1]["round"] != cfg.rounds:
+    finished = history and (history[-1]["round"] == cfg.rounds or outcome.get("stopped"))
+    if not finished:
         done = history[-1]["round"] if history else "no"
         raise RuntimeError(f"the simulation stopped after {done} round(s) of {cfg.rounds}; "
                            f"see the log above and {run_dir / rundir.METRICS}")
-    return history
+    return outcome
 
 
 def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool = False,
              run_name: str | None = None) -> SimulationOutcome:
     """Partition, federate, run baselines, write the report. Returns the run dir and summary."""
     start = time.perf_counter()
-    if cfg.dp != "off":
-        raise ConfigError(f"dp={cfg.dp!r}: differential privacy is not wired into simulate yet; "
-                          "use dp='off' (refusing rather than running without privacy)")
+    if cfg.dp == "client":
+        raise ConfigError("dp='client' (central DP on site updates) is not available yet; use "
+                          "dp='sample' (DP-SGD at each site) or dp='off' (refusing rather than "
+                          "running without the privacy asked for)")
     if is_segmentation_model(cfg.model):
         classifiers = ", ".join(m for m in MODEL_NAMES if not is_segmentation_model(m))
         raise ConfigError(f"model={cfg.model!r} is a segmentation network; `simulate` trains "
@@ -90,13 +93,18 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
     part = write_partition_report(fed, run_dir)
     echo(f"partition {cfg.partition!r}: {len(fed.sites)} sites, train sizes "
          f"{[len(s.train) for s in fed.sites]}, heterogeneity {part['heterogeneity']:.3f}")
-    history = run_flower_simulation(cfg, run_dir, echo, verbose)
+    outcome = run_flower_simulation(cfg, run_dir, echo, verbose)
+    history = outcome["history"]
     baselines = {name: BASELINE_RUNNERS[name](cfg, fed, echo) for name in cfg.baseline_list}
     counts = {str(s.site): {"train": len(s.train), "val": len(s.val), "test": len(s.test)}
               for s in fed.sites}
     summary = build_summary(cfg.to_dict(), history, baselines, counts, part["heterogeneity"],
                             time.perf_counter() - start)
     summary["run_dir"] = str(run_dir)
+    if outcome.get("stopped"):
+        summary["stopped_early"] = outcome["stopped"]
+    if cfg.dp != "off":
+        summary["privacy"] = privacy_summary(cfg, outcome)
     write_report(run_dir, summary, history)
     echo(f"report: {run_dir / rundir.REPORT}  (summary: {run_dir / rundir.SUMMARY})")
     return SimulationOutcome(run_dir, summary, history)

@@ -1,0 +1,79 @@
+"""Sample-level DP in a real simulated federation: cumulative, honest epsilon; fail closed."""
+
+import json
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from client.ledger import load_ledger, save_ledger
+from common.config import ConfigError, RunConfig
+from common.privacy import PrivacyLedger, epsilon_of_history, plan_from_config
+from simulations.partition import site_data
+from simulations.simulate import simulate
+
+BASE = dict(num_samples=240, sites=2, model="cnn", width=8, batch_size=16, local_epochs=1,
+            dp="sample", max_grad_norm=1.0, baselines="")
+
+
+def _context(node_config: dict | None = None) -> Context:
+    return Context(run_id=1, node_id=1, node_config=node_config or {}, state=RecordDict(),
+                   run_config={})
+
+
+def test_ledger_survives_in_context_state_and_in_the_site_file(tmp_path):
+    ledger = PrivacyLedger("rdp")
+    ledger.record(1.1, 0.05, 40)
+    path = tmp_path / "ledger.json"
+    ctx = _context({"ledger-path": str(path)})
+    save_ledger(ctx, ledger)
+    again = load_ledger(_context({"ledger-path": str(path)}), "rdp")   # a restarted site
+    assert again.epsilon(1e-5) == pytest.approx(ledger.epsilon(1e-5))
+    in_state = load_ledger(ctx, "rdp")
+    assert in_state.steps == 40
+    with pytest.raises(ConfigError, match="accountant 'rdp'.*'prv'"):
+        load_ledger(ctx, "prv")
+    path.write_text("{broken")
+    with pytest.raises(ConfigError, match="ledger unreadable"):
+        load_ledger(_context({"ledger-path": str(path)}), "rdp")
+
+
+def test_calibrated_run_spends_its_budget_and_no_more(tmp_path):
+    cfg = RunConfig(**BASE, rounds=2, target_epsilon=4.0, output_dir=str(tmp_path))
+    outcome = simulate(cfg, echo=lambda line: None, run_name="dp")
+    ledger = json.loads((outcome.run_dir / "privacy_ledger.json").read_text())
+    assert sorted(ledger["sites"]) == ["0", "1"]
+    for site, rows in ledger["sites"].items():
+        eps = [row["epsilon"] for row in rows]
+        assert [row["round"] for row in rows] == [1, 2]
+        assert eps == sorted(eps) and eps[0] > 0            # cumulative, never decreasing
+        steps = [row["dp_steps"] for row in rows]
+        history = [(row["noise_multiplier"], row["sample_rate"], now - before)
+                   for row, before, now in zip(rows, [0] + steps[:-1], steps)]
+        again = epsilon_of_history(history, rows[-1]["delta"], "rdp")
+        assert again == pytest.approx(eps[-1], rel=0.01)     # independent recomputation
+        assert 0.9 * 4.0 <= eps[-1] <= 4.0                   # the whole run's epsilon
+        n_train = len(site_data(cfg.replace(output_dir=str(tmp_path)), int(site)).train)
+        assert rows[-1]["delta"] < 1.0 / n_train
+    assert outcome.summary["privacy"]["max_epsilon"] <= 4.0
+    assert "Privacy" in (outcome.run_dir / "report.md").read_text()
+
+
+def test_site_at_its_budget_refuses_and_the_run_ends_cleanly(tmp_path):
+    probe = RunConfig(**BASE, rounds=1, noise_multiplier=1.0)
+    n_train = min(len(site_data(probe, s).train) for s in range(2))
+    plan = plan_from_config(probe, n_train)
+    one = PrivacyLedger("rdp")
+    one.record(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+    first = one.epsilon(plan.delta)
+    second = one.epsilon_if(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round,
+                            plan.delta)
+    budget = (first + second) / 2          # room for one round, not two, at every site
+    cfg = RunConfig(**BASE, rounds=4, noise_multiplier=1.0, target_epsilon=budget,
+                    output_dir=str(tmp_path))
+    outcome = simulate(cfg, echo=lambda line: None, run_name="budget")
+    assert "every site has spent its privacy budget" in outcome.summary["stopped_early"]
+    privacy = outcome.summary["privacy"]
+    assert len(privacy["exhausted"]) == 2
+    assert all("budget-exhausted" in info["reason"] for info in privacy["exhausted"].values())
+    assert all(row["epsilon"] <= budget for row in privacy["sites"].values())
+    assert outcome.history[-1]["round"] < 4
