@@ -94,7 +94,7 @@ def train(msg: Message, context: Context) -> Message:
         if isinstance(outcome, Message):
             return outcome                      # the round was refused: budget exhausted
         result, privacy = outcome
-    elif cfg.dp == "off":
+    elif cfg.dp in ("off", "client"):   # client-level DP clips and noises at the server
         result = train_local(model, site.train, site.task, cfg, epochs=cfg.local_epochs,
                              seed=seed, proximal_mu=mu, global_params=global_params)
     else:  # fail closed: never train without the privacy that was asked for
@@ -102,6 +102,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({
         **privacy,
         "num-examples": len(site.train),   # FedAvg weights by training samples, not batches
+        "dp-weight": 1.0,                  # ... except under client-level DP: equal weights
         "train_loss": result.loss,
         "train_seconds": result.seconds,
         "client_seconds": time.perf_counter() - start,
@@ -118,5 +119,5 @@ def evaluate_site(msg: Message, context: Context) -> Message:
     cfg, site, model, _ = _setup(msg, context)
     result = evaluate(model, site.test, site.task, batch_size=max(cfg.batch_size, 128))
     metrics = {k: float(v) for k, v in result.items() if k != "num_examples"}
-    metrics.update({"num-examples": len(site.test), "site": site.site})
+    metrics.update({"num-examples": len(site.test), "dp-weight": 1.0, "site": site.site})
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

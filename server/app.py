@@ -10,14 +10,16 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Result
 
 from common import rundir
 from common.config import RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
+from server.central_dp import wrap_client_dp
 from server.recording import PrivacyBudgetSpent, RecordingStrategy, RoundLog
-from server.strategies import build_strategy
+from server.strategies import build_strategy, sampled_sites
 
 
 def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
@@ -35,7 +37,14 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
                    global_test=dataset.test, meta=meta)
     if echo is not None:
         log.echo = echo
-    strategy = RecordingStrategy(build_strategy(cfg, cfg.sites), log)
+    base = build_strategy(cfg, cfg.sites)
+    if cfg.dp == "client":
+        base, plan = wrap_client_dp(base, cfg, cfg.sites, sampled_sites(cfg, cfg.sites))
+        log.central, log.central_plan = base, plan
+        log.echo(f"client-level DP: sigma {plan['noise_multiplier']:.3f}, clip "
+                 f"{plan['clipping_norm']:g}, planned epsilon {plan['planned_epsilon']:.2f} at "
+                 f"delta {plan['delta']:.2e}. Note: {plan['warning']}")
+    strategy = RecordingStrategy(base, log)
     try:
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial),
                                 num_rounds=cfg.rounds,
@@ -43,7 +52,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
                                 evaluate_config=ConfigRecord(cfg.to_dict()),
                                 evaluate_fn=log.evaluate)
         final, final_round = result.arrays.to_torch_state_dict(), cfg.rounds
-    except PrivacyBudgetSpent as stop:
+    except (PrivacyBudgetSpent, PrivacyBudgetExhausted) as stop:
         log.echo(f"fedclinic: {stop}")
         latest = torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)
         result, final, final_round = None, latest["state_dict"], latest["round"]
@@ -69,7 +78,8 @@ def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
         result, log = run_federation(grid, run_cfg, directory, echo)
         if outcome is not None:
             outcome.update(result=result, history=log.history, stopped=log.stopped,
-                           privacy=log.privacy, exhausted=log.exhausted)
+                           privacy=log.privacy, exhausted=log.exhausted,
+                           central_plan=log.central_plan)
 
     return server_app
 

@@ -66,6 +66,8 @@ class RoundLog:
     exhausted: dict[int, dict] = field(default_factory=dict)     # node id -> round, reason
     privacy: dict[str, list[dict]] = field(default_factory=dict)  # site -> per-round ledger rows
     stopped: str = ""                                             # why the run ended early
+    central: Any = None          # client-level DP wrapper (has privacy_spent()), if any
+    central_plan: dict = field(default_factory=dict)
     _t0: float = field(default_factory=time.perf_counter)
 
     def record_train(self, server_round: int, replies: list[Message]) -> None:
@@ -101,6 +103,10 @@ class RoundLog:
                       for s in sorted(set(self.train) | set(self.test))},
             "failures": self.failures,
         }
+        spent = self.central.privacy_spent() if self.central is not None else None
+        if spent is not None:
+            line["central_dp"] = {"epsilon": spent.epsilon, "delta": spent.delta,
+                                  "releases": spent.num_releases}
         rundir.append_jsonl(self.run_dir / rundir.METRICS, line)
         if self.privacy or self.exhausted:
             self.write_privacy_ledger()

@@ -12,14 +12,21 @@ from common.config import STRATEGIES, ConfigError, RunConfig
 
 # Weight for averaging: the number of *training samples* each site reports (not batches).
 WEIGHT_KEY = "num-examples"
+# Client-level DP averages clipped updates with equal weights (every site reports 1.0).
+UNIFORM_WEIGHT_KEY = "dp-weight"
+
+
+def sampled_sites(cfg: RunConfig, num_sites: int) -> int:
+    return max(1, math.ceil(cfg.fraction_train * num_sites))
 
 
 def build_strategy(cfg: RunConfig, num_sites: int) -> Strategy:
     """Return the Flower strategy named by cfg.strategy, checked against the number of sites."""
-    sampled = max(1, math.ceil(cfg.fraction_train * num_sites))
+    sampled = sampled_sites(cfg, num_sites)
+    weight = UNIFORM_WEIGHT_KEY if cfg.dp == "client" else WEIGHT_KEY
     common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=1.0,
                   min_train_nodes=sampled, min_evaluate_nodes=num_sites,
-                  min_available_nodes=num_sites, weighted_by_key=WEIGHT_KEY)
+                  min_available_nodes=num_sites, weighted_by_key=weight)
     name = cfg.strategy
     if name == "fedavg":
         return FedAvg(**common)

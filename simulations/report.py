@@ -57,7 +57,15 @@ def build_summary(cfg: dict, history: list[dict], baselines: dict[str, dict], co
 
 
 def privacy_summary(cfg, outcome: dict) -> dict:
-    """Final cumulative epsilon per site (the whole run's, from the sites' own ledgers)."""
+    """Final cumulative epsilon per site (the whole run's, from the sites' own ledgers), or the
+    run's client-level epsilon from Flower's accountant."""
+    if cfg.dp == "client":
+        last = next((h["central_dp"] for h in reversed(outcome["history"])
+                     if "central_dp" in h), {"epsilon": 0.0})
+        per_round = {str(h["round"]): h["central_dp"]["epsilon"] for h in outcome["history"]
+                     if "central_dp" in h and h["round"] > 0}
+        return {**outcome.get("central_plan", {}), "epsilon": last["epsilon"],
+                "per_round": per_round, "max_epsilon": last["epsilon"]}
     sites = {site: rows[-1] for site, rows in outcome.get("privacy", {}).items()}
     return {
         "mode": cfg.dp, "accountant": cfg.accountant, "budget_epsilon": cfg.target_epsilon,
@@ -83,6 +91,20 @@ def privacy_table(privacy: dict) -> str:
         cells += [f"{rows[r]['epsilon']:.3f}" if r in rows else "-" for r in rounds]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def audit_text(audit: dict) -> str:
+    """Markdown: membership-inference AUC and TPR at 1% FPR of the final global model."""
+    attacks = [a for a in ("loss-threshold", "calibrated") if a in audit["pooled"]]
+    head = ["scope"] + [f"{a} {k}" for a in attacks for k in ("AUC", "TPR@1%FPR")]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    scopes = [(f"site {s}", r) for s, r in audit["sites"].items()] + [("all sites", audit["pooled"])]
+    for name, result in scopes:
+        cells = [name] + [f"{result[a][k]:.3f}" for a in attacks for k in ("auc", "tpr_at_1pct_fpr")]
+        rows.append("| " + " | ".join(cells) + " |")
+    return ("Membership inference on the final global model: each site's training samples "
+            "(members) against its held-out test split (non-members), balanced. AUC 0.5 means "
+            "the attack cannot tell them apart.\n\n" + "\n".join(rows))
 
 
 def _cell(metrics: dict | None, key: str) -> str:
@@ -176,7 +198,18 @@ def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
     ]
     if summary.get("stopped_early"):
         lines += [f"**The run stopped early:** {summary['stopped_early']}.", ""]
-    if "privacy" in summary:
+    if "audit" in summary:
+        lines += ["## Empirical privacy audit", "", audit_text(summary["audit"]["federated"]), ""]
+    if summary.get("privacy", {}).get("mode") == "client":
+        p = summary["privacy"]
+        curve = ", ".join(f"r{r}: {e:.2f}" for r, e in p["per_round"].items())
+        lines += ["## Privacy", "",
+                  f"Client-level DP (Flower's server-side fixed clipping, clip "
+                  f"{p['clipping_norm']:g}, sigma {p['noise_multiplier']:.3f}, Flower's RDP "
+                  f"accountant, no sampling amplification): epsilon {p['epsilon']:.2f} at delta "
+                  f"{p['delta']:.2e} for the whole run ({curve}). {p['warning']}. The local and "
+                  "pooled baselines are not private.", ""]
+    elif "privacy" in summary:
         p = summary["privacy"]
         lines += [
             "## Privacy",

@@ -14,7 +14,10 @@ from common import rundir
 from common.config import ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.models import MODEL_NAMES, is_segmentation_model
-from simulations.baselines import BASELINE_RUNNERS
+import torch
+
+from common.mia import audit
+from simulations.baselines import BASELINE_RUNNERS, initial_model
 from simulations.partition import build_federation, write_partition_report
 from simulations.report import build_summary, privacy_summary, write_report
 
@@ -68,14 +71,21 @@ def run_flower_simulation(cfg: RunConfig, run_dir: Path, echo: Callable[[str], N
     return outcome
 
 
+def audit_final_model(cfg: RunConfig, fed, run_dir: Path) -> dict:
+    """Membership inference on the final global model: each site's training members against its
+    held-out test split, loss-threshold and difficulty-calibrated (initial model as reference)."""
+    model = initial_model(cfg, fed)
+    reference = initial_model(cfg, fed)
+    final = torch.load(run_dir / rundir.FINAL_MODEL, weights_only=False)
+    model.load_state_dict(final["state_dict"])
+    pairs = [(site.train, site.test) for site in fed.sites]
+    return audit(model, pairs, fed.task, reference_model=reference, seed=cfg.seed)
+
+
 def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool = False,
              run_name: str | None = None) -> SimulationOutcome:
     """Partition, federate, run baselines, write the report. Returns the run dir and summary."""
     start = time.perf_counter()
-    if cfg.dp == "client":
-        raise ConfigError("dp='client' (central DP on site updates) is not available yet; use "
-                          "dp='sample' (DP-SGD at each site) or dp='off' (refusing rather than "
-                          "running without the privacy asked for)")
     if is_segmentation_model(cfg.model):
         classifiers = ", ".join(m for m in MODEL_NAMES if not is_segmentation_model(m))
         raise ConfigError(f"model={cfg.model!r} is a segmentation network; `simulate` trains "
@@ -105,6 +115,7 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
         summary["stopped_early"] = outcome["stopped"]
     if cfg.dp != "off":
         summary["privacy"] = privacy_summary(cfg, outcome)
+    summary["audit"] = {"federated": audit_final_model(cfg, fed, run_dir)}
     write_report(run_dir, summary, history)
     echo(f"report: {run_dir / rundir.REPORT}  (summary: {run_dir / rundir.SUMMARY})")
     return SimulationOutcome(run_dir, summary, history)

@@ -96,3 +96,14 @@ def test_3d_shifted_fedprox_federation_without_baselines(tmp_path):
     assert "reference" in text            # site 0 keeps the reference acquisition profile
     final = torch.load(outcome.run_dir / rundir.FINAL_MODEL, weights_only=False)
     assert final["task"]["spatial_dims"] == 3
+
+
+def test_membership_inference_audit_of_the_final_model(run):
+    summary = json.loads((run / rundir.SUMMARY).read_text())
+    audit = summary["audit"]["federated"]
+    assert sorted(audit["sites"]) == ["0", "1", "2"]
+    for attack in ("loss-threshold", "calibrated"):
+        result = audit["pooled"][attack]
+        assert 0.0 <= result["auc"] <= 1.0 and 0.0 <= result["tpr_at_1pct_fpr"] <= 1.0
+        assert result["n_members"] == result["n_nonmembers"] > 0
+    assert "Empirical privacy audit" in (run / rundir.REPORT).read_text()

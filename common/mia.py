@@ -1,0 +1,183 @@
+"""Empirical privacy audit: membership-inference attacks on a trained classifier.
+
+A reported epsilon is an upper bound from the accountant; these attacks give a lower-bound style
+sanity check next to it. The auditor knows a site's training samples (members) and held-out samples
+from the same distribution (non-members) and asks how well a per-sample score tells them apart:
+
+* ``loss-threshold`` (Yeom et al. 2018): score = -loss, since training drives members' loss down.
+* ``calibrated`` (Watson et al. 2022, difficulty calibration): score = loss_ref(x) - loss_target(x)
+  with a reference model that never trained on these members (e.g. the initial model). Subtracting
+  the reference loss removes how hard a sample is *per se*, leaving the part training explained.
+
+Each attack is summarised by ROC-AUC (0.5 = no leakage), the TPR at 1% FPR (the low-FPR regime
+that matters for privacy, Carlini et al. 2022) and the membership advantage max(TPR - FPR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+from torch import nn
+
+from common.datasets.base import Split, TaskInfo
+from common.training import _check_split, _logits
+
+ATTACKS = ("loss-threshold", "calibrated")
+LOW_FPR = 0.01
+MIN_SIDE = 2
+
+
+@dataclass(frozen=True)
+class MIAResult:
+    attack: str              # one of ATTACKS
+    auc: float               # ROC-AUC of the membership score (0.5 = no leakage)
+    tpr_at_1pct_fpr: float   # TPR at 1% FPR, linearly interpolated on the ROC curve
+    advantage: float         # max over thresholds of TPR - FPR
+    n_members: int
+    n_nonmembers: int
+
+
+def per_sample_loss(model: nn.Module, split: Split, task: TaskInfo,
+                    batch_size: int = 256) -> np.ndarray:
+    """(N,) float64 cross-entropy per sample (multilabel: BCE summed over the labels).
+
+    The model runs in eval mode without gradients; its train/eval mode is restored afterwards.
+    """
+    _check_split(split, task, "per_sample_loss")
+    logits = _logits(model, split.images, task, batch_size)
+    if task.kind == "multilabel":
+        target = torch.as_tensor(np.asarray(split.labels), dtype=torch.float64)
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+    else:
+        target = torch.as_tensor(np.asarray(split.labels), dtype=torch.int64)
+        loss = F.cross_entropy(logits, target, reduction="none")
+    return loss.numpy()
+
+
+def _check_sides(n_members: int, n_nonmembers: int, where: str) -> None:
+    for name, n in (("members", n_members), ("non-members", n_nonmembers)):
+        if n < MIN_SIDE:
+            raise ValueError(f"{where}: {n} {name}; a membership-inference attack needs at least "
+                             f"{MIN_SIDE} members and {MIN_SIDE} non-members")
+
+
+def _tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
+    """TPR where the piecewise-linear ROC curve (points sorted by threshold) crosses ``target``.
+
+    At a vertical segment exactly at ``target`` (tied scores) the highest TPR there is taken.
+    """
+    last = int(np.flatnonzero(fpr <= target)[-1])   # fpr[0] == 0, so there is always one
+    if fpr[last] == target or last == len(fpr) - 1:
+        return float(tpr[last])
+    nxt = last + 1
+    frac = (target - fpr[last]) / (fpr[nxt] - fpr[last])
+    return float(tpr[last] + frac * (tpr[nxt] - tpr[last]))
+
+
+def scores_to_result(attack: str, member_scores: np.ndarray,
+                     nonmember_scores: np.ndarray) -> MIAResult:
+    """Summarise membership scores (higher = "more likely a member") as an `MIAResult`."""
+    if attack not in ATTACKS:
+        raise ValueError(f"attack={attack!r} unknown; expected one of {', '.join(ATTACKS)}")
+    members = np.asarray(member_scores, dtype=np.float64).reshape(-1)
+    nonmembers = np.asarray(nonmember_scores, dtype=np.float64).reshape(-1)
+    _check_sides(members.size, nonmembers.size, f"{attack} attack")
+    scores = np.concatenate([members, nonmembers])
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{attack} attack: {int((~np.isfinite(scores)).sum())} membership scores "
+                         f"are NaN or infinite; the model's losses must be finite")
+    is_member = np.concatenate([np.ones(members.size), np.zeros(nonmembers.size)])
+    fpr, tpr, _ = roc_curve(is_member, scores, drop_intermediate=False)
+    return MIAResult(attack=attack,
+                     auc=float(roc_auc_score(is_member, scores)),
+                     tpr_at_1pct_fpr=_tpr_at_fpr(fpr, tpr, LOW_FPR),
+                     advantage=float(np.max(tpr - fpr)),
+                     n_members=int(members.size),
+                     n_nonmembers=int(nonmembers.size))
+
+
+def loss_threshold_attack(model: nn.Module, members: Split, nonmembers: Split,
+                          task: TaskInfo) -> MIAResult:
+    """Yeom et al.: members should have lower loss, so the membership score is ``-loss``."""
+    _check_sides(len(members), len(nonmembers), "loss_threshold_attack")
+    return scores_to_result("loss-threshold", -per_sample_loss(model, members, task),
+                            -per_sample_loss(model, nonmembers, task))
+
+
+def calibrated_attack(model: nn.Module, reference_model: nn.Module, members: Split,
+                      nonmembers: Split, task: TaskInfo) -> MIAResult:
+    """Difficulty-calibrated loss attack: score = ``loss_ref(x) - loss_target(x)``.
+
+    ``reference_model`` must not have trained on ``members`` (the initial global model, or a model
+    trained on other data), otherwise the calibration cancels the very signal being measured.
+    """
+    _check_sides(len(members), len(nonmembers), "calibrated_attack")
+    return scores_to_result("calibrated", _calibrated_scores(model, reference_model, members, task),
+                            _calibrated_scores(model, reference_model, nonmembers, task))
+
+
+def _calibrated_scores(model: nn.Module, reference_model: nn.Module, split: Split,
+                       task: TaskInfo) -> np.ndarray:
+    return per_sample_loss(reference_model, split, task) - per_sample_loss(model, split, task)
+
+
+def balanced(members: Split, nonmembers: Split, seed: int) -> tuple[Split, Split]:
+    """Subsample the larger side without replacement so both sides have the same size.
+
+    Deterministic in ``seed``; the kept samples stay in their original order. AUC does not need
+    balance, but TPR at a fixed FPR and the advantage are less noisy with equal sides.
+    """
+    _check_sides(len(members), len(nonmembers), "balanced")
+    size = min(len(members), len(nonmembers))
+    rng = np.random.default_rng(seed)
+    return _take(members, size, rng), _take(nonmembers, size, rng)
+
+
+def _take(split: Split, size: int, rng: np.random.Generator) -> Split:
+    if len(split) == size:
+        return split
+    return split.subset(np.sort(rng.choice(len(split), size=size, replace=False)))
+
+
+def audit(model: nn.Module, pairs: list[tuple[Split, Split]], task: TaskInfo, *,
+          reference_model: nn.Module | None = None, seed: int = 0) -> dict:
+    """Run the attacks per site and pooled over all sites; plain python values (JSON-ready).
+
+    ``pairs[i]`` is site ``i``'s (members, non-members). Each pair is balanced with seed
+    ``seed + i``; "pooled" concatenates all balanced pairs. The calibrated attack is reported only
+    when ``reference_model`` is given. Returns ``{"sites": {i: {attack: asdict(MIAResult)}},
+    "pooled": {attack: asdict(MIAResult)}}``.
+    """
+    if not pairs:
+        raise ValueError("audit: pairs is empty; expected one (members, non-members) pair per site")
+    per_site = [_site_scores(model, reference_model, pair, task, seed + i, i)
+                for i, pair in enumerate(pairs)]
+    sites = {i: _summarise(scores) for i, scores in enumerate(per_site)}
+    pooled = {attack: tuple(np.concatenate([s[attack][side] for s in per_site]) for side in (0, 1))
+              for attack in per_site[0]}
+    return {"sites": sites, "pooled": _summarise(pooled)}
+
+
+def _site_scores(model: nn.Module, reference_model: nn.Module | None, pair: tuple[Split, Split],
+                 task: TaskInfo, seed: int, site: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{attack: (member scores, non-member scores)} on the balanced pair of one site."""
+    if len(pair) != 2:
+        raise ValueError(f"audit: pairs[{site}] has {len(pair)} entries; expected (members, "
+                         f"non-members)")
+    members, nonmembers = pair
+    _check_sides(len(members), len(nonmembers), f"audit: site {site}")
+    sides = balanced(members, nonmembers, seed)
+    losses = [per_sample_loss(model, split, task) for split in sides]
+    out = {"loss-threshold": (-losses[0], -losses[1])}
+    if reference_model is not None:
+        ref = [per_sample_loss(reference_model, split, task) for split in sides]
+        out["calibrated"] = (ref[0] - losses[0], ref[1] - losses[1])
+    return out
+
+
+def _summarise(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
+    return {attack: asdict(scores_to_result(attack, m, nm)) for attack, (m, nm) in scores.items()}
