@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from client.ledger import load_ledger, save_ledger
-from client.site import LocalSite, load_site
+from client.site import LocalSite, load_site, site_privacy
 from common.config import ConfigError, RunConfig
 from common.dp_training import DPTrainResult, train_local_dp
 from common.models import build_model
@@ -49,6 +49,7 @@ def _train_private(msg: Message, context: Context, cfg: RunConfig, site: LocalSi
                    global_params: list[torch.Tensor] | None
                    ) -> Message | tuple[DPTrainResult, dict[str, float]]:
     """DP-SGD for one round, charged to the site's ledger; refuse if it would break the budget."""
+    cfg = site_privacy(cfg, context.node_config)
     plan = plan_from_config(cfg, len(site.train))
     ledger = load_ledger(context, cfg.accountant)
     spent = ledger.epsilon(plan.delta)

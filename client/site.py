@@ -14,6 +14,19 @@ DATA_PATH = "data-path"         # set by a site operator: `--node-config data-pa
 SITE_ID = "site-id"
 
 
+# Privacy settings a site's operator may set for the site alone (`--node-config`), e.g. a
+# hospital whose ethics board allows a smaller epsilon than the consortium's default.
+SITE_PRIVACY_KEYS = ("target-epsilon", "noise-multiplier", "delta", "max-grad-norm")
+
+
+def site_privacy(cfg: RunConfig, node_config: Mapping[str, object]) -> RunConfig:
+    """The run config with this site's own privacy overrides applied (validated like the rest)."""
+    overrides = {k: node_config[k] for k in SITE_PRIVACY_KEYS if k in node_config}
+    if not overrides:
+        return cfg
+    return RunConfig.from_dict({**cfg.to_dict(), **overrides})
+
+
 @dataclass(frozen=True)
 class LocalSite:
     site: int

@@ -37,3 +37,14 @@ def test_deployed_site_reads_its_own_file(tmp_path):
 def test_node_config_without_data_is_a_clear_error():
     with pytest.raises(ConfigError, match="neither 'partition-id'.*nor 'data-path'"):
         load_site(RunConfig(), {"foo": 1})
+
+
+def test_a_site_may_set_its_own_privacy_budget():
+    from client.site import site_privacy
+
+    cfg = RunConfig(dp="sample", target_epsilon=8.0)
+    assert site_privacy(cfg, {"partition-id": 0}) is cfg
+    mine = site_privacy(cfg, {"target-epsilon": "2.5", "max-grad-norm": 0.5})
+    assert (mine.target_epsilon, mine.max_grad_norm, mine.rounds) == (2.5, 0.5, cfg.rounds)
+    with pytest.raises(ConfigError, match="target_epsilon=0.0: out of range"):
+        site_privacy(cfg, {"target-epsilon": 0.0})
