@@ -44,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--verbose", action="store_true",
                      help="show Flower's and Ray's own log lines (default: off)")
     _add_common(sim)
-    from simulations import privacy_plan
+    from simulations import privacy_plan, tradeoff
 
     privacy_plan.add_parser(sub)
+    tradeoff.add_parser(sub)
     return parser
 
 
@@ -69,7 +70,13 @@ def _privacy(args: argparse.Namespace) -> int:
     return privacy_plan.run(args)
 
 
-COMMANDS = {"simulate": _simulate, "privacy": _privacy}
+def _tradeoff(args: argparse.Namespace) -> int:
+    from simulations import tradeoff
+
+    return tradeoff.run(args)
+
+
+COMMANDS = {"simulate": _simulate, "privacy": _privacy, "tradeoff": _tradeoff}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
