@@ -19,11 +19,10 @@ from client.site import LocalSite, load_site, site_privacy
 from common.config import ConfigError, RunConfig
 from common.dp_training import DPTrainResult, train_local_dp
 from common.models import build_model
-from common.privacy import plan_from_config
+from common.privacy import BUDGET_EXHAUSTED_REASON, plan_from_config
 from common.training import evaluate, train_local
 
 BUDGET_EXHAUSTED_CODE = 4030            # error code of a round a site refused (privacy budget)
-BUDGET_EXHAUSTED_REASON = "budget-exhausted"
 
 # Keys Flower strategies add to the config record next to the run config.
 FLOWER_KEYS = ("server-round", "proximal-mu")

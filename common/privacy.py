@@ -40,6 +40,11 @@ PRV_MAX_GRID = 5_000_000          # PRV discretisation points (~170 bytes each) 
 History = Sequence[Sequence[float]]
 
 
+# How a site's refusal reads on the wire (reason prefix of its error reply), shared by the site
+# that refuses and the server that records it and stops sampling that site.
+BUDGET_EXHAUSTED_REASON = "budget-exhausted"
+
+
 class BudgetExhausted(Exception):
     """One more round would take a site's epsilon past its budget."""
 

@@ -21,11 +21,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common import rundir
+from common.privacy import BUDGET_EXHAUSTED_REASON
 from common.datasets import Split, TaskInfo
 from common.training import evaluate
 
 PRIVACY_LEDGER = "privacy_ledger.json"
-BUDGET_EXHAUSTED_REASON = "budget-exhausted"   # the reason prefix a site's refusal carries
 PRIVACY_KEYS = ("epsilon", "epsilon_budget", "delta", "noise_multiplier", "sample_rate",
                 "dp_steps")
 
