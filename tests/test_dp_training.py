@@ -16,6 +16,7 @@ from common.dp_training import (
     DPTrainResult,
     check_dp_model,
     default_steps,
+    dp_wrapped,
     mode_deviation,
     pick_grad_sample_mode,
     retain_freed_memory,
@@ -88,6 +89,41 @@ def test_zero_noise_and_unreachable_clip_equal_one_plain_sgd_step(mode):
     assert result.steps == 1 and result.num_samples == 12 and result.grad_sample_mode == mode
     assert result.loss == pytest.approx(loss, rel=1e-5)        # every sample drawn at q = 1
     assert (result.noise_multiplier, result.sample_rate) == (0.0, 1.0)
+
+
+class _Tied(nn.Module):
+    """One Linear applied twice: Opacus accumulates its per-sample gradients over both calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.head(torch.tanh(self.lin(torch.tanh(self.lin(x)))))
+
+
+@pytest.mark.parametrize("make", [_cnn, _Tied])
+def test_per_sample_gradients_match_a_loop_over_samples(make):
+    torch.manual_seed(0)
+    model = make()
+    images = torch.rand(5, 1, 2, 2) if make is _Tied else torch.rand(5, 1, 8, 8)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    loop = []
+    for i in range(5):
+        model.zero_grad()
+        F.cross_entropy(model(images[i:i + 1]), labels[i:i + 1]).backward()
+        loop.append([p.grad.clone() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with dp_wrapped(model, optimizer, mode="hooks", noise_multiplier=0.0, max_grad_norm=1.0,
+                    expected_batch_size=5) as (net, _):
+        F.cross_entropy(net(images), labels).backward()
+        got = [p.grad_sample.clone() for p in model.parameters()]
+    for j, g in enumerate(got):
+        torch.testing.assert_close(g, torch.stack([row[j] for row in loop]), rtol=1e-4,
+                                   atol=1e-6)
 
 
 def test_clipping_bounds_the_update():
