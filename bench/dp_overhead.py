@@ -13,6 +13,7 @@ Like `train_local_dp`, the process first calls `retain_freed_memory` (glibc mall
 applies to the DP and the non-DP steps alike.
 
     .venv/bin/python -m bench.dp_overhead [--steps 3] [--warmup 1] [--threads 2] [--batch 64]
+        [--cases resnet18_28 ...] [--out bench/results/dp_overhead.json]
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (>= 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch", type=int, default=64, help="batch size")
+    parser.add_argument("--out", type=Path, default=RESULTS / "dp_overhead.json",
+                        help="result file (default: bench/results/dp_overhead.json)")
     parser.add_argument("--cases", nargs="+", default=[c.name for c in CASES],
                         choices=[c.name for c in CASES], help="cases to run (default: all)")
     args = parser.parse_args()
@@ -180,8 +183,8 @@ def main() -> None:
     start, rows, load_before = time.perf_counter(), [], os.getloadavg()
     for case in (c for c in CASES if c.name in args.cases):
         rows.append(run_case(case, batch=args.batch, steps=args.steps, warmup=args.warmup))
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "dp_overhead.json"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
         "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup,

@@ -61,12 +61,13 @@ MAX_MODE_DEVIATION = 1e-4  # relative per-sample-gradient difference tolerated (
 # with parameters (e.g. ConvTranspose, used by the U-Net's decoder) makes it fail.
 _EW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm,
               nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.Embedding)
-# Auto picks Opacus' hook mode for every model. In bench/dp_overhead.py (CPU, 2 threads, batch
-# 64; bench/results/dp_overhead.json) it was the fastest mode or tied with the fastest for
-# ResNet-18 at 28 and 64 px and for the U-Net (ew tied at 28 px but was ~10% slower at 64 px,
-# functorch ~10-35% slower); it is also the only mode that ran on every registry model (ew fails
-# on the U-Net's ConvTranspose and on DenseNet). Per-sample gradients of all three agreed to
-# ~1e-7 relative where they ran (tests/test_dp_training.py checks ew and functorch vs hooks).
+# Auto picks Opacus' hook mode for every model. In bench/dp_overhead.py (CPU, batch 64;
+# bench/results/dp_overhead.json) it was the fastest mode, or tied with the fastest, for
+# ResNet-18 at 28 and 64 px and for the U-Net: ExpandedWeights ("ew") tied with it at 28 px on
+# a quiet machine but took up to 2.7x its time at 64 px, functorch 1.1-1.5x. It is also the only
+# mode that ran on every registry model (ew fails on the U-Net's ConvTranspose and on DenseNet).
+# Per-sample gradients of all three agreed to ~1e-7 relative where they ran
+# (tests/test_dp_training.py checks ew and functorch against hooks, and hooks against a loop).
 AUTO_MODE = "hooks"
 
 
@@ -285,10 +286,10 @@ def retain_freed_memory() -> bool:
 
     DP-SGD materialises per-sample gradients: for ResNet-18 (width 16, batch 64) tens of MB
     per layer and step. glibc serves blocks above 32 MB with fresh ``mmap`` pages and unmaps
-    them on ``free``, so every step pays a page fault per 4 kB again; in our VM filling such a
-    block cost 5x the matrix product that computes it, and the DP step was 3.3x the non-DP step
-    instead of 2.6x (ResNet-18, 28x28; bench/dp_overhead.py). This turns off mmap'd chunks and
-    keeps up to 1 GiB of free heap for reuse. It is process-wide and stays on (the process keeps
+    them on ``free``, so every step pays a page fault per 4 kB again; in our VM a batched matmul
+    writing a fresh 38 MB block took 5x as long as one writing reused memory, and the DP step was
+    3.3x the non-DP step instead of 2.6x (ResNet-18, 28x28; bench/dp_overhead.py). This turns off
+    mmap'd chunks and keeps up to 1 GiB of free heap for reuse. It is process-wide and stays on (the process keeps
     its peak heap); a no-op outside glibc. Called by `train_local_dp`.
     """
     global _malloc_tuned
