@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,8 +118,3 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
     write_report(run_dir, summary, history)
     echo(f"report: {run_dir / rundir.REPORT}  (summary: {run_dir / rundir.SUMMARY})")
     return SimulationOutcome(run_dir, summary, history)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    simulate(RunConfig())
-    sys.exit(0)
