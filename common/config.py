@@ -13,15 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-DATASETS = ("synthetic", "medmnist")
+DATASETS = ("synthetic", "medmnist", "dicom", "msd")
+TASKS = ("classification", "segmentation")
+VOLUME_MODES = ("3d", "slices")
 MODELS = (
-    "resnet10", "resnet18", "resnet34", "resnet50", "densenet121", "unet", "cnn",
+    "resnet10", "resnet18", "resnet34", "resnet50", "densenet121", "cnn",
+    # segmentation (U-Net family)
+    "unet", "basicunet", "attentionunet", "unetplusplus", "vnet", "segresnet",
 )
 NORMS = ("group", "instance", "batch")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
 OPTIMIZERS = ("sgd", "adam")
-LOSSES = ("ce", "weighted_ce", "focal")
-LABEL_SKEWS = ("iid", "dirichlet", "pathological")
+LOSSES = ("ce", "weighted_ce", "focal", "dice", "dice_ce")
+LABEL_SKEWS = ("iid", "dirichlet", "pathological", "by-tag", "lesion")
 QUANTITY_LAWS = ("powerlaw", "lognormal")
 BASELINES = ("local", "pooled")
 DP_MODES = ("off", "sample", "client")
@@ -47,11 +51,14 @@ class PartitionSpec:
     classes_per_site: int = 0     # K (label == "pathological")
     quantity: str = ""            # "" | powerlaw | lognormal: skewed site sizes
     shift: bool = False           # per-site acquisition (scanner) profiles
+    tag: str = ""                 # DICOM keyword whose values become the sites (label == "by-tag")
 
 
 PARTITION_HELP = (
-    "terms joined by '+': one of iid | dirichlet:ALPHA | pathological:K, optionally "
-    "quantity[:powerlaw|lognormal] (with iid only) and shift, e.g. dirichlet:0.5+shift"
+    "terms joined by '+': one of iid | dirichlet:ALPHA | pathological:K | by-tag:KEYWORD (DICOM: "
+    "one site per value of a tag, e.g. by-tag:Manufacturer) | lesion:ALPHA (segmentation: "
+    "Dirichlet skew over lesion size), optionally quantity[:powerlaw|lognormal] (with iid only) "
+    "and shift, e.g. dirichlet:0.5+shift"
 )
 
 
@@ -68,8 +75,13 @@ def parse_partition(spec: str) -> PartitionSpec:
                 raise ConfigError(f"partition={spec!r}: two label-skew terms; use one of "
                                   f"{', '.join(LABEL_SKEWS)}")
             out["label"] = name
-            if name == "dirichlet":
+            if name in ("dirichlet", "lesion"):
                 out["alpha"] = _number(spec, term, arg, float, lo=1e-3)
+            elif name == "by-tag":
+                if not arg.isidentifier():
+                    raise ConfigError(f"partition={spec!r}: 'by-tag' needs a DICOM keyword, "
+                                      f"e.g. by-tag:Manufacturer or by-tag:InstitutionName")
+                out["tag"] = arg
             elif name == "pathological":
                 out["classes_per_site"] = _number(spec, term, arg, int, lo=1)
             elif arg:
@@ -109,10 +121,29 @@ class RunConfig:
     # --- data ---
     dataset: str = _opt("synthetic", "dataset name", choices=DATASETS)
     data_path: str = _opt("", "medmnist: path to an official .npz file, or a subset name "
-                              "(e.g. pneumoniamnist) to download into the cache; unused for synthetic")
+                              "(e.g. pneumoniamnist) to download into the cache; dicom: a folder "
+                              "of DICOM files with labels.csv; msd: a Medical Segmentation "
+                              "Decathlon folder (dataset.json, imagesTr/, labelsTr/); unused for "
+                              "synthetic")
+    task: str = _opt("classification", "what the network predicts: one label per image, or a "
+                                       "mask (segmentation: use a U-Net-family model)",
+                     choices=TASKS)
+    dicom_window: str = _opt("", "DICOM VOI window 'CENTER,WIDTH' in stored units after rescale "
+                                 "(HU for CT), e.g. '40,400'; '' = the file's own window, else "
+                                 "the image's full range")
+    strict: bool = _opt(False, "a bad image file (unreadable, not DICOM, no pixels) is fatal; "
+                               "default: skip it, name it, and count it in the report")
+    cache_dir: str = _opt("", "folder for preprocessed DICOM/NIfTI arrays, keyed by file content "
+                              "hash; '' = ~/.cache/fedclinic/arrays")
     image_size: int = _opt(28, "synthetic image side in pixels (medmnist: read from the file)",
                            choices=(28, 64))
     spatial_dims: int = _opt(2, "synthetic images: 2 (slices) or 3 (volumes)", choices=(2, 3))
+    volume_mode: str = _opt("3d", "3D data: train on whole volumes (3d) or slice by slice with "
+                                  "a 2D network (slices)", choices=VOLUME_MODES)
+    augment: str = _opt("", "comma-separated training augmentations applied identically to image "
+                            "and mask: flip, rotate, elastic, intensity ('' for none)")
+    roi_size: int = _opt(0, "3D segmentation inference: sliding-window cube side in voxels; 0 = "
+                            "the whole volume at once", lo=0, hi=1024)
     num_samples: int = _opt(2400, "synthetic: number of images generated (train+val pool)",
                             lo=20, hi=1_000_000)
     # --- federation layout ---
@@ -132,7 +163,8 @@ class RunConfig:
     optimizer: str = _opt("sgd", "local optimiser (sgd uses momentum)", choices=OPTIMIZERS)
     momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
     weight_decay: float = _opt(0.0, "L2 weight decay", lo=0.0, hi=1.0)
-    loss: str = _opt("ce", "loss: cross-entropy, class-weighted CE, or focal", choices=LOSSES)
+    loss: str = _opt("ce", "loss: cross-entropy, class-weighted CE, focal; segmentation also "
+                           "dice and dice_ce", choices=LOSSES)
     focal_gamma: float = _opt(2.0, "focal loss gamma", lo=0.0, hi=10.0)
     # --- server ---
     rounds: int = _opt(5, "federated rounds", lo=1, hi=100_000)
@@ -142,6 +174,14 @@ class RunConfig:
     server_lr: float = _opt(0.01, "FedAdam/FedYogi server learning rate (eta)", lo=1e-6, hi=10.0)
     trim_beta: float = _opt(0.2, "FedTrimmedAvg: fraction cut from each end", lo=0.0, hi=0.49)
     krum_malicious: int = _opt(0, "Krum: number of malicious sites tolerated", lo=0, hi=1000)
+    round_timeout: float = _opt(3600.0, "seconds the server waits for a round's replies; sites "
+                                        "that have not answered by then are excluded from the "
+                                        "round", lo=1.0, hi=1e7)
+    min_sites: int = _opt(1, "quorum: a round aggregates only if at least this many sites "
+                             "answered successfully", lo=1, hi=100_000)
+    min_site_fraction: float = _opt(0.0, "quorum as a fraction of the sites asked in the round "
+                                         "(the larger of the two quorums applies)", lo=0.0,
+                                    hi=1.0)
     # --- differential privacy ---
     dp: str = _opt("off", "differential privacy: off, sample (DP-SGD at each site, protects each "
                           "patient), client (central DP on site updates)", choices=DP_MODES)
