@@ -25,7 +25,8 @@ from common.training import evaluate, train_local
 BUDGET_EXHAUSTED_CODE = 4030            # error code of a round a site refused (privacy budget)
 
 # Keys Flower strategies add to the config record next to the run config.
-FLOWER_KEYS = ("server-round", "proximal-mu")
+FLOWER_KEYS = ("server-round", "proximal-mu", "fedclinic-run")
+RUN_KEY = "fedclinic-run"     # the server's name for this run (server.app.RUN_KEY)
 
 app = ClientApp()
 
@@ -50,7 +51,8 @@ def _train_private(msg: Message, context: Context, cfg: RunConfig, site: LocalSi
     """DP-SGD for one round, charged to the site's ledger; refuse if it would break the budget."""
     cfg = site_privacy(cfg, context.node_config)
     plan = plan_from_config(cfg, len(site.train))
-    ledger = load_ledger(context, cfg.accountant)
+    run_key = str(msg.content["config"].get(RUN_KEY, ""))
+    ledger = load_ledger(context, cfg.accountant, run_key)
     spent = ledger.epsilon(plan.delta)
     after = ledger.epsilon_if(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round,
                               plan.delta)
@@ -64,7 +66,7 @@ def _train_private(msg: Message, context: Context, cfg: RunConfig, site: LocalSi
                             sample_rate=plan.sample_rate, steps=plan.steps_per_round,
                             proximal_mu=mu, global_params=global_params)
     ledger.record(result.noise_multiplier, result.sample_rate, result.steps)
-    save_ledger(context, ledger)
+    save_ledger(context, ledger, run_key)
     return result, {
         "epsilon": ledger.epsilon(plan.delta),   # cumulative: the whole run so far
         "epsilon_budget": cfg.target_epsilon,

@@ -15,11 +15,26 @@ from common.config import ConfigError
 from common.privacy import PrivacyLedger
 
 STATE_KEY = "fedclinic-privacy-ledger"
-LEDGER_PATH = "ledger-path"
+LEDGER_PATH = "ledger-path"   # node config: one ledger file for everything this site trains
+LEDGER_DIR = "ledger-dir"     # node config: one ledger file per fedclinic run (`fedclinic site`)
 
 
-def load_ledger(context: Context, accountant: str) -> PrivacyLedger:
+def ledger_file(context: Context, run_key: str = "") -> Path | None:
+    """Where this site's ledger lives on disk: `ledger-dir`/<run>.json (a resumed run finds its
+    ledger again), else `ledger-path`, else nowhere (Context.state only)."""
+    directory = context.node_config.get(LEDGER_DIR)
+    if directory:
+        if not run_key:
+            raise ConfigError("the server sent no run key, so this site cannot tell which "
+                              "privacy ledger to charge; refusing to train")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key)
+        return Path(str(directory)) / f"{safe}.json"
     path = context.node_config.get(LEDGER_PATH)
+    return Path(str(path)) if path else None
+
+
+def load_ledger(context: Context, accountant: str, run_key: str = "") -> PrivacyLedger:
+    path = ledger_file(context, run_key)
     state = None
     if path and Path(str(path)).exists():
         try:
@@ -38,9 +53,9 @@ def load_ledger(context: Context, accountant: str) -> PrivacyLedger:
     return ledger
 
 
-def save_ledger(context: Context, ledger: PrivacyLedger) -> None:
+def save_ledger(context: Context, ledger: PrivacyLedger, run_key: str = "") -> None:
     text = json.dumps(ledger.state_dict())
     context.state[STATE_KEY] = ConfigRecord({"json": text})
-    path = context.node_config.get(LEDGER_PATH)
+    path = ledger_file(context, run_key)
     if path:
         rundir.atomic_write_bytes(Path(str(path)), (text + "\n").encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from common.config import ConfigError, RunConfig
@@ -37,7 +38,8 @@ class LocalSite:
 
 def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
     """Simulation: rebuild this node's partition (deterministic from cfg). Deployment: read the
-    site's own MedMNIST-layout file given as node config `data-path`."""
+    site's own data given as node config `data-path` (MedMNIST .npz, DICOM or MSD folder, detected
+    from what is there); the run's other settings (image size, window, ...) come from the server."""
     if PARTITION_ID in node_config:
         # Imported here: only simulated sites need the partitioner (simulations/ imports common/).
         from simulations.partition import site_data
@@ -50,7 +52,10 @@ def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
         part = site_data(cfg, int(node_config[PARTITION_ID]))
         return LocalSite(part.site, part.train, part.test, load_dataset(cfg).task)
     if DATA_PATH in node_config:
-        local_cfg = cfg.replace(dataset="medmnist", data_path=str(node_config[DATA_PATH]))
+        from common.datasets.layout import detect_layout
+
+        layout = detect_layout(Path(str(node_config[DATA_PATH])))
+        local_cfg = cfg.replace(dataset=layout, data_path=str(node_config[DATA_PATH]))
         data = load_dataset(local_cfg)
         if data.test is None:
             raise ConfigError(f"{node_config[DATA_PATH]}: the site's file has no test split")

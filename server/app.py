@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -14,17 +16,40 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Result
 
 from common import rundir
-from common.config import RunConfig
+from common.config import RESUMABLE_CHANGES, ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
 from server.central_dp import wrap_client_dp
-from server.recording import PrivacyBudgetSpent, RecordingStrategy, RoundLog
-from server.strategies import build_strategy, sampled_sites
+from server.checkpoint import (load_resume_point, restore_strategy_state, rng_state,
+                               set_rng_state, strategy_state)
+from server.recording import PrivacyBudgetSpent, QuorumLost, RecordingStrategy, RoundLog
+from server.strategies import build_strategy, quorum, sampled_sites
+
+
+RUN_KEY = "fedclinic-run"    # sent to sites with the config: the run directory's name, so a site
+                             # keeps one privacy ledger per run, across a resume
+RUNS_DIR_ENV = "FEDCLINIC_RUNS_DIR"   # set by `fedclinic server`: where deployed runs live
+
+
+def _wait_for_sites(grid: Grid, cfg: RunConfig, log: RoundLog) -> None:
+    """Give every site up to one round timeout to connect; go on with the quorum after that."""
+    deadline = time.monotonic() + cfg.round_timeout
+    need = min(cfg.min_sites, cfg.sites)
+    while True:
+        online = len(list(grid.get_node_ids()))
+        if online >= cfg.sites:
+            return
+        if time.monotonic() > deadline and online >= need:
+            log.echo(f"fedclinic: {online} of {cfg.sites} sites connected after "
+                     f"{cfg.round_timeout:g} s; starting with them (quorum {need})")
+            return
+        time.sleep(1.0)
 
 
 def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
                    echo: Callable[[str], None] | None = None) -> tuple[Result | None, RoundLog]:
-    """Train cfg.rounds rounds over the sites on `grid`; write metrics, checkpoints, final model."""
+    """Train cfg.rounds rounds over the sites on `grid`; write metrics, checkpoints, final model.
+    If `run_dir` holds a checkpoint and cfg.resume names it, continue after its last round."""
     dataset = load_dataset(cfg)
     task = dataset.task
     make_model = partial(build_model, cfg.model, spatial_dims=task.spatial_dims,
@@ -45,20 +70,65 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
                  f"{plan['clipping_norm']:g}, planned epsilon {plan['planned_epsilon']:.2f} at "
                  f"delta {plan['delta']:.2e}. Note: {plan['warning']}")
     strategy = RecordingStrategy(base, log)
+    log.quorum = partial(quorum, cfg)
+    log.checkpoint_state = lambda: {"strategy": strategy_state(strategy), "rng": rng_state()}
+    first_round = 1
+    if cfg.resume:
+        point = load_resume_point(run_dir)
+        restore_strategy_state(strategy, point.strategy)
+        set_rng_state(point.rng)
+        initial, first_round = point.state_dict, point.round + 1
+        log.history = point.history
+        log.privacy = point.privacy.get("sites", {})
+        log.exhausted = {int(k): v for k, v in point.privacy.get("exhausted", {}).items()}
+        log.echo(f"fedclinic: resuming {run_dir.name} after round {point.round}; "
+                 f"rounds {first_round}..{cfg.rounds} follow")
+    config = ConfigRecord({**cfg.to_dict(), RUN_KEY: run_dir.name})
+    _wait_for_sites(grid, cfg, log)
     try:
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial),
-                                num_rounds=cfg.rounds,
-                                train_config=ConfigRecord(cfg.to_dict()),
-                                evaluate_config=ConfigRecord(cfg.to_dict()),
-                                evaluate_fn=log.evaluate)
+                                num_rounds=cfg.rounds, timeout=cfg.round_timeout,
+                                train_config=config, evaluate_config=config,
+                                evaluate_fn=log.evaluate, first_round=first_round)
         final, final_round = result.arrays.to_torch_state_dict(), cfg.rounds
-    except (PrivacyBudgetSpent, PrivacyBudgetExhausted) as stop:
+    except (PrivacyBudgetSpent, PrivacyBudgetExhausted, QuorumLost) as stop:
         log.echo(f"fedclinic: {stop}")
         latest = torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)
         result, final, final_round = None, latest["state_dict"], latest["round"]
         log.stopped = str(stop)
     rundir.save_model(run_dir / rundir.FINAL_MODEL, final, {"round": final_round, **meta})
     return result, log
+
+
+def deployment_run_dir(cfg: RunConfig) -> Path:
+    """The run directory of a deployed run: new under the server's runs folder, or the one
+    cfg.resume names (which must exist there)."""
+    parent = Path(os.environ.get(RUNS_DIR_ENV) or cfg.output_dir)
+    if not cfg.resume:
+        return rundir.create_run_dir(cfg.replace(output_dir=str(parent)))
+    directory = parent / cfg.resume
+    if not (directory / rundir.CHECKPOINT).exists():
+        known = sorted(p.name for p in parent.glob("*") if (p / rundir.CHECKPOINT).exists())
+        raise ConfigError(f"resume={cfg.resume!r}: no run with a checkpoint at {directory}; "
+                          f"resumable runs: {', '.join(known) or 'none'}")
+    return directory
+
+
+def resumed_config(requested: RunConfig, run_dir: Path) -> RunConfig:
+    """The config a resumed run continues with: the one it started with, plus the changes a
+    resume may make (more rounds, another timeout or quorum). Anything else is an error."""
+    saved = RunConfig.load(run_dir / rundir.CONFIG)
+    default = RunConfig()
+    changes = {}
+    for name, value in requested.to_dict().items():
+        if value == getattr(saved, name) or value == getattr(default, name):
+            continue
+        if name not in RESUMABLE_CHANGES:
+            raise ConfigError(f"resume: {name}={value!r} differs from the run's {name}="
+                              f"{getattr(saved, name)!r}; a resumed run may change only "
+                              f"{', '.join(RESUMABLE_CHANGES)}")
+        changes[name] = value
+    return saved.replace(**{**changes, "resume": requested.resume})
 
 
 def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
@@ -73,8 +143,10 @@ def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
         run_cfg = cfg or RunConfig.from_dict(dict(context.run_config))
         directory = run_dir
         if directory is None:
-            directory = rundir.create_run_dir(run_cfg)
-            print(f"fedclinic: run directory {directory}", file=sys.stderr, flush=True)
+            directory = deployment_run_dir(run_cfg)
+            if run_cfg.resume:
+                run_cfg = resumed_config(run_cfg, directory)
+            print(f"fedclinic: run directory {directory}", flush=True)
         result, log = run_federation(grid, run_cfg, directory, echo)
         if outcome is not None:
             outcome.update(result=result, history=log.history, stopped=log.stopped,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from common import rundir
 from common.privacy import BUDGET_EXHAUSTED_REASON
@@ -34,7 +34,17 @@ class PrivacyBudgetSpent(Exception):
     """Every site has refused to train because its privacy budget is spent: end the run cleanly."""
 
 
-def _site_metrics(replies: list[Message]) -> tuple[dict[int, dict], dict[int, str]]:
+class QuorumLost(Exception):
+    """Too many rounds in a row missed the quorum: stop cleanly (resume once sites are back)."""
+
+
+MAX_ROUNDS_WITHOUT_QUORUM = 3
+
+
+def _site_metrics(replies: list[Message], names: dict[int, int] | None = None
+                  ) -> tuple[dict[int, dict], dict[int, str]]:
+    """Metrics per site of the successful replies, and the error reason per node of the others.
+    `names` learns node id -> site id from successful replies (to name a site that fails later)."""
     ok: dict[int, dict] = {}
     failed: dict[int, str] = {}
     for msg in replies:
@@ -44,7 +54,10 @@ def _site_metrics(replies: list[Message]) -> tuple[dict[int, dict], dict[int, st
             continue
         record = next(iter(msg.content.metric_records.values()))
         metrics = {k: v for k, v in record.items()}
-        ok[int(metrics.get("site", node))] = metrics
+        site = int(metrics.get("site", node))
+        ok[site] = metrics
+        if names is not None:
+            names[node] = site
     return ok, failed
 
 
@@ -68,11 +81,30 @@ class RoundLog:
     stopped: str = ""                                             # why the run ended early
     central: Any = None          # client-level DP wrapper (has privacy_spent()), if any
     central_plan: dict = field(default_factory=dict)
+    sites_of_nodes: dict[int, int] = field(default_factory=dict)  # node id -> site id
+    quorum: Callable[[int], int] = lambda asked: 1       # successful replies a round needs
+    skipped: str = ""               # why this round was not aggregated (quorum missed)
+    checkpoint_state: Callable[[], dict] = dict   # strategy + RNG state saved with each round
     _t0: float = field(default_factory=time.perf_counter)
 
+    def node_name(self, node: int) -> str:
+        site = self.sites_of_nodes.get(node)
+        return f"node {node}" if site is None else f"site {site} (node {node})"
+
+    def record_missing(self, stage: str, asked: list[int], replies: list[Message],
+                       timeout: float) -> None:
+        """Name each site that was asked but sent nothing back before the round timed out."""
+        answered = {m.metadata.src_node_id for m in replies}
+        for node in asked:
+            if node not in answered:
+                self.failures[f"{self.node_name(node)} ({stage})"] = (
+                    f"no reply within the round timeout of {timeout:g} s (site down, "
+                    f"disconnected or too slow); excluded from this round")
+
     def record_train(self, server_round: int, replies: list[Message]) -> None:
-        self.train, failed = _site_metrics(replies)
-        self.failures = {f"node {n} (train)": reason for n, reason in failed.items()}
+        self.train, failed = _site_metrics(replies, self.sites_of_nodes)
+        self.failures.update({f"{self.node_name(n)} (train)": reason
+                              for n, reason in failed.items()})
         for node, reason in failed.items():
             if reason.startswith(BUDGET_EXHAUSTED_REASON):
                 self.exhausted.setdefault(node, {"round": server_round, "reason": reason})
@@ -81,13 +113,21 @@ class RoundLog:
                 row = {"round": server_round, **{k: metrics[k] for k in PRIVACY_KEYS}}
                 self.privacy.setdefault(str(site), []).append(row)
         refused = all(r.startswith(BUDGET_EXHAUSTED_REASON) for r in failed.values())
-        if failed and not self.train and not refused:
+        if failed and not self.train and not refused and len(replies) == len(failed):
             detail = "; ".join(f"{k}: {v}" for k, v in self.failures.items())
             raise RuntimeError(f"round {server_round}: every site failed to train: {detail}")
 
+    def quorum_missed(self, asked: int) -> str:
+        """'' if enough sites trained this round, else the reason the round is skipped."""
+        need = self.quorum(asked)
+        if len(self.train) >= need:
+            return ""
+        return (f"quorum not met: {len(self.train)} of {asked} sites trained successfully, "
+                f"{need} needed; the global model is unchanged this round")
+
     def record_evaluate(self, server_round: int, replies: list[Message]) -> None:
-        self.test, failed = _site_metrics(replies)
-        self.failures.update({f"node {n} (evaluate)": r for n, r in failed.items()})
+        self.test, failed = _site_metrics(replies, self.sites_of_nodes)
+        self.failures.update({f"{self.node_name(n)} (evaluate)": r for n, r in failed.items()})
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Strategy evaluate_fn: global test metrics, then the round's line and checkpoint."""
@@ -103,6 +143,8 @@ class RoundLog:
                       for s in sorted(set(self.train) | set(self.test))},
             "failures": self.failures,
         }
+        if self.skipped:
+            line["skipped"] = self.skipped
         spent = self.central.privacy_spent() if self.central is not None else None
         if spent is not None:
             line["central_dp"] = {"epsilon": spent.epsilon, "delta": spent.delta,
@@ -111,10 +153,11 @@ class RoundLog:
         if self.privacy or self.exhausted:
             self.write_privacy_ledger()
         rundir.save_model(self.run_dir / rundir.CHECKPOINT, state,
-                          {"round": server_round, **self.meta})
+                          {"round": server_round, **self.meta, **self.checkpoint_state(),
+                           "privacy": {"sites": self.privacy, "exhausted": self.exhausted}})
         self.history.append(line)
         self.echo(progress_line(line, self.num_rounds))
-        self.train, self.test, self.failures = {}, {}, {}
+        self.train, self.test, self.failures, self.skipped = {}, {}, {}, ""
         return MetricRecord({k: float(v) for k, v in glob.items()}) if glob else None
 
 
@@ -127,15 +170,19 @@ class RoundLog:
 
 
 def progress_line(line: dict, num_rounds: int) -> str:
-    """One human line per round."""
+    """One human line per round: accuracy and AUC, or Dice and HD95 for segmentation."""
     parts = [f"[round {line['round']}/{num_rounds}]"]
     glob = line["global"]
-    if glob:
-        parts.append(f"global acc {glob['accuracy']:.3f} auc {_fmt(glob.get('auc'))}")
     tests = [s["test"] for s in line["sites"].values() if s["test"]]
+    seg = "dice" in glob or any("dice" in t for t in tests)
+    key, short = ("dice", "dice") if seg else ("accuracy", "acc")
+    if glob and seg:
+        parts.append(f"global dice {glob['dice']:.3f} hd95 {_fmt(glob.get('hd95'))}")
+    elif glob:
+        parts.append(f"global acc {glob['accuracy']:.3f} auc {_fmt(glob.get('auc'))}")
     if tests:
-        accs = [t["accuracy"] for t in tests]
-        parts.append(f"sites acc mean {sum(accs) / len(accs):.3f} min {min(accs):.3f}")
+        accs = [t[key] for t in tests]
+        parts.append(f"sites {short} mean {sum(accs) / len(accs):.3f} min {min(accs):.3f}")
     losses = [s["train"]["train_loss"] for s in line["sites"].values() if s["train"]]
     if losses:
         parts.append(f"train loss {sum(losses) / len(losses):.3f}")
@@ -155,6 +202,51 @@ class RecordingStrategy(Strategy):
     def __init__(self, inner: Strategy, log: RoundLog) -> None:
         self.inner = inner
         self.log = log
+        self._asked = 0
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+              first_round: int = 1) -> Result:
+        """Flower's round loop (train, site evaluation, global evaluation), plus: it can start
+        at `first_round` (a resumed run continues its numbering), and it names every site that
+        was asked but did not answer within `timeout`."""
+        train_config = train_config if train_config is not None else ConfigRecord()
+        evaluate_config = evaluate_config if evaluate_config is not None else ConfigRecord()
+        result = Result(arrays=initial_arrays)
+        arrays = initial_arrays
+        if evaluate_fn is not None and first_round == 1:
+            evaluate_fn(0, arrays)
+        missed = 0
+        for server_round in range(first_round, num_rounds + 1):
+            messages = list(self.configure_train(server_round, arrays, train_config, grid))
+            self._asked = len(messages)
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+            self.log.record_missing("train", [m.metadata.dst_node_id for m in messages],
+                                    replies, timeout)
+            new_arrays, metrics = self.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                arrays = result.arrays = new_arrays
+            if metrics is not None:
+                result.train_metrics_clientapp[server_round] = metrics
+            missed = missed + 1 if self.log.skipped else 0
+            messages = list(self.configure_evaluate(server_round, arrays, evaluate_config, grid))
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+            self.log.record_missing("evaluate", [m.metadata.dst_node_id for m in messages],
+                                    replies, timeout)
+            site_metrics = self.aggregate_evaluate(server_round, replies)
+            if site_metrics is not None:
+                result.evaluate_metrics_clientapp[server_round] = site_metrics
+            if evaluate_fn is not None:
+                glob = evaluate_fn(server_round, arrays)
+                if glob is not None:
+                    result.evaluate_metrics_serverapp[server_round] = glob
+            if missed >= MAX_ROUNDS_WITHOUT_QUORUM:
+                raise QuorumLost(f"{missed} rounds in a row missed the quorum (last: round "
+                                 f"{server_round}); the run stops with the last aggregated model. "
+                                 f"Resume it once enough sites are back")
+        return result
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -170,6 +262,11 @@ class RecordingStrategy(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.log.record_train(server_round, replies)
+        asked = self._asked or len(replies)
+        self.log.skipped = self.log.quorum_missed(asked)
+        if self.log.skipped:
+            self.log.echo(f"[round {server_round}] {self.log.skipped}")
+            return None, None
         return self.inner.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

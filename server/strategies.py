@@ -20,13 +20,26 @@ def sampled_sites(cfg: RunConfig, num_sites: int) -> int:
     return max(1, math.ceil(cfg.fraction_train * num_sites))
 
 
+def quorum(cfg: RunConfig, asked: int) -> int:
+    """Successful replies a round needs: the larger of min_sites and min_site_fraction x asked."""
+    return max(cfg.min_sites, math.ceil(cfg.min_site_fraction * asked - 1e-9))
+
+
 def build_strategy(cfg: RunConfig, num_sites: int) -> Strategy:
-    """Return the Flower strategy named by cfg.strategy, checked against the number of sites."""
+    """Return the Flower strategy named by cfg.strategy, checked against the number of sites.
+
+    The strategy samples from the sites that are connected, and needs only the quorum to be: a
+    site that is down must not stall the run (Flower's sampler waits for its minimum forever).
+    """
+    if cfg.min_sites > num_sites:
+        raise ConfigError(f"min_sites={cfg.min_sites} but the federation has only {num_sites} "
+                          f"sites; lower min_sites")
     sampled = sampled_sites(cfg, num_sites)
+    floor = min(quorum(cfg, sampled), num_sites)
     weight = UNIFORM_WEIGHT_KEY if cfg.dp == "client" else WEIGHT_KEY
     common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=1.0,
-                  min_train_nodes=sampled, min_evaluate_nodes=num_sites,
-                  min_available_nodes=num_sites, weighted_by_key=weight)
+                  min_train_nodes=floor, min_evaluate_nodes=floor,
+                  min_available_nodes=floor, weighted_by_key=weight)
     name = cfg.strategy
     if name == "fedavg":
         return FedAvg(**common)

@@ -1,0 +1,101 @@
+"""What left the site: an append-only JSONL audit log of every reply, and a check on each reply.
+
+One line per reply the site sent (or refused to send): time, run, round, message type, the number
+of bytes and the sha256 of the payload exactly as Flower ships it (the serialized objects of the
+message: arrays and metric records), epsilon after the round, and which code produced it. The file
+is opened in append mode and fsync'd per line; the site never rewrites or truncates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+ALLOWED_RECORDS = (ArrayRecord, MetricRecord)
+
+
+def payload_digest(message: Message) -> tuple[int, str]:
+    """(bytes, sha256) over every object Flower serializes for `message`, in object-id order."""
+    objects = get_all_nested_objects(message)
+    digest = hashlib.sha256()
+    total = 0
+    for object_id in sorted(objects):
+        data = objects[object_id].deflate()
+        digest.update(data)
+        total += len(data)
+    return total, digest.hexdigest()
+
+
+def check_outgoing(reply: Message) -> str:
+    """'' if the reply holds only model weights and scalar metrics, else what is wrong."""
+    if reply.has_error():
+        return ""
+    for name, record in reply.content.items():
+        if not isinstance(record, ALLOWED_RECORDS):
+            return (f"reply record {name!r} is a {type(record).__name__}; a site sends only model "
+                    f"weights (ArrayRecord) and scalar metrics (MetricRecord)")
+        if isinstance(record, MetricRecord):
+            for key, value in record.items():
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    return (f"metric {name}.{key} is a {type(value).__name__}; a site sends only "
+                            f"scalar metrics")
+    return ""
+
+
+def _round_of(message: Message) -> int | None:
+    try:
+        config = message.content["config"]
+    except KeyError:
+        return None
+    value = config.get("server-round")
+    return None if value is None else int(value)
+
+
+@dataclass
+class AuditLog:
+    path: Path
+
+    def _append(self, entry: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry})
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def record_reply(self, request: Message, reply: Message, run_id: int, code: str) -> None:
+        size, sha = payload_digest(reply)
+        entry: dict = {"event": "reply", "run_id": run_id, "round": _round_of(request),
+                       "type": request.metadata.message_type, "bytes": size, "sha256": sha,
+                       "code": code}
+        if reply.has_error():
+            entry.update(status="error", reason=reply.error.reason)
+        else:
+            entry["status"] = "ok"
+            entry["arrays"] = sum(len(r) for r in reply.content.array_records.values())
+            for record in reply.content.metric_records.values():
+                if "epsilon" in record:
+                    entry["epsilon"] = float(record["epsilon"])
+                    entry["delta"] = float(record["delta"])
+        self._append(entry)
+
+    def record_refusal(self, request: Message, run_id: int, code: str, reason: str) -> None:
+        self._append({"event": "refused", "run_id": run_id, "round": _round_of(request),
+                      "type": request.metadata.message_type, "code": code, "reason": reason})
+
+    def record_event(self, event: str, detail: str) -> None:
+        self._append({"event": event, "detail": detail})
+
+    def entries(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,162 @@
+"""The site's resident task executor: runs approved ClientApp tasks inside one warm process.
+
+Flower 1.41's SuperNode (``--isolation subprocess``) starts a fresh ``flwr-clientapp`` process for
+every message, which re-imports torch, MONAI and Flower each time (about 6 s on a 2-core host). A
+fedclinic site runs its SuperNode with ``--isolation process`` and this executor next to it:
+
+* it claims tasks from the SuperNode's local Runtime API (the same API ``flower-superexec`` uses);
+* a task whose app bundle is the fedclinic bundle of the installed version runs the installed
+  ClientApp in this process, imports already paid;
+* a task whose bundle hash the operator allowed (``--allow-app-hash``) runs in Flower's own
+  ``flwr-clientapp`` process, as Flower would run it;
+* any other task is refused with an error reply naming what was offered and what is allowed;
+* every reply is checked to hold only model weights and scalar metrics, and is written to the
+  site's append-only audit log before it leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import Error, Message
+from flwr.common.constant import SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import (RuntimeTokenHttpInterceptor,
+                                         RuntimeVersionHttpInterceptor)
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import (pull_task_input, push_message,
+                                                   push_task_output)
+
+from client.approval import AppRefused, Approval, review_app
+from client.audit import AuditLog, check_outgoing
+
+log = logging.getLogger("fedclinic.site")
+
+REFUSED_CODE = 4031          # error code of a task refused because its app is not approved
+LEAKY_REPLY_CODE = 4032      # ... of a reply that held something other than weights and metrics
+
+
+@dataclass
+class SiteExecutor:
+    runtime_address: str                      # the SuperNode's Runtime API, e.g. 127.0.0.1:9094
+    audit: AuditLog
+    allowed_hashes: frozenset[str] = frozenset()
+    poll_interval: float = 0.1
+    client_app: Callable[[Message, object], Message] | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    tasks_done: int = 0
+
+    def _client(self, component: str, token: str | None = None) -> RuntimeHttpClient:
+        interceptors = [RuntimeVersionHttpInterceptor(component_name=component)]
+        if token is not None:
+            interceptors.append(RuntimeTokenHttpInterceptor(token))
+        return RuntimeHttpClient.from_server_address(
+            server_address=self.runtime_address, insecure=True, root_certificates=None,
+            interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+
+    def serve(self) -> None:
+        """Claim and run tasks until `stop_event` is set."""
+        if self.client_app is None:
+            from client.app import app as installed_app
+
+            self.client_app = installed_app
+        claimer = self._client("SuperExec")
+        try:
+            while not self.stop_event.is_set():
+                res = claimer.AcquireTask(AcquireTaskRequest(
+                    supported_task_types=[TaskType.CLIENT_APP.value], agentapp_fab_hashes=[]))
+                if res.HasField("task") and res.token:
+                    self.run_task(res.token, res.task.fab_hash)
+                    continue                      # more work may be queued: ask again at once
+                self.stop_event.wait(self.poll_interval)
+        finally:
+            claimer.close()
+
+    def run_task(self, token: str, fab_hash: str) -> None:
+        try:
+            approval = review_app(fab_hash, self.allowed_hashes)
+        except AppRefused as refusal:
+            self._refuse(token, refusal)
+            return
+        if approval.kind == "allowed-hash":
+            self._run_in_flower_process(token, approval)
+        else:
+            self._run_here(token, approval)
+        self.tasks_done += 1
+
+    def _run_here(self, token: str, approval: Approval) -> None:
+        client = self._client("flwr-clientapp", token)
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        heartbeat.start()
+        context, status, details = None, SubStatus.FAILED, "fedclinic site: task failed"
+        try:
+            message, context, run, _ = pull_task_input(client)
+            reply = self._call_app(message, context)
+            problem = check_outgoing(reply)
+            if problem:
+                self.audit.record_refusal(message, run.run_id, approval.describe(), problem)
+                reply = Message(Error(code=LEAKY_REPLY_CODE, reason=problem), reply_to=message)
+            self.audit.record_reply(message, reply, run.run_id, approval.describe())
+            push_message(client, reply, context)
+            status, details = SubStatus.COMPLETED, ""
+        finally:
+            heartbeat.stop()
+            push_task_output(client, context, status, details)
+            client.close()
+
+    def _call_app(self, message: Message, context) -> Message:
+        try:
+            return self.client_app(message=message, context=context)
+        except Exception as exc:  # noqa: BLE001 - the server gets the reason, the site the trace
+            log.exception("ClientApp raised")
+            reason = f"{type(exc).__name__}: {exc}"
+            return Message(Error(code=0, reason=reason), reply_to=message)
+
+    def _refuse(self, token: str, refusal: AppRefused) -> None:
+        client = self._client("flwr-clientapp", token)
+        context = None
+        try:
+            message, context, run, _ = pull_task_input(client)
+            self.audit.record_refusal(message, run.run_id, "not approved", str(refusal))
+            push_message(client, Message(Error(code=REFUSED_CODE, reason=str(refusal)),
+                                         reply_to=message), context)
+        finally:
+            push_task_output(client, context, SubStatus.FAILED, str(refusal))
+            client.close()
+        log.warning("%s", refusal)
+
+    def _run_in_flower_process(self, token: str, approval: Approval) -> None:
+        """An operator-allowed bundle runs the way Flower runs it: its own flwr-clientapp."""
+        self.audit.record_event("run-allowed-app", approval.describe())
+        command = [str(Path(sys.executable).with_name("flwr-clientapp")),
+                   "--runtime-api-address", self.runtime_address, "--token", token,
+                   "--insecure", "--parent-pid", str(os.getpid())]
+        subprocess.run(command, check=False)
+
+
+def wait_for_runtime_api(address: str, timeout: float = 60.0) -> None:
+    """Block until the SuperNode's Runtime API accepts connections (readiness, no fixed sleep)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the SuperNode's Runtime API at {address} did not come up "
+                                   f"within {timeout:.0f} s") from None
+            time.sleep(0.1)

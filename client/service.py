@@ -1,0 +1,140 @@
+"""`fedclinic site`: one hospital's SuperNode plus its resident executor, next to the data.
+
+The site validates its data first and refuses to start on errors. It then starts a Flower
+SuperNode that dials out to the server over TLS, authenticated with the site's key, and runs the
+ClientApp tasks itself (`client.executor`): only approved code runs, every reply is audited, and
+its privacy ledgers live under --state, so they survive restarts of the site or of the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from common.config import ConfigError
+
+DEFAULT_STATE = "fedclinic-site"
+DEFAULT_RUNTIME_PORT = 9094
+
+
+def node_config(data: Path, site_id: int, state: Path) -> str:
+    """Flower --node-config string: where the data and the per-run privacy ledgers are."""
+    return (f'data-path="{data.resolve()}" site-id={site_id} '
+            f'ledger-dir="{(state / "ledgers").resolve()}"')
+
+
+def start_supernode(server: str, ca_cert: Path | None, site_key: Path | None, data: Path,
+                    site_id: int, state: Path, runtime_port: int) -> tuple[subprocess.Popen, Path]:
+    from server.service import flower_env
+
+    state.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).with_name("flower-supernode")),
+               "--superlink", server, "--isolation", "process",
+               "--host", "127.0.0.1", "--port", str(runtime_port),
+               "--node-config", node_config(data, site_id, state)]
+    if ca_cert is None:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(ca_cert)]
+    if site_key is not None:
+        command += ["--auth-supernode-private-key", str(site_key)]
+    log_file = state / "supernode.log"
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env=flower_env(state / "flwr-home"), cwd=state,
+                                   start_new_session=True)
+    return process, log_file
+
+
+def check_files(args: argparse.Namespace) -> None:
+    wanted = [("--data", Path(args.data))]
+    if not args.insecure:
+        wanted += [("--ca-cert", Path(args.ca_cert)), ("--site-key", Path(args.site_key))]
+    for flag, path in wanted:
+        if not path.exists():
+            raise ConfigError(f"{flag} {path}: not found")
+
+
+def validate_before_joining(data: Path, echo) -> None:
+    from client.validate import validate_site_data
+
+    report = validate_site_data(data)
+    if not report.ok:
+        raise ConfigError(f"{data}: the site's data failed validation, so the site does not "
+                          f"join:\n{report.render()}")
+    echo(f"fedclinic site: data {data} validated ({report.layout}, "
+         f"{len(report.warnings)} warning(s))")
+
+
+def run_site(args: argparse.Namespace) -> int:
+    from client.audit import AuditLog
+    from client.executor import SiteExecutor, wait_for_runtime_api
+    from server.service import stop_process
+
+    check_files(args)
+    data, state = Path(args.data), Path(args.state)
+    if not args.skip_validation:
+        validate_before_joining(data, print)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    ca = None if args.insecure else Path(args.ca_cert)
+    key = None if args.insecure else Path(args.site_key)
+    process, log_file = start_supernode(args.server, ca, key, data, args.site_id, state,
+                                        args.runtime_port)
+    executor = SiteExecutor(f"127.0.0.1:{args.runtime_port}", AuditLog(state / "audit.jsonl"),
+                            allowed_hashes=frozenset(args.allow_app_hash))
+    signal.signal(signal.SIGTERM, lambda *_: executor.stop_event.set())
+    try:
+        wait_for_runtime_api(executor.runtime_address)
+        print(f"fedclinic site {args.site_id}: connected to {args.server} "
+              f"({'TLS' if ca else 'INSECURE'}); audit log {state / 'audit.jsonl'}; SuperNode "
+              f"log {log_file}", flush=True)
+        watchdog = threading.Thread(target=_stop_when_exits, args=(process, executor),
+                                    daemon=True)
+        watchdog.start()
+        executor.serve()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop_process(process)
+    return 0 if process.returncode in (0, None, -signal.SIGTERM) else 1
+
+
+def _stop_when_exits(process: subprocess.Popen, executor) -> None:
+    process.wait()
+    executor.stop_event.set()
+
+
+def add_site_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default="127.0.0.1:8000",
+                   help="the consortium server's HOST:PORT; the site dials out to it, no inbound "
+                        "port is opened (default: 127.0.0.1:8000)")
+    p.add_argument("--ca-cert", default="ca.crt",
+                   help="the consortium CA certificate that signed the server's (default: ca.crt)")
+    p.add_argument("--site-key", default="site.key",
+                   help="this site's private key (OpenSSH, EC P-384); its .pub is registered at "
+                        "the server (default: site.key)")
+    p.add_argument("--site-id", type=int, default=0,
+                   help="this site's number in reports (default: 0)")
+    p.add_argument("--data", default="data",
+                   help="the site's data: a MedMNIST .npz, a DICOM folder with labels.csv, or an "
+                        "MSD NIfTI folder (default: data)")
+    p.add_argument("--state", default=DEFAULT_STATE,
+                   help="folder for the privacy ledgers, audit.jsonl and logs; keep it across "
+                        f"restarts (default: {DEFAULT_STATE})")
+    p.add_argument("--allow-app-hash", action="append", default=[], metavar="SHA256",
+                   help="also run the app bundle with this sha256 (repeatable); by default only "
+                        "the installed fedclinic's own bundle runs (default: none)")
+    p.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
+                   help="local port (127.0.0.1 only) between the SuperNode and the executor "
+                        f"(default: {DEFAULT_RUNTIME_PORT})")
+    p.add_argument("--skip-validation", action="store_true",
+                   help="join without validating the data first (default: off)")
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS and no key, only against a server started with --insecure "
+                        "(default: off)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
