@@ -32,7 +32,10 @@ def start_supernode(server: str, ca_cert: Path | None, site_key: Path | None, da
                     site_id: int, state: Path, runtime_port: int) -> tuple[subprocess.Popen, Path]:
     from server.service import flower_env
 
+    state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
+    ca_cert = ca_cert.resolve() if ca_cert else None
+    site_key = site_key.resolve() if site_key else None
     command = [str(Path(sys.executable).with_name("flower-supernode")),
                "--superlink", server, "--isolation", "process",
                "--host", "127.0.0.1", "--port", str(runtime_port),
@@ -46,8 +49,7 @@ def start_supernode(server: str, ca_cert: Path | None, site_key: Path | None, da
     log_file = state / "supernode.log"
     with open(log_file, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env=flower_env(state / "flwr-home"), cwd=state,
-                                   start_new_session=True)
+                                   env=flower_env(state / "flwr-home"), cwd=state)
     return process, log_file
 
 

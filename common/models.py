@@ -11,8 +11,31 @@ compute per-sample gradients for DP-SGD. That needs three things MONAI does not 
   (DenseNet) and with ``width``; we register a MONAI norm factory that picks it per layer.
 
 Inputs as small as 28 px must survive four downsampling stages, so ResNet and DenseNet use a
-3x3 stride-1 stem without max-pooling, and the U-Net pads its input to a multiple of 8 and crops
-the output back.
+3x3 stride-1 stem without max-pooling, and the segmentation nets pad their input to a multiple
+of their total stride and crop the output back (`PaddedUNet`), so any spatial size works.
+
+Segmentation nets (output ``(N, num_classes, *spatial)``) and how ``width`` (w) scales them:
+
+* ``unet``: MONAI UNet, one residual unit per level; w, 2w, 4w, 8w; total stride 8.
+* ``basicunet``: MONAI BasicUNet; features (w, w, 2w, 4w, 8w, w); stride 16.
+* ``attentionunet``: MONAI AttentionUnet; w, 2w, 4w, 8w; stride 8.
+* ``unetplusplus``: MONAI BasicUNetPlusPlus, final output only; features as basicunet; stride 16.
+* ``vnet``: MONAI VNet's blocks (MONAI fixes 16..256 channels); c, 2c, 4c, 8c, 16c with
+  c = w/2 rounded up to a multiple of in_channels; stride 16.
+* ``segresnet``: MONAI SegResNet, blocks_down (1, 2, 2, 4), blocks_up (1, 1, 1); w, 2w, 4w,
+  8w; stride 8.
+
+At w=16 basicunet gets features (16, 16, 32, 64, 128, 16), half MONAI's default; vnet likewise
+gets half of MONAI's VNet channels (c=8; its 5x5(x5) kernels make it by far the largest net:
+~2.3M parameters in 2D at w=16), and w=32 reproduces MONAI's VNet. With instance norm the padded
+side is at least twice the stride, so the deepest level keeps more than one voxel.
+
+AttentionUnet and VNet hard-code BatchNorm (and AttentionUnet an InstanceNorm in its merge
+convolutions); every norm layer of theirs is replaced by the requested one. MONAI's SegResNet
+adds its residual in place (``x += identity``), and VNet and BasicUNet default to in-place
+activations; all are made out-of-place after building (`_make_dp_safe`). AttentionUnet's
+merge convolutions keep MONAI's PReLU, for which Opacus falls back to functorch per-sample
+gradients inside hook mode.
 """
 
 from __future__ import annotations
@@ -21,9 +44,13 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks.segresnet_block import ResBlock
 from monai.networks.layers import Conv, Norm, Pool, get_act_layer, get_norm_layer
-from monai.networks.nets import DenseNet, ResNet, UNet
+from monai.networks.nets import (
+    AttentionUnet, BasicUNet, BasicUNetPlusPlus, DenseNet, ResNet, SegResNet, UNet,
+)
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
+from monai.networks.nets.vnet import DownTransition, InputTransition, OutputTransition, UpTransition
 from torch import nn
 
 SPATIAL_DIMS = (2, 3)
@@ -136,24 +163,71 @@ def _densenet121(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w
 
 
 class PaddedUNet(nn.Module):
-    """MONAI UNet that zero-pads inputs to a multiple of its total stride and crops the output.
+    """A U-shaped net that zero-pads inputs to a multiple of its total stride and crops the output.
 
     Without this, a 28 px input hits 7 px after two stride-2 stages and the third gives 4 px,
-    whose upsampled 8 px no longer matches the 7 px skip connection.
+    whose upsampled 8 px no longer matches the 7 px skip connection. ``min_size`` (if larger)
+    is the smallest padded side: instance norm needs more than one voxel at the bottom level.
     """
 
-    def __init__(self, unet: UNet, multiple: int) -> None:
+    def __init__(self, unet: nn.Module, multiple: int, min_size: int = 0) -> None:
         super().__init__()
         self.unet = unet
         self.multiple = multiple
+        self.min_size = min_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x.shape[2:]
         pad: list[int] = []
         for size in reversed(spatial):  # F.pad lists the last dim first
-            pad += [0, (-size) % self.multiple]
+            target = max(size + (-size) % self.multiple, self.min_size)
+            pad += [0, target - size]
         out = self.unet(F.pad(x, pad) if any(pad) else x)
         return out[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+
+
+def _padded(net: nn.Module, multiple: int, norm: str | tuple) -> PaddedUNet:
+    """Wrap ``net``; with instance norm pad to at least 2 x ``multiple`` (2 voxels at the
+    deepest level)."""
+    is_instance = (norm[0] if isinstance(norm, tuple) else norm) == "instance"
+    return PaddedUNet(net, multiple=multiple, min_size=2 * multiple if is_instance else 0)
+
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+               nn.GroupNorm)
+
+
+def _replace_norms(model: nn.Module, norm: str | tuple, dims: int) -> None:
+    """Swap every norm layer of ``model`` for ``norm`` with the same channel count."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, _NORM_TYPES):
+                channels = child.num_channels if isinstance(child, nn.GroupNorm) \
+                    else child.num_features
+                setattr(parent, child_name,
+                        get_norm_layer(name=norm, spatial_dims=dims, channels=channels))
+
+
+class DPSegResBlock(ResBlock):
+    """MONAI's SegResNet block with an out-of-place residual add (Opacus-safe)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.act(self.norm1(x)))
+        out = self.conv2(self.act(self.norm2(out)))
+        return out + x
+
+
+def _make_dp_safe(model: nn.Module) -> nn.Module:
+    """Turn off every in-place activation/dropout and swap in-place residual blocks.
+
+    An in-place op on a module's output breaks the full backward hooks Opacus installs.
+    """
+    for module in model.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            module.inplace = False
+        if type(module) is ResBlock:
+            module.__class__ = DPSegResBlock   # same parameters, out-of-place forward
+    return model
 
 
 def _unet(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int) -> nn.Module:
@@ -161,7 +235,104 @@ def _unet(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int) 
     unet = UNet(spatial_dims=dims, in_channels=cin, out_channels=ncls,
                 channels=(w, 2 * w, 4 * w, 8 * w), strides=strides, num_res_units=1,
                 act=ACT, norm=norm)
-    return PaddedUNet(unet, multiple=2 ** len(strides))
+    return _padded(unet, 2 ** len(strides), norm)
+
+
+def _basic_features(w: int) -> tuple[int, ...]:
+    return (w, w, 2 * w, 4 * w, 8 * w, w)
+
+
+def _basicunet(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int) -> nn.Module:
+    net = BasicUNet(spatial_dims=dims, in_channels=cin, out_channels=ncls,
+                    features=_basic_features(w), act=ACT, norm=norm)
+    return _padded(net, 16, norm)   # four max-pooling stages
+
+
+class _UNetPlusPlus(BasicUNetPlusPlus):
+    """BasicUNet++ returning only its final (full-depth) logits, without deep-supervision heads.
+
+    The three auxiliary 1x1 heads would get no gradient (their outputs are discarded), and
+    parameters without a per-sample gradient upset Opacus' optimizer, so they are removed.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(deep_supervision=False, **kwargs)
+        self.final_conv_0_1 = nn.Identity()
+        self.final_conv_0_2 = nn.Identity()
+        self.final_conv_0_3 = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[-1]
+
+
+def _unetplusplus(name: str, dims: int, cin: int, ncls: int, norm: str | tuple,
+                  w: int) -> nn.Module:
+    net = _UNetPlusPlus(spatial_dims=dims, in_channels=cin, out_channels=ncls,
+                        features=_basic_features(w), act=ACT, norm=norm)
+    return _padded(net, 16, norm)
+
+
+def _attentionunet(name: str, dims: int, cin: int, ncls: int, norm: str | tuple,
+                   w: int) -> nn.Module:
+    strides = (2, 2, 2)
+    net = AttentionUnet(spatial_dims=dims, in_channels=cin, out_channels=ncls,
+                        channels=(w, 2 * w, 4 * w, 8 * w), strides=strides)
+    _replace_norms(net, norm, dims)   # MONAI hard-codes BatchNorm (and InstanceNorm in merges)
+    return _padded(net, 2 ** len(strides), norm)
+
+
+class _VNet(nn.Module):
+    """MONAI's VNet layout built from its transition blocks with ``c`` channels at the top.
+
+    MONAI's ``VNet`` fixes c = 16; c = 16 gives the same network (same module names).
+    Dropout is MONAI's default (0.5 in the two deepest down and up transitions) with the
+    dropout dimensionality matching the input: MONAI's default Dropout3d would treat a 2D
+    batch as one unbatched volume.
+    """
+
+    def __init__(self, dims: int, cin: int, ncls: int, c: int) -> None:
+        super().__init__()
+        act = ("elu", {"inplace": False})
+        self.in_tr = InputTransition(dims, cin, c, act)
+        self.down_tr32 = DownTransition(dims, c, 1, act, dropout_dim=dims)
+        self.down_tr64 = DownTransition(dims, 2 * c, 2, act, dropout_dim=dims)
+        self.down_tr128 = DownTransition(dims, 4 * c, 3, act, dropout_prob=0.5, dropout_dim=dims)
+        self.down_tr256 = DownTransition(dims, 8 * c, 2, act, dropout_prob=0.5, dropout_dim=dims)
+        self.up_tr256 = UpTransition(dims, 16 * c, 16 * c, 2, act, dropout_prob=(0.5, 0.5),
+                                     dropout_dim=dims)
+        self.up_tr128 = UpTransition(dims, 16 * c, 8 * c, 2, act, dropout_prob=(0.5, 0.5),
+                                     dropout_dim=dims)
+        self.up_tr64 = UpTransition(dims, 8 * c, 4 * c, 1, act, dropout_dim=dims)
+        self.up_tr32 = UpTransition(dims, 4 * c, 2 * c, 1, act, dropout_dim=dims)
+        self.out_tr = OutputTransition(dims, 2 * c, ncls, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out16 = self.in_tr(x)
+        out32 = self.down_tr32(out16)
+        out64 = self.down_tr64(out32)
+        out128 = self.down_tr128(out64)
+        out256 = self.down_tr256(out128)
+        x = self.up_tr256(out256, out128)
+        x = self.up_tr128(x, out64)
+        x = self.up_tr64(x, out32)
+        x = self.up_tr32(x, out16)
+        return self.out_tr(x)
+
+
+def _vnet(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int) -> nn.Module:
+    # Half the width (see the module docstring); the input transition adds the input repeated
+    # along channels, so c must be a multiple of cin.
+    c = max(2, w // 2)
+    c += (-c) % cin
+    net = _VNet(dims, cin, ncls, c)
+    _replace_norms(net, norm, dims)   # MONAI hard-codes BatchNorm
+    return _padded(net, 16, norm)
+
+
+def _segresnet(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int) -> nn.Module:
+    net = SegResNet(spatial_dims=dims, in_channels=cin, out_channels=ncls, init_filters=w,
+                    blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), act=ACT, norm=norm)
+    return _padded(net, 8, norm)   # three stride-2 stages
 
 
 def _cnn(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int) -> nn.Module:
@@ -182,10 +353,16 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet34": _resnet,
     "resnet50": _resnet,
     "densenet121": _densenet121,
-    "unet": _unet,
     "cnn": _cnn,
+    "unet": _unet,
+    "basicunet": _basicunet,
+    "attentionunet": _attentionunet,
+    "unetplusplus": _unetplusplus,
+    "vnet": _vnet,
+    "segresnet": _segresnet,
 }
-_SEGMENTATION = frozenset({"unet"})
+_SEGMENTATION = frozenset({"unet", "basicunet", "attentionunet", "unetplusplus", "vnet",
+                           "segresnet"})
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 NORM_NAMES: tuple[str, ...] = tuple(_NORMS)
@@ -206,8 +383,9 @@ def build_model(name: str, *, spatial_dims: int, in_channels: int, num_classes: 
                 norm: str = "group", width: int = 16) -> nn.Module:
     """Build a registry model; classifiers return logits (N, num_classes).
 
-    ``width`` is the channel count of the first stage (later stages scale as 2w, 4w, 8w);
-    ``num_classes`` is the number of output channels for the U-Net.
+    ``width`` is the channel count of the first stage (later stages scale as 2w, 4w, 8w; see
+    the module docstring for each segmentation net); ``num_classes`` is the number of output
+    channels of the segmentation nets, which accept any spatial size.
     """
     _check_name(name)
     if spatial_dims not in SPATIAL_DIMS:
@@ -220,7 +398,8 @@ def build_model(name: str, *, spatial_dims: int, in_channels: int, num_classes: 
                              ("width", width, MIN_WIDTH)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise ValueError(f"{field}={value!r}: expected an integer >= {lo}")
-    return _BUILDERS[name](name, spatial_dims, in_channels, num_classes, _NORMS[norm], width)
+    model = _BUILDERS[name](name, spatial_dims, in_channels, num_classes, _NORMS[norm], width)
+    return _make_dp_safe(model)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -59,6 +59,7 @@ def _local_host(host: str) -> str:
 
 
 def _certs(certs: Path) -> tuple[Path, Path, Path]:
+    certs = certs.resolve()
     files = (certs / "ca.crt", certs / "server.crt", certs / "server.key")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -91,6 +92,7 @@ def start_server(certs: Path | None, site_keys: Path | None, state: Path, addres
                  echo=print) -> tuple[subprocess.Popen, Path]:
     """Start the SuperLink (returns its process and log file) and register the site keys."""
     host, port = split_address(address)
+    state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     (state / "runs").mkdir(exist_ok=True)
     command = [str(Path(sys.executable).with_name("flower-superlink")),
@@ -110,7 +112,7 @@ def start_server(certs: Path | None, site_keys: Path | None, state: Path, addres
     log_file = state / "superlink.log"
     with open(log_file, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   cwd=state, start_new_session=True)
+                                   cwd=state)
     try:
         wait_for_port(_local_host(host), port, 120, process, log_file)
         if site_keys is not None:
@@ -128,17 +130,15 @@ def start_server(certs: Path | None, site_keys: Path | None, state: Path, addres
 
 
 def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL if it lingers."""
+    """SIGTERM, then SIGKILL if it lingers."""
     if process.poll() is not None:
         return
+    process.terminate()
     try:
-        os.killpg(process.pid, signal.SIGTERM)
         process.wait(grace)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        process.kill()
         process.wait()
-    except ProcessLookupError:
-        pass
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -13,6 +13,12 @@ Schemes (``PartitionSpec.label`` / ``.quantity``):
   classes as possible (see ``_StripedPathological``); every site holds exactly K classes. Only when
   ``sites * K < classes`` can not every class be placed: those classes' samples are left out.
 * ``quantity[:powerlaw|lognormal]`` (iid labels): ``SizePartitioner`` with skewed, seeded sizes.
+* ``lesion:ALPHA`` (segmentation): the Dirichlet scheme over lesion-size bins (none / small /
+  medium / large, `common.seg_data.lesion_size_bins`) computed from the masks instead of labels:
+  sites differ in how many and how large lesions they see.
+* ``by-tag:KEYWORD`` (DICOM): one site per distinct value of a per-sample header tag (e.g.
+  Manufacturer), sites ordered by value; cfg.sites must equal the number of values. The real
+  hospital/scanner split, so no randomness: see `partition_by_tag`.
 
 All schemes other than that pathological corner case cover the whole pool; sites are disjoint.
 """
@@ -68,10 +74,12 @@ class Federation:
 def spec_text(spec: PartitionSpec) -> str:
     """The partition string that parses back to ``spec``, e.g. ``dirichlet:0.5+shift``."""
     terms = [spec.label]
-    if spec.label == "dirichlet":
+    if spec.label in ("dirichlet", "lesion"):
         terms[0] += f":{spec.alpha:g}"
     elif spec.label == "pathological":
         terms[0] += f":{spec.classes_per_site}"
+    elif spec.label == "by-tag":
+        terms[0] += f":{spec.tag}"
     if spec.quantity:
         terms.append(f"quantity:{spec.quantity}")
     if spec.shift:
@@ -128,7 +136,10 @@ def _make_partitioner(labels: np.ndarray, num_sites: int, spec: PartitionSpec, s
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, SizePartitioner
 
     flwr_seed = _stream(seed, _PARTITIONER)
-    if spec.label == "dirichlet":
+    if spec.label == "by-tag":
+        raise ConfigError(f"partition={text!r} splits by per-sample tag values, not labels: use "
+                          f"partition_by_tag (build_federation does)")
+    if spec.label in ("dirichlet", "lesion"):
         # The minimum must leave room for train/val/test; up to 10 per site when data allows.
         min_size = max(MIN_SITE_SAMPLES, min(10, len(labels) // (4 * num_sites)))
         return DirichletPartitioner(num_sites, "label", alpha=float(spec.alpha),
@@ -199,7 +210,8 @@ def quantity_sizes(n: int, num_sites: int, law: str, rng: np.random.Generator) -
 
 
 def _check_site_sizes(parts: list[np.ndarray], spec: PartitionSpec, text: str) -> None:
-    hint = {"dirichlet": "a larger alpha, ", "pathological": "more classes per site, "}
+    hint = {"dirichlet": "a larger alpha, ", "lesion": "a larger alpha, ",
+            "pathological": "more classes per site, "}
     for site, idx in enumerate(parts):
         if len(idx) < MIN_SITE_SAMPLES:
             noun = "sample" if len(idx) == 1 else "samples"
@@ -214,11 +226,52 @@ def build_federation(dataset: Dataset, cfg: RunConfig) -> Federation:
     """Partition the pool (train [+ val]) into cfg.sites sites, split each, apply site shift."""
     spec = cfg.partition_spec
     pool = dataset.train if dataset.val is None else Split.concat([dataset.train, dataset.val])
-    labels = dataset.class_labels(pool)
-    parts = partition_indices(labels, cfg.sites, spec, cfg.seed)
+    labels = lesion_bins(dataset, pool) if spec.label == "lesion" else dataset.class_labels(pool)
+    if spec.label == "by-tag":
+        parts = partition_by_tag(_tag_values(dataset, pool, spec.tag), cfg.sites, spec.tag)
+    else:
+        parts = partition_indices(labels, cfg.sites, spec, cfg.seed)
     sites = tuple(_make_site(s, idx, pool, labels[idx], cfg, spec.shift)
                   for s, idx in enumerate(parts))
     return Federation(dataset.name, dataset.task, sites, dataset.test, spec, cfg.seed)
+
+
+def lesion_bins(dataset: Dataset, split: Split) -> np.ndarray:
+    """Lesion-size bin per sample (`common.seg_data.LESION_BINS`): the lesion partition's labels."""
+    from common.seg_data import lesion_size_bins
+
+    if split.masks is None:
+        raise DataError(f"partition='lesion:ALPHA' bins samples by lesion size, but dataset "
+                        f"{dataset.name!r} has no masks; use a dataset with masks (synthetic, "
+                        f"msd) or another partition")
+    return lesion_size_bins(split.masks)
+
+
+def _tag_values(dataset: Dataset, pool: Split, tag: str) -> np.ndarray:
+    if pool.tags is None:
+        raise DataError(f"partition='by-tag:{tag}': dataset {dataset.name!r} has no per-sample "
+                        f"tags; by-tag partitions need DICOM data (dataset=dicom)")
+    if tag not in pool.tags:
+        raise DataError(f"partition='by-tag:{tag}': dataset {dataset.name!r} has no {tag!r} tag "
+                        f"per sample; it has {', '.join(sorted(pool.tags)) or 'none'}")
+    return pool.tags[tag]
+
+
+def partition_by_tag(values: np.ndarray, num_sites: int, tag: str) -> list[np.ndarray]:
+    """One sorted index array per distinct tag value (sites ordered by value); every sample is
+    placed. ``num_sites`` must equal the number of distinct values (a missing value, '', counts
+    as one value)."""
+    values = np.asarray(values).astype(str)
+    distinct = sorted(set(values.tolist()))
+    if len(distinct) != num_sites:
+        shown = ", ".join(repr(v) if v else "'' (missing)" for v in distinct[:20])
+        more = f" and {len(distinct) - 20} more" if len(distinct) > 20 else ""
+        raise ConfigError(f"partition='by-tag:{tag}' makes one site per {tag} value, and the "
+                          f"data holds {len(distinct)}: {shown}{more}; but sites={num_sites}. "
+                          f"Set sites={len(distinct)}")
+    parts = [np.flatnonzero(values == v).astype(np.int64) for v in distinct]
+    _check_site_sizes(parts, PartitionSpec(label="by-tag", tag=tag), f"by-tag:{tag}")
+    return parts
 
 
 def _make_site(site: int, indices: np.ndarray, pool: Split, labels: np.ndarray, cfg: RunConfig,
@@ -290,8 +343,17 @@ def _class_ids(task: TaskInfo, split: Split) -> np.ndarray:
 
 
 def label_histograms(fed: Federation) -> np.ndarray:
-    """(sites, classes) int64 label counts over each site's train+val+test."""
-    ids = [_class_ids(fed.task, Split.concat([s.train, s.val, s.test])) for s in fed.sites]
+    """(sites, classes) int64 label counts over each site's train+val+test (lesion partition:
+    lesion-size bin counts)."""
+    splits = [Split.concat([s.train, s.val, s.test]) for s in fed.sites]
+    if fed.spec.label == "lesion":
+        from common.seg_data import LESION_BINS, lesion_size_bins
+
+        # Bins from the whole federation's tertiles, so every site's bins mean the same sizes.
+        bins = np.split(lesion_size_bins(np.concatenate([s.masks for s in splits])),
+                        np.cumsum([len(s) for s in splits])[:-1])
+        return np.stack([np.bincount(b, minlength=len(LESION_BINS)) for b in bins]).astype(np.int64)
+    ids = [_class_ids(fed.task, split) for split in splits]
     width = max([fed.task.num_classes] + [int(i.max()) + 1 for i in ids if len(i)])
     return np.stack([np.bincount(i, minlength=width) for i in ids]).astype(np.int64)
 
@@ -329,6 +391,14 @@ def write_partition_report(fed: Federation, out_dir: Path) -> dict:
     return report
 
 
+def _histogram_names(fed: Federation, width: int) -> list[str]:
+    if fed.spec.label == "lesion":
+        from common.seg_data import LESION_BINS
+
+        return [f"lesion {b}" for b in LESION_BINS]
+    return _class_names(fed.task, width)
+
+
 def _class_names(task: TaskInfo, width: int) -> list[str]:
     names = list(task.class_names)
     return names if len(names) == width else [f"class {c}" for c in range(width)]
@@ -359,7 +429,7 @@ def _report_dict(fed: Federation, hist: np.ndarray) -> dict:
     return _jsonable({
         "dataset": fed.dataset_name, "partition": spec_text(fed.spec),
         "spec": dataclasses.asdict(fed.spec), "seed": fed.seed,
-        "heterogeneity": heterogeneity(hist), "classes": _class_names(fed.task, hist.shape[1]),
+        "heterogeneity": heterogeneity(hist), "classes": _histogram_names(fed, hist.shape[1]),
         "global_test": None if fed.global_test is None else len(fed.global_test), "sites": sites,
     })
 

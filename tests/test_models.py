@@ -32,7 +32,7 @@ def _expected_shape(name: str, batch: int, ncls: int, spatial: tuple[int, ...]) 
 def test_registry_matches_config() -> None:
     assert MODEL_NAMES == MODELS
     assert NORM_NAMES == NORMS
-    assert [n for n in MODEL_NAMES if is_segmentation_model(n)] == ["unet"]
+    assert [n for n in MODEL_NAMES if is_segmentation_model(n)] == ["unet", "basicunet", "attentionunet", "unetplusplus", "vnet", "segresnet"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -160,7 +160,7 @@ def test_per_sample_gradients_are_exact(name: str, norm: str, dims: int) -> None
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"name": "vgg16"}, "model='vgg16'.*resnet10, resnet18.*unet, cnn"),
+    ({"name": "vgg16"}, "model='vgg16'.*resnet10, resnet18.*cnn, unet"),
     ({"spatial_dims": 1}, "spatial_dims=1.*2, 3"),
     ({"norm": "layer"}, "norm='layer'.*group, instance, batch"),
     ({"width": 2}, "width=2.*>= 4"),

@@ -7,12 +7,18 @@ must treat the returned arrays as read-only: index or copy them, never modify th
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.config import RunConfig
 from common.datasets import medmnist, synthetic
 from common.datasets.base import TASK_KINDS, Dataset, DataError, Split, TaskInfo
 
-DATASET_NAMES = ("synthetic", "medmnist")
+if TYPE_CHECKING:  # imported lazily: pydicom / nibabel only load when a run uses them
+    from common.datasets.dicom import DicomOptions
+    from common.datasets.msd import MsdOptions
+
+DATASET_NAMES = ("synthetic", "medmnist", "dicom", "msd")
 
 __all__ = ["DATASET_NAMES", "TASK_KINDS", "Dataset", "DataError", "Split", "TaskInfo",
            "load_dataset"]
@@ -20,11 +26,20 @@ __all__ = ["DATASET_NAMES", "TASK_KINDS", "Dataset", "DataError", "Split", "Task
 
 def load_dataset(cfg: RunConfig) -> Dataset:
     """The dataset ``cfg`` asks for (synthetic: image_size, spatial_dims, num_samples, seed;
-    medmnist: data_path)."""
+    medmnist: data_path; dicom / msd: data_path and the fields in `DicomOptions` / `MsdOptions`,
+    which are also the cache key)."""
     if cfg.dataset == "synthetic":
         return _synthetic(cfg.image_size, cfg.spatial_dims, cfg.num_samples, cfg.seed)
     if cfg.dataset == "medmnist":
         return _medmnist(cfg.data_path)
+    if cfg.dataset == "dicom":
+        from common.datasets import dicom
+
+        return _dicom(cfg.data_path, dicom.DicomOptions.from_config(cfg))
+    if cfg.dataset == "msd":
+        from common.datasets import msd
+
+        return _msd(cfg.data_path, msd.MsdOptions.from_config(cfg))
     raise DataError(f"dataset={cfg.dataset!r}: unknown; expected one of {', '.join(DATASET_NAMES)}")
 
 
@@ -36,3 +51,17 @@ def _synthetic(size: int, spatial_dims: int, num_samples: int, seed: int) -> Dat
 @lru_cache(maxsize=2)
 def _medmnist(data_path: str) -> Dataset:
     return medmnist.load(data_path)
+
+
+@lru_cache(maxsize=2)
+def _dicom(data_path: str, options: DicomOptions) -> Dataset:
+    from common.datasets import dicom
+
+    return dicom.load_folder(Path(data_path), options)
+
+
+@lru_cache(maxsize=2)
+def _msd(data_path: str, options: MsdOptions) -> Dataset:
+    from common.datasets import msd
+
+    return msd.load_folder(Path(data_path), options)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TASK_KINDS = ("binary", "multiclass", "ordinal", "multilabel")
+TASK_KINDS = ("binary", "multiclass", "ordinal", "multilabel", "segmentation")
 
 
 class DataError(ValueError):
@@ -37,21 +37,29 @@ class Split:
     images: np.ndarray
     labels: np.ndarray
     masks: np.ndarray | None = None
+    # Per-sample header values (e.g. DICOM Manufacturer), one (N,) str array per keyword; used
+    # by the by-tag partition. None for datasets without them.
+    tags: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def subset(self, index: np.ndarray) -> "Split":
         masks = None if self.masks is None else self.masks[index]
-        return Split(self.images[index], self.labels[index], masks)
+        tags = None if self.tags is None else {k: v[index] for k, v in self.tags.items()}
+        return Split(self.images[index], self.labels[index], masks, tags)
 
     @staticmethod
     def concat(splits: list["Split"]) -> "Split":
         masks = None
         if splits and all(s.masks is not None for s in splits):
             masks = np.concatenate([s.masks for s in splits])
+        tags = None
+        if splits and all(s.tags is not None for s in splits):
+            keys = [k for k in splits[0].tags if all(k in s.tags for s in splits)]
+            tags = {k: np.concatenate([s.tags[k] for s in splits]) for k in keys}
         return Split(np.concatenate([s.images for s in splits]),
-                     np.concatenate([s.labels for s in splits]), masks)
+                     np.concatenate([s.labels for s in splits]), masks, tags)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class Dataset:
     train: Split                   # the pool that is partitioned across sites
     test: Split | None = None      # the dataset's own global test split, if it has one
     val: Split | None = None       # the dataset's own validation split, if it has one
+    # Input files (or labels rows) left out, with the reason: (file or key, reason).
+    skipped: tuple[tuple[str, str], ...] = ()
 
     def class_labels(self, split: Split) -> np.ndarray:
         """One int label per sample (multilabel: index of the first positive, or 0)."""

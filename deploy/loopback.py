@@ -1,0 +1,158 @@
+"""A whole consortium on one machine, as real processes on loopback: for tests and benchmarks.
+
+Every process is started through the real console command (`fedclinic server`, `fedclinic
+site`), with TLS and site keys from `fedclinic certs`, on free ports, with its own FLWR_HOME
+under a temporary folder. Readiness is polled (ports, log lines, files), never slept for, and
+every process is torn down by its process group id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str,
+               interval: float = 0.2) -> object:
+    """Poll `predicate` until it returns something truthy; TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(interval)
+
+
+def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL, grace: float = 10.0) -> None:
+    """Signal the process's whole group (the command and the Flower processes it started);
+    SIGKILL the group if it is still there after `grace` seconds."""
+    for signum in (sig, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+        if signum == signal.SIGKILL:
+            return
+    try:                       # the leader exited: make sure no child of its group is left
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class Loopback:
+    """A server and sites under `root`, driven through the `fedclinic` command."""
+
+    root: Path
+    certs: Path                       # output of `fedclinic certs init`
+    data: list[Path]                  # one data path per site
+    port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def server_state(self) -> Path:
+        return self.root / "server"
+
+    def site_state(self, i: int) -> Path:
+        return self.root / f"site-{i}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"
+        env["FEDCLINIC_CLIENT_THREADS"] = env.get("FEDCLINIC_CLIENT_THREADS", "1")
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.root / f"{name}.out", "ab")
+        process = subprocess.Popen([sys.executable, "-m", "fedclinic.cli", *args], stdout=log,
+                                   stderr=subprocess.STDOUT, env=self._env(), cwd=self.root,
+                                   start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def output(self, name: str) -> str:
+        path = self.root / f"{name}.out"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start_server(self, timeout: float = 180) -> None:
+        self._spawn("server", ["server", "--certs", str(self.certs / "server"),
+                               "--site-keys", str(self.certs / "site-keys"),
+                               "--state", str(self.server_state), "--address", self.address])
+        wait_until(lambda: "SuperLink up" in self.output("server") or self._dead("server"),
+                   timeout, "the server to come up")
+        if self._dead("server"):
+            raise RuntimeError(f"the server exited:\n{self.output('server')}")
+
+    def start_site(self, i: int, *, ca_cert: Path | None = None, key: Path | None = None,
+                   extra: list[str] | None = None) -> subprocess.Popen:
+        site_dir = self.certs / "sites" / f"site-{i}"
+        args = ["site", "--server", self.address,
+                "--ca-cert", str(ca_cert or site_dir / "ca.crt"),
+                "--site-key", str(key or site_dir / f"site-{i}.key"),
+                "--site-id", str(i), "--data", str(self.data[i]),
+                "--state", str(self.site_state(i)), "--runtime-port", str(free_port()),
+                *(extra or [])]
+        return self._spawn(f"site-{i}", args)
+
+    def wait_site_connected(self, i: int, timeout: float = 180) -> None:
+        wait_until(lambda: "connected to" in self.output(f"site-{i}") or self._dead(f"site-{i}"),
+                   timeout, f"site {i} to start")
+        if self._dead(f"site-{i}"):
+            raise RuntimeError(f"site {i} exited:\n{self.output(f'site-{i}')}")
+
+    def _dead(self, name: str) -> bool:
+        return self.processes[name].poll() is not None
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        kill_group(self.processes[name], sig)
+
+    def run(self, *options: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """`fedclinic run` against this server, followed to the end."""
+        return subprocess.run([sys.executable, "-m", "fedclinic.cli", "run", "--server",
+                               self.address, "--ca-cert", str(self.certs / "ca" / "ca.crt"),
+                               *options], capture_output=True, text=True, env=self._env(),
+                              cwd=self.root, timeout=timeout)
+
+    def submit(self, *options: str) -> subprocess.Popen:
+        """`fedclinic run` in the background (for killing things while it runs)."""
+        return self._spawn("run", ["run", "--server", self.address, "--ca-cert",
+                                   str(self.certs / "ca" / "ca.crt"), *options])
+
+    def run_dirs(self) -> list[Path]:
+        runs = self.server_state / "runs"
+        return sorted(p for p in runs.glob("*") if p.is_dir()) if runs.exists() else []
+
+    def rounds_done(self, run_dir: Path) -> list[int]:
+        path = run_dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line)["round"] for line in path.read_text().splitlines() if line]
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            kill_group(process, signal.SIGTERM)
