@@ -2,7 +2,7 @@
 
 One line per reply the site sent (or refused to send): time, run, round, message type, the number
 of bytes and the sha256 of the payload exactly as Flower ships it (the serialized objects of the
-message: arrays and metric records), epsilon after the round, and which code produced it. The file
+message's content: arrays and metric records), epsilon after the round, and which code produced it. The file
 is opened in append mode and fsync'd per line; the site never rewrites or truncates it.
 """
 
@@ -22,8 +22,12 @@ ALLOWED_RECORDS = (ArrayRecord, MetricRecord)
 
 
 def payload_digest(message: Message) -> tuple[int, str]:
-    """(bytes, sha256) over every object Flower serializes for `message`, in object-id order."""
-    objects = get_all_nested_objects(message)
+    """(bytes, sha256) over every object Flower serializes for the message's content (records,
+    arrays, metrics), in object-id order. Message metadata (ids, timestamps) is left out, so the
+    same weights give the same hash wherever it is computed."""
+    if message.has_error():
+        return 0, hashlib.sha256(b"").hexdigest()
+    objects = get_all_nested_objects(message.content)
     digest = hashlib.sha256()
     total = 0
     for object_id in sorted(objects):
@@ -72,7 +76,8 @@ class AuditLog:
         finally:
             os.close(fd)
 
-    def record_reply(self, request: Message, reply: Message, run_id: int, code: str) -> None:
+    def record_reply(self, request: Message, reply: Message, run_id: int, code: str
+                     ) -> tuple[int, str]:
         size, sha = payload_digest(reply)
         entry: dict = {"event": "reply", "run_id": run_id, "round": _round_of(request),
                        "type": request.metadata.message_type, "bytes": size, "sha256": sha,
@@ -87,6 +92,12 @@ class AuditLog:
                     entry["epsilon"] = float(record["epsilon"])
                     entry["delta"] = float(record["delta"])
         self._append(entry)
+        return size, sha
+
+    def record_timing(self, run_id: int, sha256: str, **seconds: float) -> None:
+        """How long the site spent on a reply it sent (pull, ClientApp, whole task)."""
+        self._append({"event": "timing", "run_id": run_id, "sha256": sha256,
+                      **{k: round(v, 4) for k, v in seconds.items()}})
 
     def record_refusal(self, request: Message, run_id: int, code: str, reason: str) -> None:
         self._append({"event": "refused", "run_id": run_id, "round": _round_of(request),

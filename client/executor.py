@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from flwr.app import Error, Message
 from flwr.common.constant import SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
@@ -56,14 +57,24 @@ class SiteExecutor:
     client_app: Callable[[Message, object], Message] | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     tasks_done: int = 0
+    supernode_died: bool = False
+    _invokers: list = field(default_factory=list)
 
     def _client(self, component: str, token: str | None = None) -> RuntimeHttpClient:
         interceptors = [RuntimeVersionHttpInterceptor(component_name=component)]
         if token is not None:
             interceptors.append(RuntimeTokenHttpInterceptor(token))
+        invoker = make_simple_http_retry_invoker()
+        self._invokers.append(invoker)
         return RuntimeHttpClient.from_server_address(
             server_address=self.runtime_address, insecure=True, root_certificates=None,
-            interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+            interceptors=interceptors, retry_invoker=invoker)
+
+    def stop(self) -> None:
+        """Stop claiming tasks; connection retries give up instead of waiting for the SuperNode."""
+        self.stop_event.set()
+        for invoker in self._invokers:
+            invoker.max_tries = 1
 
     def serve(self) -> None:
         """Claim and run tasks until `stop_event` is set."""
@@ -72,10 +83,20 @@ class SiteExecutor:
 
             self.client_app = installed_app
         claimer = self._client("SuperExec")
+        self._invokers[-1].max_tries = 1        # this loop retries itself, watching stop_event
+        failures = 0
         try:
             while not self.stop_event.is_set():
-                res = claimer.AcquireTask(AcquireTaskRequest(
-                    supported_task_types=[TaskType.CLIENT_APP.value], agentapp_fab_hashes=[]))
+                try:
+                    res = claimer.AcquireTask(AcquireTaskRequest(
+                        supported_task_types=[TaskType.CLIENT_APP.value],
+                        agentapp_fab_hashes=[]))
+                    failures = 0
+                except httpx.TransportError as exc:   # SuperNode restarting or gone
+                    failures += 1
+                    log.warning("SuperNode runtime API unreachable (%s); retrying", exc)
+                    self.stop_event.wait(min(10.0, 0.5 * failures))
+                    continue
                 if res.HasField("task") and res.token:
                     self.run_task(res.token, res.task.fab_hash)
                     continue                      # more work may be queued: ask again at once
@@ -100,16 +121,21 @@ class SiteExecutor:
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         heartbeat.start()
         context, status, details = None, SubStatus.FAILED, "fedclinic site: task failed"
+        started = time.perf_counter()
         try:
             message, context, run, _ = pull_task_input(client)
+            pulled = time.perf_counter()
             reply = self._call_app(message, context)
+            app_seconds = time.perf_counter() - pulled
             problem = check_outgoing(reply)
             if problem:
                 self.audit.record_refusal(message, run.run_id, approval.describe(), problem)
                 reply = Message(Error(code=LEAKY_REPLY_CODE, reason=problem), reply_to=message)
-            self.audit.record_reply(message, reply, run.run_id, approval.describe())
+            size, sha = self.audit.record_reply(message, reply, run.run_id, approval.describe())
             push_message(client, reply, context)
             status, details = SubStatus.COMPLETED, ""
+            self.audit.record_timing(run.run_id, sha, pull=pulled - started, app=app_seconds,
+                                     task=time.perf_counter() - started)
         finally:
             heartbeat.stop()
             push_task_output(client, context, status, details)

@@ -36,7 +36,7 @@ def start_supernode(server: str, ca_cert: Path | None, site_key: Path | None, da
     state.mkdir(parents=True, exist_ok=True)
     ca_cert = ca_cert.resolve() if ca_cert else None
     site_key = site_key.resolve() if site_key else None
-    command = [str(Path(sys.executable).with_name("flower-supernode")),
+    command = [sys.executable, "-m", "client.supernode",
                "--superlink", server, "--isolation", "process",
                "--host", "127.0.0.1", "--port", str(runtime_port),
                "--node-config", node_config(data, site_id, state)]
@@ -89,10 +89,10 @@ def run_site(args: argparse.Namespace) -> int:
                                         args.runtime_port)
     executor = SiteExecutor(f"127.0.0.1:{args.runtime_port}", AuditLog(state / "audit.jsonl"),
                             allowed_hashes=frozenset(args.allow_app_hash))
-    signal.signal(signal.SIGTERM, lambda *_: executor.stop_event.set())
+    signal.signal(signal.SIGTERM, lambda *_: executor.stop())
     try:
         wait_for_runtime_api(executor.runtime_address)
-        print(f"fedclinic site {args.site_id}: connected to {args.server} "
+        print(f"fedclinic site {args.site_id}: started, connecting to {args.server} "
               f"({'TLS' if ca else 'INSECURE'}); audit log {state / 'audit.jsonl'}; SuperNode "
               f"log {log_file}", flush=True)
         watchdog = threading.Thread(target=_stop_when_exits, args=(process, executor),
@@ -103,12 +103,31 @@ def run_site(args: argparse.Namespace) -> int:
         return 130
     finally:
         stop_process(process)
-    return 0 if process.returncode in (0, None, -signal.SIGTERM) else 1
+    if process.returncode in (0, -signal.SIGTERM) or not executor.supernode_died:
+        return 0
+    print(f"fedclinic site: error: {explain_supernode_exit(log_file, args)}", file=sys.stderr)
+    return 1
+
+
+def explain_supernode_exit(log_file: Path, args: argparse.Namespace) -> str:
+    """What went wrong, from the SuperNode's log, in terms of this command's flags."""
+    text = log_file.read_text(errors="replace") if log_file.exists() else ""
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"the server at {args.server} presented a certificate that --ca-cert "
+                f"{args.ca_cert} does not verify; use the consortium's ca.crt (and check "
+                f"`fedclinic site doctor`). The connection was refused, nothing was sent")
+    if "Failed to activate SuperNode" in text or "2004" in text:
+        return (f"the server at {args.server} refused this site's key {args.site_key}: its public "
+                f"key is not registered there (the consortium registers it with `fedclinic certs "
+                f"add-site`, then restarts or re-registers at `fedclinic server`)")
+    tail = "\n".join(text.strip().splitlines()[-8:])
+    return f"the SuperNode stopped; last lines of {log_file}:\n{tail}"
 
 
 def _stop_when_exits(process: subprocess.Popen, executor) -> None:
     process.wait()
-    executor.stop_event.set()
+    executor.supernode_died = True
+    executor.stop()
 
 
 def add_site_arguments(p: argparse.ArgumentParser) -> None:

@@ -109,7 +109,7 @@ class Loopback:
             raise RuntimeError(f"the server exited:\n{self.output('server')}")
 
     def start_site(self, i: int, *, ca_cert: Path | None = None, key: Path | None = None,
-                   extra: list[str] | None = None) -> subprocess.Popen:
+                   extra: list[str] | None = None, name: str | None = None) -> subprocess.Popen:
         site_dir = self.certs / "sites" / f"site-{i}"
         args = ["site", "--server", self.address,
                 "--ca-cert", str(ca_cert or site_dir / "ca.crt"),
@@ -117,10 +117,10 @@ class Loopback:
                 "--site-id", str(i), "--data", str(self.data[i]),
                 "--state", str(self.site_state(i)), "--runtime-port", str(free_port()),
                 *(extra or [])]
-        return self._spawn(f"site-{i}", args)
+        return self._spawn(name or f"site-{i}", args)
 
     def wait_site_connected(self, i: int, timeout: float = 180) -> None:
-        wait_until(lambda: "connected to" in self.output(f"site-{i}") or self._dead(f"site-{i}"),
+        wait_until(lambda: "connecting to" in self.output(f"site-{i}") or self._dead(f"site-{i}"),
                    timeout, f"site {i} to start")
         if self._dead(f"site-{i}"):
             raise RuntimeError(f"site {i} exited:\n{self.output(f'site-{i}')}")

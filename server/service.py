@@ -152,12 +152,14 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"fedclinic server: SuperLink up on {args.address} "
           f"({'TLS, site authentication' if certs else 'INSECURE'}); state {state.resolve()}; "
           f"runs in {(state / 'runs').resolve()}; log {log_file.resolve()}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: stop_process(process))
+    # The handler only forwards the signal: waiting inside it would deadlock on Popen's lock.
+    signal.signal(signal.SIGTERM, lambda *_: process.terminate())
     try:
-        return process.wait()
+        code = process.wait()
     except KeyboardInterrupt:
         stop_process(process)
         return 130
+    return 0 if code in (0, -signal.SIGTERM) else code
 
 
 def add_server_parser(sub) -> None:

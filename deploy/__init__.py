@@ -1,0 +1,1 @@
+"""Deployment tooling: the consortium's TLS certificates and site keys (`fedclinic certs`)."""

@@ -1,0 +1,528 @@
+"""The consortium's TLS certificates and the sites' authentication keys (`fedclinic certs`).
+
+Two kinds of credentials protect a deployment:
+
+* TLS: a private consortium CA signs the server's certificate; every site verifies the server
+  against the CA certificate (``ca.crt``), so nobody can impersonate the server or read traffic.
+* Site authentication: each hospital holds an EC P-384 key pair (OpenSSH formats, as Flower's
+  SuperNode authentication expects); the server only accepts sites whose public key the
+  consortium registered (``site-keys/<name>.pub``).
+
+Private keys are created with mode 0600 from the first byte (``os.open``), never chmod-ed after
+being written, and no existing file is replaced unless the caller passes ``force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import re
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SITE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+DNS_NAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+KEY_CURVE = ec.SECP384R1
+NIST_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+CA_DAYS = 3650        # the CA outlives several server certificates (re-issued every `days`)
+CLOCK_SKEW = dt.timedelta(minutes=5)   # valid a little before "now": hosts' clocks differ
+ORGANIZATION = "fedclinic consortium"
+DEFAULT_OUT = Path("fedclinic-certs")
+DEFAULT_SITES = "site-1,site-2,site-3"
+
+
+class CertError(ValueError):
+    """Bad certificate input or a refused overwrite (the message names the file or value)."""
+
+
+@dataclass(frozen=True)
+class SiteFiles:
+    """One site's files in the consortium directory. ``key`` is None when the hospital made its
+    own key pair and only sent its public key."""
+
+    name: str
+    key: Path | None
+    pub: Path
+    ca_cert: Path
+    registered: Path   # site-keys/<name>.pub: the server's copy of the public key
+
+
+@dataclass(frozen=True)
+class CertBundle:
+    """Everything `init_consortium` wrote."""
+
+    out: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    server_ca_cert: Path
+    site_keys_dir: Path
+    sites: tuple[SiteFiles, ...]
+    server_names: tuple[str, ...]
+    server_ips: tuple[str, ...]
+    server_not_after: dt.datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def check_site_name(name: str) -> str:
+    if not isinstance(name, str) or not SITE_NAME.fullmatch(name):
+        raise CertError(f"site name {name!r} is not allowed; use letters, digits, '-' and '_' "
+                        "only (e.g. site-1, charite_berlin)")
+    return name
+
+
+def _check_site_names(sites: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for name in sites:
+        check_site_name(name)
+        if name in seen:
+            raise CertError(f"site name {name!r} is given twice; site names must be unique")
+        seen.add(name)
+    return list(sites)
+
+
+def _check_server_names(names: list[str]) -> list[str]:
+    for name in names:
+        if _parse_ip(name) is not None:
+            raise CertError(f"server name {name!r} is an IP address; pass it as --server-ip")
+        if not DNS_NAME.fullmatch(name) or len(name) > 253:
+            raise CertError(f"server name {name!r} is not a valid DNS name (letters, digits, '-' "
+                            "and '.', e.g. fl.consortium.example.org)")
+    return list(names)
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _check_server_ips(ips: list[str]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    parsed = []
+    for text in ips:
+        ip = _parse_ip(text)
+        if ip is None:
+            raise CertError(f"server IP {text!r} is not an IPv4 or IPv6 address "
+                            "(e.g. 10.20.0.5); give host names with --server-name")
+        parsed.append(ip)
+    return parsed
+
+
+def is_nist_ec_key(key: object) -> bool:
+    """True for an EC key on P-256, P-384 or P-521 (the curves Flower accepts for sites)."""
+    return (isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey))
+            and isinstance(key.curve, NIST_CURVES))
+
+
+def load_site_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    """A site's OpenSSH public key file, checked to be EC on a NIST curve."""
+    try:
+        key = serialization.load_ssh_public_key(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise CertError(f"{path}: public key file does not exist") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertError(f"{path}: not an OpenSSH public key ({exc}); expected one line "
+                        "'ecdsa-sha2-nistp384 AAAA... comment' from `fedclinic certs "
+                        "site-key`") from None
+    if not is_nist_ec_key(key):
+        raise CertError(f"{path}: {type(key).__name__} is not accepted; site keys must be EC "
+                        "keys on a NIST curve (P-384 recommended), made by `fedclinic certs "
+                        "site-key`")
+    return key  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def _refuse_existing(paths: list[Path], force: bool) -> None:
+    """Raise before anything is written if any target exists (so a refusal changes nothing)."""
+    if force:
+        return
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise CertError(f"{existing[0]} already exists{more}; refusing to overwrite "
+                        "certificates or keys. Pass --force to replace them (every site or "
+                        "server using the old files must then get the new ones)")
+
+
+def _mkdir(path: Path, private: bool) -> None:
+    path.mkdir(mode=0o700 if private else 0o755, parents=True, exist_ok=True)
+
+
+def _write(path: Path, data: bytes, private: bool) -> None:
+    """Create ``path`` with its final mode from the start: 0600 for secrets, 0644 otherwise.
+    A replaced file is unlinked first, so a lax mode of the old file is never inherited."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _ssh_public_line(key: ec.EllipticCurvePublicKey, comment: str) -> bytes:
+    blob = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return blob + f" {comment}\n".encode()
+
+
+def _site_key_pair(name: str) -> tuple[bytes, bytes]:
+    """(OpenSSH private key, OpenSSH public key line) of a fresh P-384 key."""
+    key = ec.generate_private_key(KEY_CURVE())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    return private, _ssh_public_line(key.public_key(), f"{name}@fedclinic")
+
+
+# ---------------------------------------------------------------------------------------------
+# certificates
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _key_usage(*, sign_certs: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=not sign_certs, content_commitment=False,
+                         key_encipherment=False, data_encipherment=False, key_agreement=False,
+                         key_cert_sign=sign_certs, crl_sign=sign_certs, encipher_only=False,
+                         decipher_only=False)
+
+
+def make_ca(days: int = CA_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed P-384 CA that may sign server certificates only (path length 0)."""
+    key = ec.generate_private_key(KEY_CURVE())
+    name, now = _name(f"{ORGANIZATION} CA"), _now()
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(sign_certs=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA384()))
+    return key, cert
+
+
+def make_server_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
+                     names: list[str], ips: list[str], days: int,
+                     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A P-384 server key and its certificate for exactly ``names`` (DNS) and ``ips`` (SAN)."""
+    dns, addrs = _check_server_names(names), _check_server_ips(ips)
+    if not dns and not addrs:
+        raise CertError("the server certificate needs at least one --server-name or --server-ip "
+                        "(the address sites dial)")
+    key, now = ec.generate_private_key(KEY_CURVE()), _now()
+    san = [x509.DNSName(n) for n in dns] + [x509.IPAddress(ip) for ip in addrs]
+    cert = (x509.CertificateBuilder().subject_name(_name(dns[0] if dns else str(addrs[0])))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(sign_certs=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA384()))
+    return key, cert
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def _site_files(out: Path, name: str, with_key: bool) -> SiteFiles:
+    site_dir = out / "sites" / name
+    return SiteFiles(name=name, key=site_dir / f"{name}.key" if with_key else None,
+                     pub=site_dir / f"{name}.pub", ca_cert=site_dir / "ca.crt",
+                     registered=out / "site-keys" / f"{name}.pub")
+
+
+def init_consortium(out: Path, server_names: list[str], server_ips: list[str], sites: list[str],
+                    days: int = 825, force: bool = False) -> CertBundle:
+    """Create a consortium CA, the server's certificate for ``server_names``/``server_ips``,
+    and a key pair per site (registered in ``out/site-keys``). Nothing is written if any target
+    file exists and ``force`` is off."""
+    out = Path(out)
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise CertError(f"days={days!r}: the server certificate's lifetime must be a whole "
+                        "number of days >= 1 (825 is the usual maximum for TLS servers)")
+    _check_server_names(server_names)
+    _check_server_ips(server_ips)
+    _check_site_names(sites)
+    site_files = tuple(_site_files(out, name, with_key=True) for name in sites)
+    bundle = CertBundle(
+        out=out, ca_cert=out / "ca" / "ca.crt", ca_key=out / "ca" / "ca.key",
+        server_cert=out / "server" / "server.crt", server_key=out / "server" / "server.key",
+        server_ca_cert=out / "server" / "ca.crt", site_keys_dir=out / "site-keys",
+        sites=site_files, server_names=tuple(server_names), server_ips=tuple(server_ips),
+        server_not_after=_now())
+    targets = [bundle.ca_cert, bundle.ca_key, bundle.server_cert, bundle.server_key,
+               bundle.server_ca_cert]
+    for site in site_files:
+        targets += [site.key, site.pub, site.ca_cert, site.registered]  # type: ignore[list-item]
+    _refuse_existing(targets, force)
+
+    ca_key, ca_cert = make_ca(max(days, CA_DAYS))
+    server_key, server_cert = make_server_cert(ca_key, ca_cert, server_names, server_ips, days)
+    ca_pem = _pem_cert(ca_cert)
+    for directory, private in ((out / "ca", True), (out / "server", True),
+                               (out / "sites", True), (bundle.site_keys_dir, False)):
+        _mkdir(directory, private)
+    _write(bundle.ca_key, _pem_private(ca_key), private=True)
+    _write(bundle.ca_cert, ca_pem, private=False)
+    _write(bundle.server_key, _pem_private(server_key), private=True)
+    _write(bundle.server_cert, _pem_cert(server_cert), private=False)
+    _write(bundle.server_ca_cert, ca_pem, private=False)
+    for site in site_files:
+        _write_site(site, ca_pem)
+    return replace(bundle, server_not_after=server_cert.not_valid_after_utc)
+
+
+def _write_site(site: SiteFiles, ca_pem: bytes) -> None:
+    assert site.key is not None
+    private, public = _site_key_pair(site.name)
+    _mkdir(site.pub.parent, private=True)
+    _mkdir(site.registered.parent, private=False)
+    _write(site.key, private, private=True)
+    _write(site.pub, public, private=False)
+    _write(site.ca_cert, ca_pem, private=False)
+    _write(site.registered, public, private=False)
+
+
+def new_site_key(out: Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """A hospital makes its own key pair: ``out/<name>.key`` (0600, stays at the hospital) and
+    ``out/<name>.pub`` (sent to the consortium). Returns (key, pub)."""
+    check_site_name(name)
+    out = Path(out)
+    key_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
+    _refuse_existing([key_path, pub_path], force)
+    _mkdir(out, private=True)
+    private, public = _site_key_pair(name)
+    _write(key_path, private, private=True)
+    _write(pub_path, public, private=False)
+    return key_path, pub_path
+
+
+def _consortium_ca(consortium_dir: Path) -> bytes:
+    for candidate in (consortium_dir / "ca" / "ca.crt", consortium_dir / "server" / "ca.crt"):
+        if candidate.is_file():
+            return candidate.read_bytes()
+    raise CertError(f"{consortium_dir}: no ca/ca.crt or server/ca.crt here; pass the directory "
+                    "`fedclinic certs init --out` created")
+
+
+def _check_not_registered_elsewhere(site_keys: Path, name: str,
+                                    key: ec.EllipticCurvePublicKey) -> None:
+    """One key per site: a key registered under two names would let one hospital pose as two."""
+    if not site_keys.is_dir():
+        return
+    for other in sorted(site_keys.glob("*.pub")):
+        if other.stem == name:
+            continue
+        try:
+            registered = serialization.load_ssh_public_key(other.read_bytes())
+        except (ValueError, UnsupportedAlgorithm):
+            continue
+        if registered == key:
+            raise CertError(f"this public key is already registered as site {other.stem!r} "
+                            f"({other}); every site needs its own key pair")
+
+
+def add_site(consortium_dir: Path, name: str, force: bool = False,
+             public_key: Path | None = None) -> SiteFiles:
+    """Register a new site: make its key pair (or take the hospital's own ``public_key``),
+    copy the CA certificate into ``sites/<name>/`` and add the public key to ``site-keys/``."""
+    check_site_name(name)
+    consortium_dir = Path(consortium_dir)
+    ca_pem = _consortium_ca(consortium_dir)
+    site = _site_files(consortium_dir, name, with_key=public_key is None)
+    targets = [site.pub, site.ca_cert, site.registered] + ([site.key] if site.key else [])
+    if public_key is None:
+        _refuse_existing(targets, force)  # type: ignore[arg-type]
+        _write_site(site, ca_pem)
+        return site
+    key = load_site_public_key(public_key)
+    _check_not_registered_elsewhere(site.registered.parent, name, key)
+    _refuse_existing(targets, force)  # type: ignore[arg-type]
+    line = _ssh_public_line(key, f"{name}@fedclinic")
+    _mkdir(site.pub.parent, private=True)
+    _mkdir(site.registered.parent, private=False)
+    _write(site.pub, line, private=False)
+    _write(site.ca_cert, ca_pem, private=False)
+    _write(site.registered, line, private=False)
+    return site
+
+
+def instructions(bundle: CertBundle) -> str:
+    """What to send to whom, for the person who ran `fedclinic certs init`."""
+    names = ", ".join([*bundle.server_names, *bundle.server_ips])
+    lines = [
+        f"Certificates written to {bundle.out}/ (server certificate valid for: {names}; "
+        f"expires {bundle.server_not_after:%Y-%m-%d}).",
+        "",
+        f"1. Server host: copy {bundle.out / 'server'}/ (server.crt, server.key, ca.crt) and "
+        f"{bundle.site_keys_dir}/ to the server, e.g.",
+        f"     fedclinic server --certs {bundle.out / 'server'} --site-keys "
+        f"{bundle.site_keys_dir} ...",
+        "   server.key must stay readable by the server's user only (mode 0600).",
+    ]
+    if bundle.sites:
+        lines += ["", "2. Each hospital: its own folder over a secure channel (encrypted file "
+                      "transfer or in person):"]
+        lines += [f"     {site.name}: {site.pub.parent}/ ({site.ca_cert.name} and "
+                  f"{site.key.name if site.key else ''})" for site in bundle.sites]
+        lines += ["   Better: let each hospital make its own key with",
+                  "     fedclinic certs site-key --name NAME --out DIR",
+                  "   and send you only NAME.pub; register it with",
+                  f"     fedclinic certs add-site --consortium {bundle.out} --name NAME "
+                  "--public-key NAME.pub",
+                  "   then send it back only ca.crt (not secret)."]
+    lines += ["",
+              f"3. The CA key {bundle.ca_key} signs server certificates: keep it offline with "
+              "the consortium operator (e.g. an encrypted USB drive), never on the server.",
+              "Never send any .key file by e-mail or chat."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _comma_list(values: list[str] | None, default: list[str]) -> list[str]:
+    if values is None:
+        return list(default)
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``certs`` with its ``init``, ``site-key`` and ``add-site`` actions."""
+    certs = subparsers.add_parser(
+        "certs", help="make the consortium's TLS certificates and the sites' keys",
+        description="TLS certificates for the server and authentication keys for the sites. "
+                    "The consortium operator runs `init` once; a hospital may make its own key "
+                    "with `site-key` and send only the .pub file.")
+    certs.set_defaults(func=run)
+    actions = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    init = actions.add_parser(
+        "init", help="create a CA, the server certificate and one key pair per site",
+        description="Create the consortium CA, the server's TLS certificate and a key pair per "
+                    "site, then print what to send to whom.")
+    init.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                      help="directory to write ca/, server/, sites/ and site-keys/ into "
+                           f"(default: ./{DEFAULT_OUT})")
+    init.add_argument("--server-name", action="append", default=None, metavar="NAME",
+                      help="DNS name the sites dial to reach the server; repeat the flag or "
+                           "give a comma list (default: localhost)")
+    init.add_argument("--server-ip", action="append", default=None, metavar="IP",
+                      help="IP address the sites may dial instead of a name; repeat or comma "
+                           "list, '' for none (default: 127.0.0.1)")
+    init.add_argument("--sites", default=DEFAULT_SITES, metavar="NAMES",
+                      help="comma list of site names (letters, digits, '-', '_'); '' for none "
+                           f"(default: {DEFAULT_SITES})")
+    init.add_argument("--days", type=int, default=825,
+                      help="lifetime of the server certificate in days; the CA lives at least "
+                           f"{CA_DAYS} (default: 825)")
+    _add_force_and_debug(init)
+    site_key = actions.add_parser(
+        "site-key", help="a hospital makes its own key pair (send only the .pub)",
+        description="Make this site's P-384 key pair: NAME.key stays here (mode 0600), NAME.pub "
+                    "goes to the consortium operator.")
+    site_key.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
+                          help="directory for NAME.key and NAME.pub (default: .)")
+    site_key.add_argument("--name", required=True,
+                          help="this site's name as agreed with the consortium (default: none, "
+                               "required)")
+    _add_force_and_debug(site_key)
+    add = actions.add_parser(
+        "add-site", help="register one more site in an existing consortium directory",
+        description="Register a site: make its key pair (or take the hospital's own .pub with "
+                    "--public-key), copy ca.crt to sites/NAME/ and add the key to site-keys/. "
+                    "Restart or reload the server so that it sees the new key.")
+    add.add_argument("--consortium", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                     help=f"directory made by `certs init` (default: ./{DEFAULT_OUT})")
+    add.add_argument("--name", required=True,
+                     help="the new site's name (default: none, required)")
+    add.add_argument("--public-key", type=Path, default=None, metavar="FILE",
+                     help="register this OpenSSH public key from the hospital instead of "
+                          "making a key pair here (default: make one)")
+    _add_force_and_debug(add)
+
+
+def _add_force_and_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing certificate and key files (default: off)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks on errors (default: off)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one `fedclinic certs` action; errors print one line and return 2."""
+    try:
+        print(_run(args))
+    except CertError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"fedclinic certs: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> str:
+    if args.certs_command == "init":
+        bundle = init_consortium(
+            args.out, _comma_list(args.server_name, ["localhost"]),
+            _comma_list(args.server_ip, ["127.0.0.1"]), _comma_list([args.sites], []),
+            days=args.days, force=args.force)
+        return instructions(bundle)
+    if args.certs_command == "site-key":
+        key, pub = new_site_key(args.out, args.name, force=args.force)
+        return (f"Wrote {key} (private, mode 0600: keep it on this site's server, give it to "
+                f"`fedclinic site --site-key`) and {pub}.\nSend only {pub.name} to the consortium "
+                "operator; you get back ca.crt.")
+    if args.certs_command == "add-site":
+        site = add_site(args.consortium, args.name, force=args.force,
+                        public_key=args.public_key)
+        sent = f"{site.ca_cert} and {site.key}" if site.key else f"{site.ca_cert}"
+        return (f"Registered site {site.name!r} in {site.registered}. Send {sent} to the "
+                "hospital over a secure channel, copy the site-keys/ directory to the server "
+                "and restart it.")
+    raise CertError(f"unknown certs action {args.certs_command!r}; expected init, site-key or "
+                    "add-site")

@@ -1,0 +1,155 @@
+"""A real consortium on loopback: `fedclinic server` (SuperLink, TLS, site keys) and three
+`fedclinic site` processes (SuperNode + resident executor), driven by `fedclinic run`.
+
+No mocks: real processes on free ports, certificates from `deploy.certs`, a temporary FLWR_HOME
+per process, readiness polled, teardown by process group. Fault tests kill real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import RunConfig
+from common.privacy import plan_from_config
+from deploy.certs import init_consortium, new_site_key
+from deploy.loopback import Loopback, wait_until
+from simulations.export import export_sites
+
+RUN = ("--sites", "3", "--model", "cnn", "--width", "4", "--num-samples", "240",
+       "--local-epochs", "1", "--batch-size", "32")
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    root = tmp_path_factory.mktemp("consortium")
+    init_consortium(root / "certs", ["localhost"], ["127.0.0.1"], ["site-0", "site-1", "site-2"])
+    init_consortium(root / "other", ["localhost"], ["127.0.0.1"], ["site-0"])
+    cfg = RunConfig(sites=3, num_samples=240)
+    data = export_sites(cfg, root / "data")
+    lb = Loopback(root / "run", root / "certs", data)
+    lb.root.mkdir()
+    lb.start_server()
+    for i in range(3):
+        lb.start_site(i)
+    for i in range(3):
+        lb.wait_site_connected(i)
+    yield lb
+    lb.close()
+
+
+def _last_run(lb: Loopback) -> Path:
+    return lb.run_dirs()[-1]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_three_sites_over_tls_train_and_save_a_model(consortium):
+    lb = consortium
+    done = lb.run(*RUN, "--rounds", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[round 2/2]" in done.stdout and "completed" in done.stdout
+    run_dir = _last_run(lb)
+    assert lb.rounds_done(run_dir) == [0, 1, 2]
+    for line in _lines(run_dir / "metrics.jsonl")[1:]:
+        assert sorted(line["sites"]) == ["0", "1", "2"] and not line["failures"]
+    final = torch.load(run_dir / "final_model.pt", weights_only=False)
+    assert final["round"] == 2 and final["state_dict"]
+    for i in range(3):   # every reply a site sent is in its audit log, with size and hash
+        entries = [e for e in _lines(lb.site_state(i) / "audit.jsonl") if e["event"] == "reply"]
+        mine = [e for e in entries if e["run_id"] == entries[-1]["run_id"]]
+        assert [(e["round"], e["type"]) for e in mine] == [
+            (1, "train"), (1, "evaluate"), (2, "train"), (2, "evaluate")]
+        assert all(re.fullmatch(r"[0-9a-f]{64}", e["sha256"]) for e in mine)
+        assert all(e["bytes"] > 5_000 for e in mine if e["type"] == "train")
+        assert all(e["status"] == "ok" and "installed fedclinic" in e["code"] for e in mine)
+
+
+def test_a_site_trusting_another_ca_cannot_connect(consortium):
+    lb = consortium
+    site = lb.start_site(0, ca_cert=lb.certs.parent / "other" / "ca" / "ca.crt",
+                         extra=["--state", str(lb.root / "foreign-ca")], name="foreign")
+    assert site.wait(240) == 1
+    out = lb.output("foreign")
+    assert "presented a certificate that --ca-cert" in out and "does not verify" in out
+    assert "CERTIFICATE_VERIFY_FAILED" in (lb.root / "foreign-ca" / "supernode.log").read_text()
+    assert not (lb.root / "foreign-ca" / "audit.jsonl").exists()     # nothing was ever sent
+
+
+def test_an_unregistered_site_key_is_refused(consortium):
+    lb = consortium
+    key, _ = new_site_key(lb.root / "stranger", "stranger")
+    site = lb.start_site(1, key=key, extra=["--state", str(lb.root / "stranger-state")],
+                         name="stranger")
+    assert site.wait(240) == 1
+    assert "refused this site's key" in lb.output("stranger")
+    assert "Failed to activate SuperNode" in (lb.root / "stranger-state" /
+                                              "supernode.log").read_text()
+
+
+def _new_run_dir(lb: Loopback, before: set[Path]) -> Path:
+    return wait_until(lambda: next(iter(set(lb.run_dirs()) - before), None), 300,
+                      "the new run directory")
+
+
+def test_a_site_killed_mid_round_is_excluded_and_rejoins(consortium):
+    lb = consortium
+    before = set(lb.run_dirs())
+    lb.submit(*RUN, "--rounds", "4", "--min-sites", "2", "--round-timeout", "40")
+    run_dir = _new_run_dir(lb, before)
+    wait_until(lambda: 1 in lb.rounds_done(run_dir), 600, "round 1")
+    lb.kill("site-2")                         # round 2 is under way: site 2 dies outright
+    wait_until(lambda: 2 in lb.rounds_done(run_dir), 600, "round 2")
+    lb.start_site(2)                          # the hospital restarts it: same key, same state
+    lb.wait_site_connected(2)
+    assert lb.processes["run"].wait(900) == 0, lb.output("run")
+    lines = _lines(run_dir / "metrics.jsonl")
+    assert [line["round"] for line in lines] == [0, 1, 2, 3, 4]
+    assert sorted(lines[1]["sites"]) == ["0", "1", "2"]
+    round2 = lines[2]
+    assert "2" not in round2["sites"] and sorted(round2["sites"]) == ["0", "1"]
+    named = [k for k in round2["failures"] if k.startswith("site 2 ")]
+    assert named and "no reply within the round timeout" in round2["failures"][named[0]]
+    assert "skipped" not in round2                       # the quorum (2) held
+    assert sorted(lines[4]["sites"]) == ["0", "1", "2"]  # the returning site took part again
+    assert "[round 4/4]" in lb.output("run") and "1 site failure" in lb.output("run")
+
+
+def test_server_killed_after_round_1_resumes_and_epsilon_stays_the_whole_runs(consortium):
+    lb = consortium
+    before = set(lb.run_dirs())
+    lb.submit(*RUN, "--rounds", "3", "--dp", "sample", "--target-epsilon", "8")
+    run_dir = _new_run_dir(lb, before)
+    wait_until(lambda: 1 in lb.rounds_done(run_dir), 600, "round 1")
+    lb.kill("server")                         # SIGKILL: SuperLink, ServerApp, all of it
+    lb.kill("run")
+    lb.start_server()                         # same state folder and port; sites reconnect
+    done = lb.run("--resume", run_dir.name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming" in done.stdout and "[round 3/3]" in done.stdout
+    assert "[round 1/3]" not in done.stdout    # rounds continue, they do not restart
+    lines = _lines(run_dir / "metrics.jsonl")
+    assert [line["round"] for line in lines] == [0, 1, 2, 3]
+    final = torch.load(run_dir / "final_model.pt", weights_only=False)
+    assert final["round"] == 3
+    cfg = RunConfig(sites=3, num_samples=240, model="cnn", width=4, local_epochs=1,
+                    batch_size=32, rounds=3, dp="sample", target_epsilon=8.0)
+    ledger = json.loads((run_dir / "privacy_ledger.json").read_text())
+    for i in range(3):
+        site_ledger = lb.site_state(i) / "ledgers" / f"{run_dir.name}.json"
+        state = json.loads(site_ledger.read_text())
+        rows = ledger["sites"][str(i)]
+        assert [r["round"] for r in rows] == [1, 2, 3]
+        with np.load(lb.data[i]) as arrays:
+            plan = plan_from_config(cfg, len(arrays["train_labels"]))
+        assert sum(s for *_, s in state["history"]) == 3 * plan.steps_per_round
+        assert rows[-1]["epsilon"] == pytest.approx(plan.epsilon, rel=1e-3)
+        assert rows[-1]["epsilon"] <= 8.0 * (1 + 1e-6)
