@@ -33,6 +33,11 @@ ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch")
 
 
+# Settings a resumed run may change; everything else must stay what the run started with.
+RESUMABLE_CHANGES = ("rounds", "round_timeout", "min_sites", "min_site_fraction", "resume",
+                     "output_dir")
+
+
 class ConfigError(ValueError):
     """A configuration value is unknown, malformed or out of range (message says which)."""
 
@@ -201,6 +206,8 @@ class RunConfig:
                                           "and compute ('' for none)")
     seed: int = _opt(0, "seed for data, partition, model init and training", lo=0, hi=2**31 - 1)
     output_dir: str = _opt("runs", "parent folder of run directories")
+    resume: str = _opt("", "deployment: name of a run directory on the server to continue after "
+                           "its last complete round ('' = start a new run)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -48,7 +48,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     privacy_plan.add_parser(sub)
     tradeoff.add_parser(sub)
+    _add_deployment(sub)
     return parser
+
+
+def _add_deployment(sub) -> None:
+    """certs, server, site (+ validate, doctor) and run."""
+    from client import doctor, service, validate
+    from deploy import certs
+    from server import service as server_service
+
+    certs.add_parser(sub)
+    server_service.add_server_parser(sub)
+    server_service.add_run_parser(sub, _add_run_options)
+    from simulations import export
+
+    export.add_parser(sub, _add_run_options)
+    site = sub.add_parser(
+        "site", help="run one hospital's site (a SuperNode next to its data); or validate its "
+                     "data, or check its set-up",
+        description="Without a subcommand: validate the data, then join the consortium server "
+                    "and train when runs arrive (stop with Ctrl-C). `fedclinic site validate "
+                    "DATA_DIR` checks data and writes a shareable manifest; `fedclinic site "
+                    "doctor` checks certificates, the server, the data and the disk.")
+    service.add_site_arguments(site)
+    site.set_defaults(func=service.run_site)
+    site_sub = site.add_subparsers(dest="site_command", metavar="SUBCOMMAND")
+    check = site_sub.add_parser("validate", help="check a site's data and write a manifest of "
+                                                 "aggregate statistics")
+    validate.add_validate_arguments(check)
+    _add_common(check)
+    check.set_defaults(func=validate.run_validate)
+    doc = site_sub.add_parser("doctor", help="check certificates, server reachability, data "
+                                             "and free disk; one verdict per check")
+    doctor.add_doctor_arguments(doc)
+    _add_common(doc)
+    doc.set_defaults(func=doctor.run_doctor_cli)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -60,7 +95,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
-    simulate(config_from_args(args), verbose=args.verbose, run_name=args.run_name)
+    cfg = config_from_args(args)
+    if cfg.resume:
+        raise ConfigError("--resume continues a deployed run (`fedclinic run --resume NAME`); "
+                          "a simulation starts afresh")
+    simulate(cfg, verbose=args.verbose, run_name=args.run_name)
     return 0
 
 
@@ -81,8 +120,9 @@ COMMANDS = {"simulate": _simulate, "privacy": _privacy, "tradeoff": _tradeoff}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    run = COMMANDS.get(args.command) or args.func
     try:
-        return COMMANDS[args.command](args)
+        return run(args)
     except (ConfigError, DataError) as exc:
         if args.debug:
             raise
