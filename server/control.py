@@ -48,9 +48,11 @@ def register_site_key(client, public_key_file: Path, name: str) -> int:
     return int(res.node_id)
 
 
-def start_run(client, overrides: dict[str, object]) -> int:
-    """Submit the bundle of this fedclinic version with run-config `overrides`; returns run id."""
-    fab_bytes, fab_hash = build_bundle()
+def start_run(client, overrides: dict[str, object], bundle: tuple[bytes, str] | None = None
+              ) -> int:
+    """Submit `bundle` (default: the bundle of this fedclinic version) with run-config
+    `overrides`; returns the run id."""
+    fab_bytes, fab_hash = bundle or build_bundle()
     req = StartRunRequest(fab=fab_to_proto(Fab(fab_hash, fab_bytes, {})),
                           override_config=user_config_to_proto(overrides),
                           federation="", app_spec="")

@@ -41,14 +41,21 @@ class QuorumLost(Exception):
 MAX_ROUNDS_WITHOUT_QUORUM = 3
 
 
-def _site_metrics(replies: list[Message], names: dict[int, int] | None = None
-                  ) -> tuple[dict[int, dict], dict[int, str]]:
+def _node_of(msg: Message, sent: dict[str, int]) -> int:
+    """The node a reply answers for. An error the SuperLink writes for a node that went away
+    (e.g. 'Node Unavailable') does not carry that node's id as its source; the message it
+    replies to does."""
+    return sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+
+
+def _site_metrics(replies: list[Message], names: dict[int, int] | None = None,
+                  sent: dict[str, int] | None = None) -> tuple[dict[int, dict], dict[int, str]]:
     """Metrics per site of the successful replies, and the error reason per node of the others.
     `names` learns node id -> site id from successful replies (to name a site that fails later)."""
     ok: dict[int, dict] = {}
     failed: dict[int, str] = {}
     for msg in replies:
-        node = msg.metadata.src_node_id
+        node = _node_of(msg, sent or {})
         if msg.has_error():
             failed[node] = msg.error.reason
             continue
@@ -85,6 +92,7 @@ class RoundLog:
     quorum: Callable[[int], int] = lambda asked: 1       # successful replies a round needs
     skipped: str = ""               # why this round was not aggregated (quorum missed)
     timing: dict[str, float] = field(default_factory=dict)  # this round's phases, seconds
+    sent: dict[str, int] = field(default_factory=dict)      # message id -> node, this phase
     checkpoint_state: Callable[[], dict] = dict   # strategy + RNG state saved with each round
     _t0: float = field(default_factory=time.perf_counter)
 
@@ -92,18 +100,18 @@ class RoundLog:
         site = self.sites_of_nodes.get(node)
         return f"node {node}" if site is None else f"site {site} (node {node})"
 
-    def record_missing(self, stage: str, asked: list[int], replies: list[Message],
+    def record_missing(self, stage: str, sent: dict[str, int], replies: list[Message],
                        timeout: float) -> None:
         """Name each site that was asked but sent nothing back before the round timed out."""
-        answered = {m.metadata.src_node_id for m in replies}
-        for node in asked:
+        answered = {_node_of(m, sent) for m in replies}
+        for node in sent.values():
             if node not in answered:
                 self.failures[f"{self.node_name(node)} ({stage})"] = (
                     f"no reply within the round timeout of {timeout:g} s (site down, "
                     f"disconnected or too slow); excluded from this round")
 
     def record_train(self, server_round: int, replies: list[Message]) -> None:
-        self.train, failed = _site_metrics(replies, self.sites_of_nodes)
+        self.train, failed = _site_metrics(replies, self.sites_of_nodes, self.sent)
         self.failures.update({f"{self.node_name(n)} (train)": reason
                               for n, reason in failed.items()})
         for node, reason in failed.items():
@@ -127,7 +135,7 @@ class RoundLog:
                 f"{need} needed; the global model is unchanged this round")
 
     def record_evaluate(self, server_round: int, replies: list[Message]) -> None:
-        self.test, failed = _site_metrics(replies, self.sites_of_nodes)
+        self.test, failed = _site_metrics(replies, self.sites_of_nodes, self.sent)
         self.failures.update({f"{self.node_name(n)} (evaluate)": r for n, r in failed.items()})
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -191,9 +199,21 @@ def progress_line(line: dict, num_rounds: int) -> str:
     if losses:
         parts.append(f"train loss {sum(losses) / len(losses):.3f}")
     if line["failures"]:
-        parts.append(f"{len(line['failures'])} site failure(s)")
+        parts.append("excluded: " + ", ".join(excluded_sites(line["failures"])))
+    if line.get("skipped"):
+        parts.append("not aggregated (quorum)")
     parts.append(f"{line['seconds']:.1f}s")
     return parts[0] + " " + " | ".join(parts[1:])
+
+
+def excluded_sites(failures: dict[str, str]) -> list[str]:
+    """'site 2' / 'node 7' once each, from failure keys like 'site 2 (node 7) (train)'."""
+    names = []
+    for key in failures:
+        name = key.split(" (")[0]
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def _fmt(value: Any) -> str:
@@ -204,11 +224,14 @@ REPLY_POLL_SECONDS = 0.2
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
-                     poll: float = REPLY_POLL_SECONDS) -> list[Message]:
+                     poll: float = REPLY_POLL_SECONDS) -> tuple[list[Message], dict[str, int]]:
     """Push `messages` and collect replies until all arrived or `timeout` passed. Like Flower's
     `Grid.send_and_receive`, but polls every `poll` s instead of every 3 s: on a deployment the
-    3 s poll alone added ~1.5 s per phase, 3 s per round, to every round's latency."""
-    waiting = set(grid.push_messages(messages))
+    3 s poll alone added ~1.5 s per phase, 3 s per round, to every round's latency.
+    Returns the replies and which node each pushed message id went to."""
+    destinations = [m.metadata.dst_node_id for m in messages]
+    sent = dict(zip(grid.push_messages(messages), destinations))
+    waiting = set(sent)
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
     while waiting:
@@ -218,7 +241,7 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
         if not waiting or time.monotonic() >= deadline:
             break
         time.sleep(poll)
-    return replies
+    return replies, sent
 
 
 class RecordingStrategy(Strategy):
@@ -248,10 +271,9 @@ class RecordingStrategy(Strategy):
             clock = time.perf_counter()
             messages = list(self.configure_train(server_round, arrays, train_config, grid))
             self._asked = len(messages)
-            replies = send_and_receive(grid, messages, timeout)
+            replies, self.log.sent = send_and_receive(grid, messages, timeout)
             self.log.timing = {"train_wall": time.perf_counter() - clock}
-            self.log.record_missing("train", [m.metadata.dst_node_id for m in messages],
-                                    replies, timeout)
+            self.log.record_missing("train", self.log.sent, replies, timeout)
             clock = time.perf_counter()
             new_arrays, metrics = self.aggregate_train(server_round, replies)
             self.log.timing["aggregate"] = time.perf_counter() - clock
@@ -262,10 +284,9 @@ class RecordingStrategy(Strategy):
             missed = missed + 1 if self.log.skipped else 0
             clock = time.perf_counter()
             messages = list(self.configure_evaluate(server_round, arrays, evaluate_config, grid))
-            replies = send_and_receive(grid, messages, timeout)
+            replies, self.log.sent = send_and_receive(grid, messages, timeout)
             self.log.timing["evaluate_wall"] = time.perf_counter() - clock
-            self.log.record_missing("evaluate", [m.metadata.dst_node_id for m in messages],
-                                    replies, timeout)
+            self.log.record_missing("evaluate", self.log.sent, replies, timeout)
             site_metrics = self.aggregate_evaluate(server_round, replies)
             if site_metrics is not None:
                 result.evaluate_metrics_clientapp[server_round] = site_metrics

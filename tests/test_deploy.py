@@ -95,6 +95,29 @@ def test_an_unregistered_site_key_is_refused(consortium):
                                               "supernode.log").read_text()
 
 
+def test_sites_refuse_an_app_bundle_their_operators_did_not_approve(consortium):
+    from server.bundle import build_bundle
+    from server.control import connect, follow, start_run
+
+    lb = consortium
+    control = connect(lb.address, lb.certs / "ca" / "ca.crt")
+    try:
+        foreign = build_bundle("9.9.9")              # not the version the sites installed
+        run_id = start_run(control, {"sites": 3, "rounds": 1, "model": "cnn", "width": 4},
+                           bundle=foreign)
+        logs: list[str] = []
+        state = follow(control, run_id, logs.append, timeout=600)
+    finally:
+        control.close()
+    text = "\n".join(logs) + state.details
+    assert state.sub_status != "completed"
+    assert "every site failed to train" in text and "runs only approved code" in text
+    for i in range(3):
+        refused = [e for e in _lines(lb.site_state(i) / "audit.jsonl")
+                   if e["event"] == "refused" and e["run_id"] == run_id]
+        assert refused and foreign[1] in refused[0]["reason"]
+
+
 def _new_run_dir(lb: Loopback, before: set[Path]) -> Path:
     return wait_until(lambda: next(iter(set(lb.run_dirs()) - before), None), 300,
                       "the new run directory")
@@ -120,7 +143,7 @@ def test_a_site_killed_mid_round_is_excluded_and_rejoins(consortium):
     assert named and "no reply within the round timeout" in round2["failures"][named[0]]
     assert "skipped" not in round2                       # the quorum (2) held
     assert sorted(lines[4]["sites"]) == ["0", "1", "2"]  # the returning site took part again
-    assert "[round 4/4]" in lb.output("run") and "1 site failure" in lb.output("run")
+    assert "[round 4/4]" in lb.output("run") and "excluded: site 2" in lb.output("run")
 
 
 def test_server_killed_after_round_1_resumes_and_epsilon_stays_the_whole_runs(consortium):

@@ -45,7 +45,7 @@ def test_partial_failure_is_recorded_and_the_round_goes_on(tmp_path):
     record = rundir.read_jsonl(tmp_path / rundir.METRICS)[0]
     assert record["round"] == 1 and list(record["sites"]) == ["0"]
     assert record["failures"] == {"node 12 (train)": "ValueError: disk full"}
-    assert "1 site failure(s)" in lines[0]
+    assert "excluded: node 12" in lines[0]
     saved = torch.load(tmp_path / rundir.CHECKPOINT, weights_only=False)
     assert saved["round"] == 1
 
