@@ -45,12 +45,13 @@ from torch.utils.data import DataLoader
 from common.config import GRAD_SAMPLE_MODES, ConfigError, RunConfig
 from common.datasets.base import Split, TaskInfo
 from common.training import (
-    _batch,
     _check_split,
     _device,
     _prepare_global,
-    make_loss,
+    batch_source,
     make_optimizer,
+    slice_depth,
+    training_loss,
 )
 
 MAX_PHYSICAL_BATCH = 64   # samples per forward/backward; larger Poisson batches are split
@@ -340,7 +341,8 @@ def _per_sample_loss(loss_fn: nn.Module) -> Callable[[torch.Tensor, torch.Tensor
 
     Opacus needs the batch loss to be the mean of per-sample terms. Class-weighted CE with
     ``reduction='mean'`` divides by the batch's summed weights instead, which would couple the
-    records of a batch (and break the sensitivity bound), so it is recomputed per sample.
+    records of a batch (and break the sensitivity bound), so it is recomputed per sample. The
+    segmentation losses (`common.segmentation.make_seg_loss`) already are such means.
     """
     if isinstance(loss_fn, nn.CrossEntropyLoss) and loss_fn.weight is not None:
         weight = loss_fn.weight
@@ -389,8 +391,8 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
     ``steps`` logical steps are taken (default `default_steps` ``(epochs, sample_rate)``, equal
     to the plan's ``steps_per_round``); pass the plan's ``noise_multiplier`` and ``sample_rate``
     and record the returned triple in the site's ledger. The optimiser and loss are
-    ``cfg``'s (`make_optimizer`, `make_loss`); with ``cfg.loss='weighted_ce'`` the class weights
-    come from the site's labels, a data-dependent choice outside the DP guarantee.
+    ``cfg``'s (`make_optimizer`, `training_loss`); with ``cfg.loss='weighted_ce'`` the class
+    weights come from the site's labels (masks), a data-dependent choice outside the DP guarantee.
 
     FedProx: the gradient ``mu * (w - w_global)`` of the proximal term involves no record, so it
     is added after clipping and noising (post-processing, no privacy cost).
@@ -398,8 +400,16 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
     The same seed and initial weights give identical weights. The reported loss is the mean
     per-sample loss over the records sampled in the last epoch's steps (the last
     ``steps / epochs``), a training diagnostic that is not privatised.
+
+    Segmentation: a record is one image or volume with its mask (3D volumes in slice mode are
+    refused: a slice is not a patient); the seg losses are per-record means, and ``cfg.augment``
+    transforms each record on its own, so neither couples the records of a batch.
     """
     _check_split(split, task, "train_local_dp")
+    if slice_depth(split, task) > 1:
+        raise ConfigError("train_local_dp: a 2D network on 3D volumes (volume_mode='slices') "
+                          "would make every slice a DP-SGD record, but the patient is the volume; "
+                          "use volume_mode=3d for sample-level DP")
     n = len(split)
     _check_dp_args(n, epochs, noise_multiplier, sample_rate, steps, proximal_mu)
     total = default_steps(epochs, sample_rate) if steps is None else steps
@@ -413,7 +423,8 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
     use_prox = proximal_mu > 0 and global_params is not None
     anchor = _prepare_global(model, global_params) if use_prox else []
     prox = [(p, g) for p, g in zip(model.parameters(), anchor) if p.requires_grad]
-    loss_fn = _per_sample_loss(make_loss(cfg, task, split.labels).to(device))
+    loss_fn = _per_sample_loss(training_loss(cfg, task, split).to(device))
+    _, fetch = batch_source(split, task, cfg, device, seed)   # + augmentation (segmentation)
     sample_seed, noise_seed = _seeds(seed)
     loader = DataLoader(_Indices(n), collate_fn=_collate_indices,
                         batch_sampler=UniformWithReplacementSampler(
@@ -434,8 +445,8 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
                 if len(index) == 0:
                     _empty_grad_samples(params)
                 else:
-                    images, labels = _batch(split, index, task, device)
-                    loss = loss_fn(net(images), labels)
+                    inputs, targets = fetch(index)
+                    loss = loss_fn(net(inputs), targets)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"train_local_dp: loss became {loss.item()} at "
                                                  f"step {taken + 1}; lower lr={cfg.lr}")

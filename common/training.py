@@ -3,6 +3,13 @@
 Data stay numpy arrays until a batch is cut: each batch is converted to a tensor on the model's
 device, so no DataLoader workers (and no extra processes) are involved. Nothing is printed here;
 callers report progress from the returned `TrainResult` and metric dicts.
+
+Every entry point dispatches on the task: classification tasks use ``Split.labels``, a
+segmentation task (``task.kind == 'segmentation'``, see `common.seg_data`) uses ``Split.masks``
+as per-pixel targets. For segmentation a training *item* is an image or a volume, or, when a 2D
+network meets 3D volumes (``volume_mode='slices'``, recognised from the shapes), one axial slice:
+training shuffles all slices of all volumes, prediction runs slice by slice and stacks the slices
+back into volumes, so metrics are always computed on whole volumes.
 """
 
 from __future__ import annotations
@@ -10,21 +17,28 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.augment import augment_batch, parse_augment
 from common.config import RunConfig
 from common.datasets.base import Split, TaskInfo
 from common.metrics import classification_metrics
+from common.segmentation import make_seg_loss, seg_class_weights, segmentation_metrics
+
+VOXEL_BUDGET = 1 << 21   # pixels/voxels per forward pass at prediction time (bounds memory)
+SW_BATCH = 4             # sliding-window inference: windows per forward pass
+SW_OVERLAP = 0.25        # ... and their overlap (MONAI's default), blended with Gaussian weights
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    loss: float          # mean per-sample data loss of the last epoch (without the FedProx term)
+    loss: float          # mean per-item data loss of the last epoch (without the FedProx term;
+                         # an item is a sample, or one slice in segmentation slice mode)
     num_samples: int     # training samples at the site (the FedAvg weight)
     steps: int           # optimiser steps taken over all epochs
     seconds: float       # wall-clock time of the training loop
@@ -72,6 +86,12 @@ def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Mo
       ``pos_weight = negatives / positives`` per label (1 for a label with no positives).
     * ``focal``: `FocalLoss` with ``cfg.focal_gamma`` (sigmoid form for multilabel).
     """
+    if task.kind == "segmentation":
+        raise ValueError("make_loss: a segmentation task trains on masks; use make_seg_training_"
+                         "loss(cfg, task, masks) or training_loss(cfg, task, split)")
+    if cfg.loss in ("dice", "dice_ce"):
+        raise ValueError(f"loss={cfg.loss!r} is a segmentation loss; a {task.kind} task accepts "
+                         f"ce, weighted_ce or focal")
     multilabel = task.kind == "multilabel"
     if cfg.loss == "focal":
         return FocalLoss(cfg.focal_gamma, multilabel)
@@ -83,6 +103,23 @@ def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Mo
     if multilabel:
         return nn.BCEWithLogitsLoss(pos_weight=_pos_weight(labels, task.num_classes))
     return nn.CrossEntropyLoss(weight=_class_weights(labels, task.num_classes))
+
+
+def make_seg_training_loss(cfg: RunConfig, task: TaskInfo, masks: np.ndarray) -> nn.Module:
+    """The segmentation loss named by ``cfg.loss`` (`common.segmentation.make_seg_loss`) on
+    logits (N, classes, *spatial) and long targets (N, *spatial); ``weighted_ce`` weighs the
+    classes by `seg_class_weights` of the site's training ``masks``."""
+    weights = seg_class_weights(masks, task.num_classes) if cfg.loss == "weighted_ce" else None
+    return make_seg_loss(cfg.loss, task.num_classes, class_weights=weights,
+                         focal_gamma=cfg.focal_gamma)
+
+
+def training_loss(cfg: RunConfig, task: TaskInfo, split: Split) -> nn.Module:
+    """`make_seg_training_loss` on the split's masks for segmentation, else `make_loss` on its
+    labels."""
+    if task.kind == "segmentation":
+        return make_seg_training_loss(cfg, task, split.masks)
+    return make_loss(cfg, task, split.labels)
 
 
 def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -117,6 +154,9 @@ def make_optimizer(cfg: RunConfig, params: Iterable[torch.Tensor]) -> torch.opti
 def _check_split(split: Split, task: TaskInfo, where: str) -> None:
     if len(split) == 0:
         raise ValueError(f"{where}: the split is empty (0 samples); at least one sample is needed")
+    if task.kind == "segmentation":
+        _check_seg_split(split, task, where)
+        return
     expected = task.spatial_dims + 2
     if split.images.ndim != expected:
         raise ValueError(f"{where}: images have shape {split.images.shape}; a {task.spatial_dims}D "
@@ -128,6 +168,74 @@ def _check_split(split: Split, task: TaskInfo, where: str) -> None:
                          f"(N, {task.num_classes})")
     if task.kind != "multilabel" and split.labels.ndim != 1:
         raise ValueError(f"{where}: {task.kind} labels have shape {split.labels.shape}; expected (N,)")
+
+
+def _check_seg_split(split: Split, task: TaskInfo, where: str) -> None:
+    data_dims = split.images.ndim - 2
+    if data_dims != task.spatial_dims and not (data_dims == 3 and task.spatial_dims == 2):
+        raise ValueError(f"{where}: images have shape {split.images.shape}; a segmentation task "
+                         f"with a {task.spatial_dims}D network needs (N, C, "
+                         f"{'D, ' * (task.spatial_dims == 3)}H, W) images"
+                         + (" (or 3D volumes, trained slice by slice)" * (task.spatial_dims == 2)))
+    if split.masks is None:
+        raise ValueError(f"{where}: a segmentation task needs masks, but the split has none")
+    expected = (len(split), *split.images.shape[2:])
+    if split.masks.shape != expected:
+        raise ValueError(f"{where}: masks have shape {split.masks.shape}; the images need "
+                         f"{expected} (one class id per pixel/voxel)")
+    if split.labels.shape[0] != len(split):
+        raise ValueError(f"{where}: {len(split)} images but {split.labels.shape[0]} labels")
+
+
+def slice_depth(split: Split, task: TaskInfo) -> int:
+    """Training items per sample: the volumes' depth D when a 2D network meets 3D volumes
+    (slice mode), else 1 (whole images / volumes)."""
+    slices = task.kind == "segmentation" and split.images.ndim == 5 and task.spatial_dims == 2
+    return int(split.images.shape[2]) if slices else 1
+
+
+def _seg_batch(split: Split, index: np.ndarray, depth: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and long masks of training items ``index`` (slice k = volume k // D, depth k % D)."""
+    if depth == 1:
+        images, masks = split.images[index], split.masks[index]
+    else:
+        volume, z = np.divmod(index, depth)
+        images, masks = split.images[volume, :, z], split.masks[volume, z]   # (B, C, H, W)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    y = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.int64))
+    return x.to(device), y.to(device)
+
+
+def _substream(seed: int, key: int) -> int:
+    """An independent 32-bit seed derived from ``seed`` (e.g. for augmentation)."""
+    return int(np.random.SeedSequence([seed, key]).generate_state(1)[0])
+
+
+BatchFn = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+
+
+def batch_source(split: Split, task: TaskInfo, cfg: RunConfig, device: torch.device,
+                 seed: int) -> tuple[int, BatchFn]:
+    """``(number of training items, index -> (inputs, targets) on device)`` for ``split``.
+
+    Segmentation: items are images/volumes or slices (`slice_depth`), and ``cfg.augment``'s
+    operations are applied to every batch with a torch generator seeded from ``seed`` (its own
+    stream, so switching augmentation on does not change the batch order).
+    """
+    if task.kind != "segmentation":
+        return len(split), lambda index: _batch(split, index, task, device)
+    depth = slice_depth(split, task)
+    ops = parse_augment(cfg.augment)
+    generator = torch.Generator().manual_seed(_substream(seed, 1))
+
+    def fetch(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = _seg_batch(split, index, depth, device)
+        if ops:
+            images, masks = augment_batch(images, masks, ops, generator)
+        return images, masks
+
+    return len(split) * depth, fetch
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -171,7 +279,9 @@ def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, 
                 global_params: list[torch.Tensor] | None = None) -> TrainResult:
     """Train ``model`` in place on ``split`` for ``epochs`` epochs with ``cfg``'s optimiser and loss.
 
-    Batches are drawn by a permutation from a ``torch.Generator`` seeded with ``seed`` and the
+    Segmentation tasks train on the masks with `make_seg_training_loss` and ``cfg.augment``
+    (see `batch_source`); an epoch visits every item (image, volume, or slice) once. Batches are
+    drawn by a permutation from a ``torch.Generator`` seeded with ``seed`` and the
     global torch RNG (dropout, etc.) is re-seeded with ``seed`` inside a forked RNG state, so the
     same seed and the same initial weights give bitwise-identical weights while the caller's RNG
     state is left untouched. The last partial batch is kept, except a final batch of one sample
@@ -187,14 +297,15 @@ def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, 
     if proximal_mu < 0:
         raise ValueError(f"train_local: proximal_mu={proximal_mu}; expected >= 0")
     n, batch_size = len(split), cfg.batch_size
-    skip_single = _has_batchnorm(model) and n % batch_size == 1
-    if skip_single and n == 1:
+    device = _device(model)
+    items, fetch = batch_source(split, task, cfg, device, seed)
+    skip_single = _has_batchnorm(model) and items % batch_size == 1
+    if skip_single and items == 1:
         raise ValueError("train_local: the split has 1 sample and the model has BatchNorm, which "
                          "cannot train on a batch of one; use norm='group' or 'instance'")
-    device = _device(model)
     use_prox = proximal_mu > 0 and global_params is not None
     anchor = _prepare_global(model, global_params) if use_prox else []
-    loss_fn = make_loss(cfg, task, split.labels).to(device)
+    loss_fn = training_loss(cfg, task, split).to(device)
     optimizer = make_optimizer(cfg, model.parameters())
     generator = torch.Generator().manual_seed(seed)
     fork_devices = [device] if device.type == "cuda" else []
@@ -203,14 +314,14 @@ def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, 
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         for epoch in range(epochs):
-            order = torch.randperm(n, generator=generator).numpy()
+            order = torch.randperm(items, generator=generator).numpy()
             total, seen = 0.0, 0
-            for lo in range(0, n, batch_size):
+            for lo in range(0, items, batch_size):
                 index = order[lo:lo + batch_size]
                 if skip_single and len(index) == 1:
                     continue
-                images, labels = _batch(split, index, task, device)
-                data_loss = loss_fn(model(images), labels)
+                inputs, targets = fetch(index)
+                data_loss = loss_fn(model(inputs), targets)
                 loss = data_loss
                 if use_prox:
                     loss = loss + 0.5 * proximal_mu * _proximal_term(list(model.parameters()), anchor)
@@ -261,12 +372,19 @@ def predict_proba(model: nn.Module, images: np.ndarray, task: TaskInfo,
     return _to_proba(_logits(model, images, task, batch_size), task)
 
 
-def evaluate(model: nn.Module, split: Split, task: TaskInfo, batch_size: int = 256) -> dict[str, float]:
+def evaluate(model: nn.Module, split: Split, task: TaskInfo, batch_size: int = 256,
+             roi_size: int | None = None) -> dict[str, float]:
     """``loss`` (plain CE, or BCE for multilabel, mean per sample), ``num_examples`` and the
     metrics of `classification_metrics`, all python floats.
 
+    Segmentation tasks: ``loss`` is the plain CE per pixel/voxel and the metrics are
+    `common.segmentation.segmentation_metrics` of the argmax masks (dice, iou, hd95, asd and
+    per-class dice), see `evaluate_segmentation`.
+
     The loss is unweighted whatever ``cfg.loss`` trained the model, so sites stay comparable.
     """
+    if task.kind == "segmentation":
+        return evaluate_segmentation(model, split, task, batch_size, roi_size)
     _check_split(split, task, "evaluate")
     logits = _logits(model, split.images, task, batch_size)
     if task.kind == "multilabel":
@@ -276,3 +394,107 @@ def evaluate(model: nn.Module, split: Split, task: TaskInfo, batch_size: int = 2
         loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(split.labels), dtype=torch.int64))
     metrics = classification_metrics(task.kind, np.asarray(split.labels), _to_proba(logits, task))
     return {"loss": float(loss.item()), "num_examples": float(len(split)), **metrics}
+
+
+# --------------------------------------------------------------------------- segmentation output
+
+def _roi(task: TaskInfo, roi_size: int | None) -> int:
+    value = getattr(task, "roi_size", 0) if roi_size is None else roi_size
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"roi_size={value!r}; expected an integer >= 0 (0 = whole volume)")
+    return value
+
+
+def _forward_volumes(model: nn.Module, x: torch.Tensor, task: TaskInfo, roi: int,
+                     batch_size: int) -> torch.Tensor:
+    """Logits (B, K, *spatial) of a chunk of images: slice by slice for a 2D network on volumes,
+    by sliding windows for a 3D network when ``roi`` > 0, else in one pass."""
+    if x.ndim == 5 and task.spatial_dims == 2:
+        b, c, d, h, w = x.shape
+        flat = x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
+        out = torch.cat([model(flat[i:i + batch_size]) for i in range(0, b * d, batch_size)])
+        return out.reshape(b, d, -1, h, w).permute(0, 2, 1, 3, 4)
+    if x.ndim == 5 and roi > 0:
+        from monai.inferers import sliding_window_inference
+
+        window = tuple(min(roi, s) for s in x.shape[2:])   # a cube covering the volume: one pass
+        return sliding_window_inference(x, window, SW_BATCH, model, overlap=SW_OVERLAP,
+                                        mode="gaussian")
+    return model(x)
+
+
+def segmentation_logits(model: nn.Module, images: np.ndarray, task: TaskInfo,
+                        batch_size: int = 64, roi_size: int | None = None
+                        ) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first index, float32 CPU logits (B, K, *spatial))`` for consecutive chunks of
+    ``images``, in eval mode without gradients (the model's mode is restored).
+
+    Chunks hold at most ``batch_size`` images and `VOXEL_BUDGET` pixels/voxels. In slice mode
+    ``batch_size`` counts slices. ``roi_size`` (default: the task's) > 0 predicts 3D volumes by
+    MONAI sliding-window inference with that cube, Gaussian-blended, clipped to the volume.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; expected >= 1")
+    roi = _roi(task, roi_size)
+    per_item = int(np.prod(images.shape[2:])) if images.ndim > 2 else 1
+    chunk = max(1, min(batch_size, VOXEL_BUDGET // max(per_item, 1)))
+    device, was_training = _device(model), model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for lo in range(0, images.shape[0], chunk):
+                x = torch.from_numpy(np.ascontiguousarray(images[lo:lo + chunk], dtype=np.float32))
+                out = _forward_volumes(model, x.to(device), task, roi, batch_size)
+                if out.shape[1] != task.num_classes or out.shape[2:] != x.shape[2:]:
+                    raise ValueError(f"model output has shape {tuple(out.shape)}; the segmentation "
+                                     f"task needs ({x.shape[0]}, {task.num_classes}, "
+                                     f"{', '.join(map(str, x.shape[2:]))}) logits")
+                yield lo, out.float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def _mask_dtype(task: TaskInfo) -> type:
+    return np.uint8 if task.num_classes <= 256 else np.int64
+
+
+def predict_masks(model: nn.Module, images: np.ndarray, task: TaskInfo, batch_size: int = 64,
+                  roi_size: int | None = None) -> np.ndarray:
+    """(N, *spatial) argmax class per pixel/voxel (uint8), as `segmentation_logits` predicts."""
+    out = np.empty((images.shape[0], *images.shape[2:]), dtype=_mask_dtype(task))
+    for lo, logits in segmentation_logits(model, images, task, batch_size, roi_size):
+        out[lo:lo + logits.shape[0]] = logits.argmax(dim=1).numpy()
+    return out
+
+
+def per_sample_seg_loss(model: nn.Module, split: Split, task: TaskInfo, batch_size: int = 64,
+                        roi_size: int | None = None) -> np.ndarray:
+    """(N,) float64 cross-entropy per image/volume (mean over its pixels/voxels), e.g. for
+    membership inference."""
+    _check_split(split, task, "per_sample_seg_loss")
+    out = np.empty(len(split), dtype=np.float64)
+    for lo, logits in segmentation_logits(model, split.images, task, batch_size, roi_size):
+        target = torch.from_numpy(np.asarray(split.masks[lo:lo + logits.shape[0]], dtype=np.int64))
+        ce = F.cross_entropy(logits.double(), target, reduction="none")
+        out[lo:lo + logits.shape[0]] = ce.flatten(1).mean(dim=1).numpy()
+    return out
+
+
+def evaluate_segmentation(model: nn.Module, split: Split, task: TaskInfo, batch_size: int = 64,
+                          roi_size: int | None = None) -> dict[str, float]:
+    """``loss`` (plain CE per pixel/voxel), ``num_examples`` and `segmentation_metrics` (dice,
+    iou, hd95, asd, per-class dice) of the argmax masks against ``split.masks``, python floats.
+
+    Metrics of volumes trained slice by slice are computed on the re-stacked volumes.
+    """
+    _check_split(split, task, "evaluate")
+    pred = np.empty((len(split), *split.images.shape[2:]), dtype=_mask_dtype(task))
+    total = 0.0
+    for lo, logits in segmentation_logits(model, split.images, task, batch_size, roi_size):
+        hi = lo + logits.shape[0]
+        target = torch.from_numpy(np.asarray(split.masks[lo:hi], dtype=np.int64))
+        total += float(F.cross_entropy(logits.double(), target, reduction="sum"))
+        pred[lo:hi] = logits.argmax(dim=1).numpy()
+    metrics = segmentation_metrics(pred, np.asarray(split.masks), task.num_classes)
+    return {"loss": total / split.masks.size, "num_examples": float(len(split)),
+            **{k: float(v) for k, v in metrics.items()}}

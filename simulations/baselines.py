@@ -2,7 +2,8 @@
 
 `local`: each site trains alone for rounds x local_epochs epochs on its own training split.
 `pooled`: one model trains for rounds x local_epochs epochs on every site's training data at once
-(what sharing the data would give). Both are scored on every site's test split and the global test.
+(what sharing the data would give). Both are scored on every site's test split and the global test
+with `common.training.evaluate` (classification metrics, or Dice/IoU/HD95/ASD for segmentation).
 With dp='sample' both train under DP-SGD with the same epsilon budget and delta rule as the sites.
 """
 
@@ -48,6 +49,13 @@ def _train(model: torch.nn.Module, split: Split, cfg: RunConfig, fed: Federation
             "dp_steps": result.steps}
 
 
+def headline(metrics: dict) -> str:
+    """One short score for progress lines: Dice (and HD95) for segmentation, else accuracy."""
+    if "dice" in metrics:
+        return f"dice {metrics['dice']:.3f} hd95 {metrics.get('hd95', float('nan')):.2f}"
+    return f"acc {metrics['accuracy']:.3f}" if "accuracy" in metrics else "n/a"
+
+
 def _score(model: torch.nn.Module, fed: Federation) -> dict:
     sites = {str(s.site): evaluate(model, s.test, fed.task) for s in fed.sites}
     glob = evaluate(model, fed.global_test, fed.task) if fed.global_test is not None else {}
@@ -66,7 +74,7 @@ def run_local(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> d
         if fed.global_test is not None:
             globals_.append(evaluate(model, fed.global_test, fed.task))
             weights.append(len(s.train))
-        echo(f"[baseline local] site {s.site}: test acc {sites[str(s.site)]['accuracy']:.3f}")
+        echo(f"[baseline local] site {s.site}: test {headline(sites[str(s.site)])}")
     glob = mean_metrics(globals_, weights) if globals_ else {}
     out = {"sites": sites, "global": glob, "global_note": "mean of the local models, "
            "weighted by training samples"}
@@ -83,8 +91,8 @@ def run_pooled(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> 
     scores = _score(model, fed)
     if spent:
         scores["privacy"] = spent
-    acc = scores["global"].get("accuracy")
-    echo("[baseline pooled] done" + (f": global acc {acc:.3f}" if acc is not None else ""))
+    glob = scores["global"]
+    echo("[baseline pooled] done" + (f": global {headline(glob)}" if glob else ""))
     return scores
 
 

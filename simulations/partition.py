@@ -283,7 +283,7 @@ def _make_site(site: int, indices: np.ndarray, pool: Split, labels: np.ndarray, 
 
         profile = site_profile(site, cfg.seed)
         images = apply_profile(data.images, profile, seed=_stream(cfg.seed, site, _SHIFT))
-        data = Split(images, data.labels, data.masks)
+        data = dataclasses.replace(data, images=images)   # keeps masks and tags
     rng = np.random.default_rng(_stream(cfg.seed, site, _SPLIT))
     train, val, test = split_site(labels, cfg.val_fraction, cfg.test_fraction, rng, site)
     return SiteData(site, data.subset(train), data.subset(val), data.subset(test), profile, indices)

@@ -1,10 +1,15 @@
-"""Run report: summary.json for scripts, sites.md and report.md for people, a learning-curve PNG."""
+"""Run report: summary.json for scripts, sites.md and report.md for people, a learning-curve PNG.
+
+Classification runs are compared on accuracy and ROC-AUC, segmentation runs (metrics with a
+``dice`` key) on Dice and HD95, with the empty-mask convention stated in the report and the
+overlay PNGs of `simulations.overlays` linked from it.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import matplotlib
 
@@ -12,21 +17,38 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import rundir  # noqa: E402
+from common.segmentation import EMPTY_MASK_CONVENTION  # noqa: E402
+
+METRIC_LABELS = {"accuracy": "acc", "auc": "AUC", "dice": "Dice", "hd95": "HD95"}
 
 
 def _ok(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _is_segmentation(metrics: Iterable[dict | None]) -> bool:
+    return any("dice" in (m or {}) for m in metrics)
+
+
+def summary_is_segmentation(summary: dict) -> bool:
+    """True when the run's federated metrics are segmentation metrics (Dice, HD95, ...)."""
+    fed = summary["federated"]
+    return _is_segmentation([fed.get("global"), *fed["sites"].values()])
+
+
 def federation_helped(federated: dict[str, dict], local: dict[str, dict]) -> dict[str, dict]:
     """Per site: is the federated model better than the site's own model on the site's test split?
 
-    Compared on ROC-AUC (threshold-free, robust to imbalance) where both models have one, else on
-    accuracy (AUC is undefined on a test split holding a single class)."""
+    Segmentation: compared on Dice. Classification: on ROC-AUC (threshold-free, robust to
+    imbalance) where both models have one, else on accuracy (AUC is undefined on a test split
+    holding a single class)."""
     out = {}
     for site, fed_m in federated.items():
         loc_m = local.get(site, {})
-        metric = "auc" if _ok(fed_m.get("auc")) and _ok(loc_m.get("auc")) else "accuracy"
+        if _is_segmentation([fed_m, loc_m]):
+            metric = "dice"
+        else:
+            metric = "auc" if _ok(fed_m.get("auc")) and _ok(loc_m.get("auc")) else "accuracy"
         fed, loc = fed_m.get(metric), loc_m.get(metric)
         if not (_ok(loc) and _ok(fed)):
             out[site] = {"helped": None, "delta": None, "metric": metric}
@@ -109,13 +131,22 @@ def audit_text(audit: dict) -> str:
 
 def _cell(metrics: dict | None, key: str) -> str:
     value = (metrics or {}).get(key)
-    return f"{value:.3f}" if _ok(value) else "n/a"
+    if not _ok(value):
+        return "n/a"
+    return f"{value:.2f}" if key == "hd95" else f"{value:.3f}"
+
+
+def table_metrics(summary: dict) -> tuple[str, str]:
+    """The two metrics the per-site table shows: (dice, hd95) or (accuracy, auc)."""
+    return ("dice", "hd95") if summary_is_segmentation(summary) else ("accuracy", "auc")
 
 
 def sites_table(summary: dict) -> str:
-    """Markdown: per site, federated vs local vs pooled on that site's own test split."""
+    """Markdown: per site, federated vs local vs pooled on that site's own test split
+    (accuracy and AUC, or Dice and HD95 for segmentation)."""
     models = [m for m in ("federated", "local", "pooled") if m in summary]
-    head = ["site", "train", "test"] + [f"{m} {k}" for m in models for k in ("acc", "AUC")]
+    keys = table_metrics(summary)
+    head = ["site", "train", "test"] + [f"{m} {METRIC_LABELS[k]}" for m in models for k in keys]
     if "federation_helped" in summary:
         head.append("did federation help this site?")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -124,16 +155,16 @@ def sites_table(summary: dict) -> str:
         cells = [site, str(counts.get("train", "")), str(counts.get("test", ""))]
         for m in models:
             site_m = summary[m]["sites"].get(site)
-            cells += [_cell(site_m, "accuracy"), _cell(site_m, "auc")]
+            cells += [_cell(site_m, k) for k in keys]
         if "federation_helped" in summary:
             h = summary["federation_helped"][site]
             cells.append("n/a" if h["helped"] is None else
                          f"{'yes' if h['helped'] else 'no'} ({h['delta']:+.3f} "
-                         f"{'AUC' if h['metric'] == 'auc' else 'acc'})")
+                         f"{METRIC_LABELS[h['metric']]})")
         rows.append("| " + " | ".join(cells) + " |")
     glob = ["global test", "", ""]
     for m in models:
-        glob += [_cell(summary[m].get("global"), "accuracy"), _cell(summary[m].get("global"), "auc")]
+        glob += [_cell(summary[m].get("global"), k) for k in keys]
     if "federation_helped" in summary:
         glob.append("")
     rows.append("| " + " | ".join(glob) + " |")
@@ -141,9 +172,15 @@ def sites_table(summary: dict) -> str:
 
 
 def plot_learning_curve(history: list[dict], summary: dict, path: Path) -> None:
+    """Per round: accuracy and ROC-AUC, or Dice and HD95 for segmentation; global test, each
+    site's test split, and the baselines' global values as horizontal lines."""
     rounds = [h["round"] for h in history]
+    seg = _is_segmentation([h["global"] for h in history]
+                           + [s["test"] for h in history for s in h["sites"].values()])
+    panels = (("dice", "Dice"), ("hd95", "HD95 (pixels/voxels)")) if seg else \
+        (("accuracy", "accuracy"), ("auc", "ROC-AUC"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    for ax, key, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "auc", "ROC-AUC")):
+    for ax, (key, label) in zip(axes, panels):
         if any(_ok(h["global"].get(key)) for h in history):
             ax.plot(rounds, [h["global"].get(key, math.nan) for h in history], "k-o", lw=2,
                     label="federated, global test")
@@ -171,6 +208,32 @@ def plot_learning_curve(history: list[dict], summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _segmentation_notes(summary: dict) -> list[str]:
+    cfg, task = summary["config"], summary.get("task", {})
+    volume = ""
+    if task.get("data_dims") == 3 and task.get("spatial_dims") == 2:
+        volume = (" The 3D volumes were segmented slice by slice by a 2D network and stacked "
+                  "back, so the metrics are volumetric.")
+    elif task.get("data_dims") == 3 and cfg.get("roi_size"):
+        volume = (f" The 3D volumes were predicted by sliding windows of {cfg['roi_size']} "
+                  f"voxels a side (Gaussian-blended).")
+    return ["Segmentation: Dice and HD95 (95th-percentile Hausdorff distance, in pixels/voxels) "
+            "of the argmax mask of each test image, averaged over the images and the foreground "
+            f"classes; 'did federation help' compares Dice.{volume} {EMPTY_MASK_CONVENTION}", ""]
+
+
+def overlay_section(overlays: dict[str, list[str]]) -> list[str]:
+    """Markdown linking each site's overlay PNGs (paths relative to the run directory)."""
+    lines = ["## Predictions on test cases", "",
+             "Final global model on test cases of each site's own test split: image, ground "
+             "truth and prediction (3D: the middle axial slice).", ""]
+    for site, paths in overlays.items():
+        links = " ".join(f"![site {site} case {i + 1}]({path})" for i, path in enumerate(paths))
+        lines += [f"Site {site}: " + ", ".join(f"[{Path(p).name}]({p})" for p in paths), "",
+                  links, ""]
+    return lines
+
+
 def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
     rundir.write_json(run_dir / rundir.SUMMARY, summary)
     table = sites_table(summary)
@@ -191,6 +254,7 @@ def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
         "of the local models.",
         "",
         table,
+        *(_segmentation_notes(summary) if summary_is_segmentation(summary) else []),
         f"![learning curve]({rundir.CURVE})",
         "",
         "Partition: see [partition.md](partition.md) and ![partition](partition.png).",
@@ -198,8 +262,12 @@ def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
     ]
     if summary.get("stopped_early"):
         lines += [f"**The run stopped early:** {summary['stopped_early']}.", ""]
+    if summary.get("overlays"):
+        lines += overlay_section(summary["overlays"])
     if "audit" in summary:
         lines += ["## Empirical privacy audit", "", audit_text(summary["audit"]["federated"]), ""]
+        if summary["audit"].get("note"):
+            lines += [summary["audit"]["note"], ""]
     if summary.get("privacy", {}).get("mode") == "client":
         p = summary["privacy"]
         curve = ", ".join(f"r{r}: {e:.2f}" for r, e in p["per_round"].items())

@@ -1,7 +1,14 @@
-"""`fedclinic simulate`: a whole federation on one machine with Flower's simulation engine."""
+"""`fedclinic simulate`: a whole federation on one machine with Flower's simulation engine.
+
+``task='segmentation'`` runs the same pipeline on masks (see `common.seg_data`): sites and
+baselines report Dice/IoU/HD95/ASD, the membership-inference audit scores each image by its mean
+pixel/voxel cross-entropy, and overlay PNGs of the final model's predictions go to
+``run_dir/overlays/``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -9,16 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import rundir
-from common.config import ConfigError, RunConfig
-from common.datasets import load_dataset
-from common.models import MODEL_NAMES, is_segmentation_model
+import numpy as np
 import torch
 
-from common.mia import audit
+from common import rundir
+from common.config import RunConfig
+from common.datasets import load_dataset
+from common.mia import audit, balanced, scores_to_result
+from common.seg_data import check_dp_volume_mode, check_task_model, for_task
+from common.training import per_sample_seg_loss
 from simulations.baselines import BASELINE_RUNNERS, initial_model
+from simulations.overlays import write_overlays
 from simulations.partition import build_federation, write_partition_report
 from simulations.report import build_summary, privacy_summary, write_report
+
+SEG_AUDIT_NOTE = ("Segmentation: the attacks score each image by its mean per-pixel (per-voxel) "
+                  "cross-entropy under the model, the image-level analogue of the per-sample "
+                  "loss used for classifiers.")
 
 
 @dataclass(frozen=True)
@@ -70,29 +84,56 @@ def run_flower_simulation(cfg: RunConfig, run_dir: Path, echo: Callable[[str], N
     return outcome
 
 
+def final_model(cfg: RunConfig, fed, run_dir: Path) -> torch.nn.Module:
+    """The run's final global model, loaded from run_dir."""
+    model = initial_model(cfg, fed)
+    final = torch.load(run_dir / rundir.FINAL_MODEL, weights_only=False)
+    model.load_state_dict(final["state_dict"])
+    return model
+
+
 def audit_final_model(cfg: RunConfig, fed, run_dir: Path) -> dict:
     """Membership inference on the final global model: each site's training members against its
     held-out test split, loss-threshold and difficulty-calibrated (initial model as reference)."""
-    model = initial_model(cfg, fed)
-    reference = initial_model(cfg, fed)
-    final = torch.load(run_dir / rundir.FINAL_MODEL, weights_only=False)
-    model.load_state_dict(final["state_dict"])
+    model, reference = final_model(cfg, fed, run_dir), initial_model(cfg, fed)
     pairs = [(site.train, site.test) for site in fed.sites]
+    if fed.task.kind == "segmentation":
+        return segmentation_audit(model, pairs, fed.task, reference, cfg.seed)
     return audit(model, pairs, fed.task, reference_model=reference, seed=cfg.seed)
+
+
+def segmentation_audit(model: torch.nn.Module, pairs: list, task, reference: torch.nn.Module,
+                       seed: int) -> dict:
+    """`common.mia.audit` for segmentation models: the same balanced pairs, attacks and output
+    layout, with `per_sample_seg_loss` (mean CE per image) as the per-sample loss."""
+    per_site = []
+    for i, pair in enumerate(pairs):
+        sides = balanced(*pair, seed + i)
+        losses = [per_sample_seg_loss(model, side, task) for side in sides]
+        ref = [per_sample_seg_loss(reference, side, task) for side in sides]
+        per_site.append({"loss-threshold": (-losses[0], -losses[1]),
+                         "calibrated": (ref[0] - losses[0], ref[1] - losses[1])})
+
+    def summarise(scores: dict) -> dict:
+        return {attack: dataclasses.asdict(scores_to_result(attack, *sides))
+                for attack, sides in scores.items()}
+
+    pooled = {attack: tuple(np.concatenate([s[attack][k] for s in per_site]) for k in (0, 1))
+              for attack in per_site[0]}
+    return {"sites": {i: summarise(s) for i, s in enumerate(per_site)},
+            "pooled": summarise(pooled)}
 
 
 def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool = False,
              run_name: str | None = None) -> SimulationOutcome:
     """Partition, federate, run baselines, write the report. Returns the run dir and summary."""
     start = time.perf_counter()
-    if is_segmentation_model(cfg.model):
-        classifiers = ", ".join(m for m in MODEL_NAMES if not is_segmentation_model(m))
-        raise ConfigError(f"model={cfg.model!r} is a segmentation network; `simulate` trains "
-                          f"classifiers for now: use one of {classifiers}")
+    check_task_model(cfg)                         # a mask model for masks, a classifier for labels
     if cfg.data_path and Path(cfg.data_path).exists():
         # Sites may run in other processes (Ray workers) with another working directory.
         cfg = cfg.replace(data_path=str(Path(cfg.data_path).resolve()))
-    dataset = load_dataset(cfg)
+    dataset = for_task(load_dataset(cfg), cfg)
+    check_dp_volume_mode(cfg, dataset.task)
     fed = build_federation(dataset, cfg)          # validates the partition before any work
     from server.strategies import build_strategy
 
@@ -110,11 +151,17 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
     summary = build_summary(cfg.to_dict(), history, baselines, counts, part["heterogeneity"],
                             time.perf_counter() - start)
     summary["run_dir"] = str(run_dir)
+    summary["task"] = dataclasses.asdict(fed.task)
     if outcome.get("stopped"):
         summary["stopped_early"] = outcome["stopped"]
     if cfg.dp != "off":
         summary["privacy"] = privacy_summary(cfg, outcome)
     summary["audit"] = {"federated": audit_final_model(cfg, fed, run_dir)}
+    if fed.task.kind == "segmentation":
+        summary["audit"]["note"] = SEG_AUDIT_NOTE
+        tests = {str(site.site): site.test for site in fed.sites}
+        summary["overlays"] = write_overlays(final_model(cfg, fed, run_dir), fed.task, tests,
+                                             run_dir)
     write_report(run_dir, summary, history)
     echo(f"report: {run_dir / rundir.REPORT}  (summary: {run_dir / rundir.SUMMARY})")
     return SimulationOutcome(run_dir, summary, history)

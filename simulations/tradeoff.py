@@ -7,6 +7,9 @@ same DP budget), kept in ``<output-dir>/<sweep-name>/eps<E>-seed<S>/``. The swee
 ``tradeoff.png`` (utility against epsilon). A stopped sweep restarted with the same arguments
 reuses the cells that finished; ``sweep.json`` holds the arguments so a restart with other ones is
 refused instead of mixing two experiments in one table.
+
+Utility is ROC-AUC (accuracy where AUC is undefined) for classification and Dice for
+``--task segmentation``, whose table also shows HD95.
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ from matplotlib.ticker import NullLocator  # noqa: E402
 
 from common import rundir  # noqa: E402
 from common.config import ConfigError, RunConfig, describe_fields  # noqa: E402
+from common.seg_data import check_task_model  # noqa: E402
 from simulations.simulate import simulate  # noqa: E402
 
 DEFAULT_EPSILONS = "inf,16,8,4,2,1"
 DEFAULT_SEEDS = "3"
 SWEPT = ("dp", "target_epsilon", "noise_multiplier")   # set per cell, not by flags
 MODELS = ("federated", "local", "pooled")
-METRICS = ("accuracy", "auc", "balanced_accuracy")
+METRICS = ("accuracy", "auc", "balanced_accuracy", "dice", "hd95")   # empty where n/a
 CSV_COLUMNS = ("epsilon", "seed", "model", "scope", *METRICS, "epsilon_spent", "mia_auc",
                "mia_tpr_at_1pct_fpr")
 SWEEP_FILE = "sweep.json"
@@ -123,6 +127,7 @@ class SweepSpec:
                               f"'\\', ':', '+')")
         if not self.epsilons or not self.seeds:
             raise ConfigError("a sweep needs at least one epsilon and one seed")
+        check_task_model(self.base)        # e.g. a classifier with task=segmentation
         for cell in self.cells():          # validates every cell's config before any work
             self.config(*cell)
 
@@ -348,25 +353,33 @@ def _order(epsilons: Iterable[float]) -> list[float]:
     return sorted(set(epsilons), key=lambda e: -e)
 
 
+def table_metrics(spec: SweepSpec) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(utility, second metric) as (key, column label): Dice and HD95, or AUC and accuracy."""
+    if spec.base.task == "segmentation":
+        return ("dice", "Dice"), ("hd95", "HD95")
+    return ("auc", "AUC"), ("accuracy", "acc")
+
+
 def markdown_table(rows: list[dict], spec: SweepSpec) -> str:
     """Mean ± std over seeds per epsilon, with a paragraph saying what each column holds."""
     models = [m for m in MODELS if any(r["model"] == m for r in rows)]
     sites = sorted({r["scope"] for r in rows if r["model"] == "federated"
                     and r["scope"].startswith("site-")}, key=lambda s: int(s[5:]))
     mia = any(r["mia_auc"] is not None for r in rows)
+    (key, label), (key2, label2) = table_metrics(spec)
     head = ["epsilon budget", "epsilon spent"]
-    head += [f"{m} {label}" for m in models for label in ("AUC", "acc")]
-    head += ["federated worst-site AUC"] + [f"federated {s} AUC" for s in sites]
+    head += [f"{m} {name}" for m in models for name in (label, label2)]
+    head += [f"federated worst-site {label}"] + [f"federated {s} {label}" for s in sites]
     head += ["MIA AUC (federated)", "MIA TPR@1%FPR (federated)"] if mia else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for eps in _order(r["epsilon"] for r in rows):
         cells = ["inf (no DP)" if math.isinf(eps) else epsilon_label(eps),
                  _fmt(_pick(rows, eps, "federated", "global", "epsilon_spent"))]
         for m in models:
-            cells += [_fmt(_pick(rows, eps, m, "global", "auc")),
-                      _fmt(_pick(rows, eps, m, "global", "accuracy"))]
-        cells.append(_fmt(worst_site(rows, eps)))
-        cells += [_fmt(_pick(rows, eps, "federated", s, "auc")) for s in sites]
+            cells += [_fmt(_pick(rows, eps, m, "global", key)),
+                      _fmt(_pick(rows, eps, m, "global", key2))]
+        cells.append(_fmt(worst_site(rows, eps, key)))
+        cells += [_fmt(_pick(rows, eps, "federated", s, key)) for s in sites]
         if mia:
             cells += [_fmt(_pick(rows, eps, "federated", "global", k))
                       for k in ("mia_auc", "mia_tpr_at_1pct_fpr")]
@@ -378,18 +391,25 @@ def _table_intro(spec: SweepSpec, models: list[str], mia: bool) -> str:
     cfg = spec.base
     seeds = ", ".join(map(str, spec.seeds))
     baselines = " and ".join(m for m in models if m != "federated") or "no"
+    if cfg.task == "segmentation":
+        metrics = ("`<model> Dice` / `<model> HD95` are the mean Dice and 95th-percentile "
+                   "Hausdorff distance (pixels/voxels) of the predicted masks on the global test "
+                   "set")
+        worst = "Dice"
+    else:
+        metrics = "`<model> AUC` / `<model> acc` are ROC-AUC and accuracy on the global test set"
+        worst = "AUC"
     text = (f"# Privacy-utility trade-off: {cfg.dataset}, {cfg.sites} sites, partition "
             f"`{cfg.partition}`\n\nModel `{cfg.model}` (width {cfg.width}), strategy "
             f"`{cfg.strategy}`, {cfg.rounds} round(s) x {cfg.local_epochs} local epoch(s), "
             f"{cfg.accountant.upper()} accountant, seeds {seeds}.\n\n"
             f"Each cell is the mean ± sample standard deviation over the seeds. `epsilon budget` "
             f"is the whole-run DP-SGD budget per site (inf = trained without DP); `epsilon spent` "
-            f"is the largest epsilon any federated site actually spent. `<model> AUC` / "
-            f"`<model> acc` are ROC-AUC and accuracy on the global test set of the federated "
-            f"model and of the {baselines} baseline(s), trained under the same budget (local: "
-            f"mean of the sites' own models). `federated worst-site AUC` is, per seed, the lowest "
-            f"AUC of the federated model over the sites' own test splits; `federated site-i AUC` "
-            f"is that AUC for each site.")
+            f"is the largest epsilon any federated site actually spent. {metrics} of the "
+            f"federated model and of the {baselines} baseline(s), trained under the same budget "
+            f"(local: mean of the sites' own models). `federated worst-site {worst}` is, per "
+            f"seed, the lowest {worst} of the federated model over the sites' own test splits; "
+            f"`federated site-i {worst}` is that {worst} for each site.")
     if mia:
         text += (" `MIA AUC` and `MIA TPR@1%FPR` are the loss-threshold membership-inference "
                  "attack's ROC-AUC (0.5 = no leak) and true-positive rate at 1% false positives "
@@ -398,8 +418,11 @@ def _table_intro(spec: SweepSpec, models: list[str], mia: bool) -> str:
 
 
 def _utility_metric(rows: list[dict]) -> str:
-    """Plot AUC when every global value has one, else accuracy (AUC is undefined on one class)."""
+    """Plot Dice for segmentation; else AUC when every global value has one, else accuracy (AUC
+    is undefined on one class)."""
     glob = [r for r in rows if r["scope"] == "global"]
+    if glob and any(r.get("dice") is not None for r in glob):
+        return "dice"
     return "auc" if glob and all(r["auc"] is not None for r in glob) else "accuracy"
 
 
@@ -412,7 +435,7 @@ def _x_positions(epsilons: list[float]) -> dict[float, float]:
 def plot_tradeoff(rows: list[dict], spec: SweepSpec, path: Path) -> None:
     """Utility against epsilon (log axis, no DP at the right), error bars = std over seeds."""
     metric = _utility_metric(rows)
-    label = "ROC-AUC" if metric == "auc" else "accuracy"
+    label = {"auc": "ROC-AUC", "dice": "Dice"}.get(metric, "accuracy")
     epsilons = sorted({r["epsilon"] for r in rows})
     xpos = _x_positions(epsilons)
     xs = [xpos[e] for e in epsilons]

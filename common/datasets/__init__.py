@@ -27,7 +27,14 @@ __all__ = ["DATASET_NAMES", "TASK_KINDS", "Dataset", "DataError", "Split", "Task
 def load_dataset(cfg: RunConfig) -> Dataset:
     """The dataset ``cfg`` asks for (synthetic: image_size, spatial_dims, num_samples, seed;
     medmnist: data_path; dicom / msd: data_path and the fields in `DicomOptions` / `MsdOptions`,
-    which are also the cache key)."""
+    which are also the cache key), seen as ``cfg.task`` trains on it (segmentation: the masks are
+    the targets, see `common.seg_data`)."""
+    from common.seg_data import for_task
+
+    return for_task(_load(cfg), cfg)
+
+
+def _load(cfg: RunConfig) -> Dataset:
     if cfg.dataset == "synthetic":
         return _synthetic(cfg.image_size, cfg.spatial_dims, cfg.num_samples, cfg.seed)
     if cfg.dataset == "medmnist":
