@@ -68,6 +68,7 @@ class Loopback:
     data: list[Path]                  # one data path per site
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _seen: dict[str, int] = field(default_factory=dict)   # output length when each was started
 
     @property
     def address(self) -> str:
@@ -88,6 +89,7 @@ class Loopback:
         return env
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        self._seen[name] = len(self.output(name))     # a restart appends to the same file
         log = open(self.root / f"{name}.out", "ab")
         process = subprocess.Popen([sys.executable, "-m", "fedclinic.cli", *args], stdout=log,
                                    stderr=subprocess.STDOUT, env=self._env(), cwd=self.root,
@@ -99,11 +101,15 @@ class Loopback:
         path = self.root / f"{name}.out"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def latest_output(self, name: str) -> str:
+        """Output of the latest start of `name` only."""
+        return self.output(name)[self._seen.get(name, 0):]
+
     def start_server(self, timeout: float = 180) -> None:
         self._spawn("server", ["server", "--certs", str(self.certs / "server"),
                                "--site-keys", str(self.certs / "site-keys"),
                                "--state", str(self.server_state), "--address", self.address])
-        wait_until(lambda: "SuperLink up" in self.output("server") or self._dead("server"),
+        wait_until(lambda: "SuperLink up" in self.latest_output("server") or self._dead("server"),
                    timeout, "the server to come up")
         if self._dead("server"):
             raise RuntimeError(f"the server exited:\n{self.output('server')}")
@@ -120,7 +126,8 @@ class Loopback:
         return self._spawn(name or f"site-{i}", args)
 
     def wait_site_connected(self, i: int, timeout: float = 180) -> None:
-        wait_until(lambda: "connecting to" in self.output(f"site-{i}") or self._dead(f"site-{i}"),
+        wait_until(lambda: "connecting to" in self.latest_output(f"site-{i}")
+                   or self._dead(f"site-{i}"),
                    timeout, f"site {i} to start")
         if self._dead(f"site-{i}"):
             raise RuntimeError(f"site {i} exited:\n{self.output(f'site-{i}')}")
