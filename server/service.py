@@ -68,6 +68,14 @@ def _certs(certs: Path) -> tuple[Path, Path, Path]:
     return files
 
 
+def _already_registered(exc: Exception) -> bool:
+    """Flower answers a known public key with HTTP 412 'Public key already in use'."""
+    response = getattr(exc, "response", None)
+    body = getattr(response, "text", "") if response is not None else ""
+    return (getattr(response, "status_code", None) == 412 or "already" in str(exc).lower()
+            or "already in use" in body.lower())
+
+
 def register_sites(control, site_keys: Path, echo) -> dict[str, int]:
     """Register every <name>.pub in `site_keys` (idempotent: known keys are skipped)."""
     from server.control import register_site_key
@@ -82,9 +90,10 @@ def register_sites(control, site_keys: Path, echo) -> dict[str, int]:
             nodes[key.stem] = register_site_key(control, key, key.stem)
             echo(f"fedclinic server: registered site {key.stem} as node {nodes[key.stem]}")
         except Exception as exc:  # noqa: BLE001 - Flower reports a known key as an error
-            if "already" not in str(exc).lower():
+            if not _already_registered(exc):
                 raise ConfigError(f"{key}: the SuperLink refused this site key ({exc})") from None
-            echo(f"fedclinic server: site {key.stem} was registered before")
+            echo(f"fedclinic server: site {key.stem} was registered before (kept in the "
+                 f"server's database)")
     return nodes
 
 

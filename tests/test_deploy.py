@@ -123,6 +123,7 @@ def _new_run_dir(lb: Loopback, before: set[Path]) -> Path:
                       "the new run directory")
 
 
+@pytest.mark.slow   # about 3 min on 2 cores; CI runs it (`-m slow`)
 def test_a_site_killed_mid_round_is_excluded_and_rejoins(consortium):
     lb = consortium
     before = set(lb.run_dirs())
@@ -144,9 +145,11 @@ def test_a_site_killed_mid_round_is_excluded_and_rejoins(consortium):
     assert "Node Unavailable" in reason or "no reply within the round timeout" in reason
     assert "skipped" not in round2                       # the quorum (2) held
     assert sorted(lines[4]["sites"]) == ["0", "1", "2"]  # the returning site took part again
-    assert "[round 4/4]" in lb.latest_output("run") and "excluded: site 2" in lb.latest_output("run")
+    follower = lb.latest_output("run")
+    assert "[round 4/4]" in follower and "excluded: site 2" in follower
 
 
+@pytest.mark.slow   # about 3 min on 2 cores; CI runs it (`-m slow`)
 def test_server_killed_after_round_1_resumes_and_epsilon_stays_the_whole_runs(consortium):
     lb = consortium
     before = set(lb.run_dirs())
