@@ -131,6 +131,23 @@ def resumed_config(requested: RunConfig, run_dir: Path) -> RunConfig:
     return saved.replace(**{**changes, "resume": requested.resume})
 
 
+def write_deployment_report(cfg: RunConfig, run_dir: Path, log: RoundLog,
+                            wall_seconds: float) -> None:
+    """summary.json, sites.md, the learning curve and report.md of a deployed run (no
+    baselines: the server never sees site data)."""
+    from simulations.report import build_summary, privacy_summary, write_report
+
+    summary = build_summary(cfg.to_dict(), log.history, {}, {}, None, wall_seconds)
+    if log.stopped:
+        summary["stopped_early"] = log.stopped
+    if cfg.dp != "off":
+        summary["privacy"] = privacy_summary(cfg, {
+            "history": log.history, "privacy": log.privacy, "exhausted": log.exhausted,
+            "central_plan": log.central_plan})
+    write_report(run_dir, summary, log.history)
+    print(f"fedclinic: report {run_dir / rundir.REPORT}", flush=True)
+
+
 def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
                     echo: Callable[[str], None] | None = None,
                     outcome: dict | None = None) -> ServerApp:
@@ -147,7 +164,10 @@ def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
             if run_cfg.resume:
                 run_cfg = resumed_config(run_cfg, directory)
             print(f"fedclinic: run directory {directory}", flush=True)
+        started = time.perf_counter()
         result, log = run_federation(grid, run_cfg, directory, echo)
+        if cfg is None:                        # deployment: the ServerApp writes the report
+            write_deployment_report(run_cfg, directory, log, time.perf_counter() - started)
         if outcome is not None:
             outcome.update(result=result, history=log.history, stopped=log.stopped,
                            privacy=log.privacy, exhausted=log.exhausted,

@@ -234,6 +234,21 @@ def overlay_section(overlays: dict[str, list[str]]) -> list[str]:
     return lines
 
 
+def exclusions_section(history: list[dict]) -> list[str]:
+    """Every site left out of a round (failed, timed out, refused) and why; skipped rounds."""
+    rows = []
+    for line in history:
+        for who, reason in line.get("failures", {}).items():
+            rows.append(f"- round {line['round']}: {who}: {reason}")
+        if line.get("skipped"):
+            rows.append(f"- round {line['round']}: not aggregated: {line['skipped']}")
+    if not rows:
+        return []
+    return ["## Sites excluded from rounds", "",
+            "A round aggregates the replies that arrived in time if the quorum held; these did "
+            "not take part:", "", *rows, ""]
+
+
 def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
     rundir.write_json(run_dir / rundir.SUMMARY, summary)
     table = sites_table(summary)
@@ -246,8 +261,10 @@ def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
         f"Model `{cfg['model']}` (norm {cfg['norm']}, width {cfg['width']}), strategy "
         f"`{cfg['strategy']}`, {summary['rounds']} rounds x {cfg['local_epochs']} local epoch(s), "
         f"batch {cfg['batch_size']}, lr {cfg['lr']}, seed {cfg['seed']}. "
-        f"Wall time {summary['wall_seconds']:.1f} s. Label heterogeneity "
-        f"{summary['heterogeneity']:.3f} (0 = IID).",
+        f"Wall time {summary['wall_seconds']:.1f} s. " + (
+            f"Label heterogeneity {summary['heterogeneity']:.3f} (0 = IID)."
+            if summary.get("heterogeneity") is not None else
+            "Deployed run: every site trained on its own data."),
         "",
         "Each site is scored on its own test split; baselines use the same model, initial weights "
         "and number of epochs. `local` = the site's own model; its global-test row is the mean "
@@ -257,9 +274,11 @@ def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
         *(_segmentation_notes(summary) if summary_is_segmentation(summary) else []),
         f"![learning curve]({rundir.CURVE})",
         "",
-        "Partition: see [partition.md](partition.md) and ![partition](partition.png).",
-        "",
     ]
+    if (run_dir / "partition.md").exists():
+        lines += ["Partition: see [partition.md](partition.md) and ![partition](partition.png).",
+                  ""]
+    lines += exclusions_section(history)
     if summary.get("stopped_early"):
         lines += [f"**The run stopped early:** {summary['stopped_early']}.", ""]
     if summary.get("overlays"):

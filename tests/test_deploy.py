@@ -63,6 +63,8 @@ def test_three_sites_over_tls_train_and_save_a_model(consortium):
         assert sorted(line["sites"]) == ["0", "1", "2"] and not line["failures"]
     final = torch.load(run_dir / "final_model.pt", weights_only=False)
     assert final["round"] == 2 and final["state_dict"]
+    report = (run_dir / "report.md").read_text()
+    assert "Deployed run" in report and "Sites excluded" not in report
     for i in range(3):   # every reply a site sent is in its audit log, with size and hash
         entries = [e for e in _lines(lb.site_state(i) / "audit.jsonl") if e["event"] == "reply"]
         mine = [e for e in entries if e["run_id"] == entries[-1]["run_id"]]
@@ -145,6 +147,8 @@ def test_a_site_killed_mid_round_is_excluded_and_rejoins(consortium):
     assert "Node Unavailable" in reason or "no reply within the round timeout" in reason
     assert "skipped" not in round2                       # the quorum (2) held
     assert sorted(lines[4]["sites"]) == ["0", "1", "2"]  # the returning site took part again
+    report = (run_dir / "report.md").read_text()
+    assert "## Sites excluded from rounds" in report and "- round 2: site 2 (node" in report
     follower = lb.latest_output("run")
     assert "[round 4/4]" in follower and "excluded: site 2" in follower
 
