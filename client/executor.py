@@ -169,20 +169,3 @@ class SiteExecutor:
                    "--runtime-api-address", self.runtime_address, "--token", token,
                    "--insecure", "--parent-pid", str(os.getpid())]
         subprocess.run(command, check=False)
-
-
-def wait_for_runtime_api(address: str, timeout: float = 60.0) -> None:
-    """Block until the SuperNode's Runtime API accepts connections (readiness, no fixed sleep)."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, int(port)), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the SuperNode's Runtime API at {address} did not come up "
-                                   f"within {timeout:.0f} s") from None
-            time.sleep(0.1)

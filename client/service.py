@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -75,7 +76,7 @@ def validate_before_joining(data: Path, echo) -> None:
 
 def run_site(args: argparse.Namespace) -> int:
     from client.audit import AuditLog
-    from client.executor import SiteExecutor, wait_for_runtime_api
+    from client.executor import SiteExecutor
     from server.service import stop_process
 
     check_files(args)
@@ -83,6 +84,8 @@ def run_site(args: argparse.Namespace) -> int:
     if not args.skip_validation:
         validate_before_joining(data, print)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    threads = args.threads or int(os.environ.get("FEDCLINIC_CLIENT_THREADS") or 0) or os.cpu_count()
+    os.environ["FEDCLINIC_CLIENT_THREADS"] = str(threads)   # read by the ClientApp per task
     ca = None if args.insecure else Path(args.ca_cert)
     key = None if args.insecure else Path(args.site_key)
     process, log_file = start_supernode(args.server, ca, key, data, args.site_id, state,
@@ -91,14 +94,16 @@ def run_site(args: argparse.Namespace) -> int:
                             allowed_hashes=frozenset(args.allow_app_hash))
     signal.signal(signal.SIGTERM, lambda *_: executor.stop())
     try:
-        wait_for_runtime_api(executor.runtime_address)
-        print(f"fedclinic site {args.site_id}: started, connecting to {args.server} "
-              f"({'TLS' if ca else 'INSECURE'}); audit log {state / 'audit.jsonl'}; SuperNode "
-              f"log {log_file}", flush=True)
-        watchdog = threading.Thread(target=_stop_when_exits, args=(process, executor),
-                                    daemon=True)
-        watchdog.start()
-        executor.serve()
+        if _started(process, args.runtime_port, log_file):
+            print(f"fedclinic site {args.site_id}: started, connecting to {args.server} "
+                  f"({'TLS' if ca else 'INSECURE'}); audit log {state / 'audit.jsonl'}; "
+                  f"SuperNode log {log_file}", flush=True)
+            watchdog = threading.Thread(target=_stop_when_exits, args=(process, executor),
+                                        daemon=True)
+            watchdog.start()
+            executor.serve()
+        else:
+            executor.supernode_died = True
     except KeyboardInterrupt:
         return 130
     finally:
@@ -122,6 +127,17 @@ def explain_supernode_exit(log_file: Path, args: argparse.Namespace) -> str:
                 f"add-site`, then restarts or re-registers at `fedclinic server`)")
     tail = "\n".join(text.strip().splitlines()[-8:])
     return f"the SuperNode stopped; last lines of {log_file}:\n{tail}"
+
+
+def _started(process: subprocess.Popen, port: int, log_file: Path) -> bool:
+    """True once the SuperNode's local Runtime API is up; False if the SuperNode died first."""
+    from server.service import wait_for_port
+
+    try:
+        wait_for_port("127.0.0.1", port, 120, process, log_file)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _stop_when_exits(process: subprocess.Popen, executor) -> None:
@@ -153,6 +169,9 @@ def add_site_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
                    help="local port (127.0.0.1 only) between the SuperNode and the executor "
                         f"(default: {DEFAULT_RUNTIME_PORT})")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for training at this site; 0 = $FEDCLINIC_CLIENT_THREADS if "
+                        "set, else all cores (default: 0)")
     p.add_argument("--skip-validation", action="store_true",
                    help="join without validating the data first (default: off)")
     p.add_argument("--insecure", action="store_true",
