@@ -19,6 +19,7 @@ from client.site import LocalSite, load_site, site_privacy
 from common.config import ConfigError, RunConfig
 from common.dp_training import DPTrainResult, train_local_dp
 from common.models import build_model
+from common.packing import PACKED_KEY, pack_state, unpack_state
 from common.privacy import BUDGET_EXHAUSTED_REASON, plan_from_config
 from common.training import evaluate, train_local
 
@@ -40,7 +41,8 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, LocalSite, torch.
     model = build_model(cfg.model, spatial_dims=site.task.spatial_dims,
                         in_channels=site.task.channels, num_classes=site.task.num_classes,
                         norm=cfg.norm, width=cfg.width)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    packed = msg.content["arrays"][PACKED_KEY].numpy()
+    model.load_state_dict(unpack_state(packed, model.state_dict()))
     return cfg, site, model, server_round
 
 
@@ -111,8 +113,10 @@ def train(msg: Message, context: Context) -> Message:
         "steps": result.steps,
         "proximal_mu": mu,
         "site": site.site,
+        "skipped_files": site.skipped,     # bad files the site left out (a count, no names)
     })
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    packed = ArrayRecord({PACKED_KEY: pack_state(model.state_dict())})
+    content = RecordDict({"arrays": packed, "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 

@@ -41,6 +41,7 @@ from flwr.supernode.runtime.run_clientapp import (pull_task_input, push_message,
 
 from client.approval import AppRefused, Approval, review_app
 from client.audit import AuditLog, check_outgoing
+from server.transport import use_fast_object_pulls
 
 log = logging.getLogger("fedclinic.site")
 
@@ -78,6 +79,7 @@ class SiteExecutor:
 
     def serve(self) -> None:
         """Claim and run tasks until `stop_event` is set."""
+        use_fast_object_pulls()
         if self.client_app is None:
             from client.app import app as installed_app
 

@@ -34,6 +34,7 @@ class LocalSite:
     train: Split
     test: Split
     task: TaskInfo
+    skipped: int = 0          # bad data files left out (site data only)
 
 
 def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
@@ -60,6 +61,6 @@ def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
         if data.test is None:
             raise ConfigError(f"{node_config[DATA_PATH]}: the site's file has no test split")
         site = int(node_config.get(SITE_ID, 0))
-        return LocalSite(site, data.train, data.test, data.task)
+        return LocalSite(site, data.train, data.test, data.task, len(data.skipped))
     raise ConfigError(f"node config has neither '{PARTITION_ID}' (simulation) nor '{DATA_PATH}' "
                       f"(a site's data file); got keys {sorted(node_config)}")

@@ -5,7 +5,8 @@ ClientApp's reply every 0.5 s (`flwr.supernode.start_client_internal`). Each mes
 therefore waited 1.5 s on average before the site even saw it: about 3 s per round (train +
 evaluate) of pure polling, more than the whole 2 s per-round budget for a site's overhead. This
 entry point runs the unmodified SuperNode with those waits capped at FEDCLINIC_NODE_POLL_SECONDS
-(default 0.25 s): 4 requests per second per idle site, which a SuperLink serves easily.
+(default 0.25 s): 4 requests per second per idle site, which a SuperLink serves easily. It also
+retries object pulls quickly (`server.transport`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ def main() -> None:
     from flwr.supernode import start_client_internal as node_loop
     from flwr.supernode.cli import flower_supernode
 
+    from server.transport import use_fast_object_pulls
+
     cap = float(os.environ.get("FEDCLINIC_NODE_POLL_SECONDS", DEFAULT_POLL_SECONDS))
     node_loop.time = _CappedSleep(cap)
+    use_fast_object_pulls()
     flower_supernode()
 
 

@@ -16,6 +16,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Result
 
 from common import rundir
+from common.packing import PACKED_KEY, pack_state, unpack_state
 from common.config import RESUMABLE_CHANGES, ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
@@ -24,6 +25,7 @@ from server.checkpoint import (load_resume_point, restore_strategy_state, rng_st
                                set_rng_state, strategy_state)
 from server.recording import PrivacyBudgetSpent, QuorumLost, RecordingStrategy, RoundLog
 from server.strategies import build_strategy, quorum, sampled_sites
+from server.transport import use_fast_object_pulls
 
 
 RUN_KEY = "fedclinic-run"    # sent to sites with the config: the run directory's name, so a site
@@ -86,11 +88,13 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
     config = ConfigRecord({**cfg.to_dict(), RUN_KEY: run_dir.name})
     _wait_for_sites(grid, cfg, log)
     try:
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial),
+        packed = ArrayRecord({PACKED_KEY: pack_state(initial)})
+        result = strategy.start(grid=grid, initial_arrays=packed,
                                 num_rounds=cfg.rounds, timeout=cfg.round_timeout,
                                 train_config=config, evaluate_config=config,
                                 evaluate_fn=log.evaluate, first_round=first_round)
-        final, final_round = result.arrays.to_torch_state_dict(), cfg.rounds
+        final = unpack_state(result.arrays[PACKED_KEY].numpy(), initial)
+        final_round = cfg.rounds
     except (PrivacyBudgetSpent, PrivacyBudgetExhausted, QuorumLost) as stop:
         log.echo(f"fedclinic: {stop}")
         latest = torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)
@@ -157,6 +161,7 @@ def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        use_fast_object_pulls()
         run_cfg = cfg or RunConfig.from_dict(dict(context.run_config))
         directory = run_dir
         if directory is None:

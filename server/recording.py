@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from common import rundir
+from common.packing import PACKED_KEY, unpack_state
 from common.privacy import BUDGET_EXHAUSTED_REASON
 from common.datasets import Split, TaskInfo
 from common.training import evaluate
@@ -141,7 +142,7 @@ class RoundLog:
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Strategy evaluate_fn: global test metrics, then the round's line and checkpoint."""
         model = self.make_model()
-        state = arrays.to_torch_state_dict()
+        state = unpack_state(arrays[PACKED_KEY].numpy(), model.state_dict())
         model.load_state_dict(state)
         glob = evaluate(model, self.global_test, self.task) if self.global_test is not None else {}
         line = {

@@ -5,6 +5,7 @@ import torch
 from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from common import rundir
+from common.packing import pack_state
 from common.datasets import TaskInfo
 from server.recording import RoundLog, progress_line
 
@@ -41,7 +42,7 @@ def test_partial_failure_is_recorded_and_the_round_goes_on(tmp_path):
     lines: list[str] = []
     log = _log(tmp_path, lines)
     log.record_train(1, [_ok(11, 0), _failed(12, "ValueError: disk full")])
-    log.evaluate(1, ArrayRecord(torch.nn.Linear(2, 2).state_dict()))
+    log.evaluate(1, ArrayRecord({"model": pack_state(torch.nn.Linear(2, 2).state_dict())}))
     record = rundir.read_jsonl(tmp_path / rundir.METRICS)[0]
     assert record["round"] == 1 and list(record["sites"]) == ["0"]
     assert record["failures"] == {"node 12 (train)": "ValueError: disk full"}
