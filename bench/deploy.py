@@ -84,7 +84,10 @@ def bytes_per_site(lb: Loopback, sites: int) -> dict:
                        "evaluate_reply_bytes": [e["bytes"] for e in mine
                                                 if e["type"] == "evaluate"],
                        "site_task_overhead_seconds": [round(t["task"] - t["app"], 3)
-                                                      for t in timing]}
+                                                      for t in timing],
+                       "site_pull_seconds": [t["pull"] for t in timing],
+                       "site_push_and_audit_seconds": [round(t["task"] - t["pull"] - t["app"], 3)
+                                                       for t in timing]}
     return out
 
 

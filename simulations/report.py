@@ -279,6 +279,13 @@ def write_report(run_dir: Path, summary: dict, history: list[dict]) -> None:
         lines += ["Partition: see [partition.md](partition.md) and ![partition](partition.png).",
                   ""]
     lines += exclusions_section(history)
+    if summary.get("skipped_files"):
+        skipped = summary["skipped_files"]
+        lines += [f"**{len(skipped)} data file(s) were skipped** (training used the valid "
+                  f"ones; `--strict` makes a bad file fatal):", "",
+                  *[f"- {s['file']}: {s['reason']}" for s in skipped[:20]],
+                  *([f"- ... and {len(skipped) - 20} more (see summary.json)"]
+                    if len(skipped) > 20 else []), ""]
     if summary.get("stopped_early"):
         lines += [f"**The run stopped early:** {summary['stopped_early']}.", ""]
     if summary.get("overlays"):

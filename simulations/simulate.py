@@ -133,6 +133,10 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
         # Sites may run in other processes (Ray workers) with another working directory.
         cfg = cfg.replace(data_path=str(Path(cfg.data_path).resolve()))
     dataset = for_task(load_dataset(cfg), cfg)
+    for path, reason in dataset.skipped[:10]:
+        echo(f"skipped {path}: {reason}")
+    if len(dataset.skipped) > 10:
+        echo(f"... and {len(dataset.skipped) - 10} more skipped files")
     check_dp_volume_mode(cfg, dataset.task)
     fed = build_federation(dataset, cfg)          # validates the partition before any work
     from server.strategies import build_strategy
@@ -151,6 +155,8 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
     summary = build_summary(cfg.to_dict(), history, baselines, counts, part["heterogeneity"],
                             time.perf_counter() - start)
     summary["run_dir"] = str(run_dir)
+    if dataset.skipped:
+        summary["skipped_files"] = [{"file": f, "reason": r} for f, r in dataset.skipped]
     summary["task"] = dataclasses.asdict(fed.task)
     if outcome.get("stopped"):
         summary["stopped_early"] = outcome["stopped"]

@@ -122,6 +122,7 @@ def test_two_site_simulation_on_dicom(tmp_path):
 
     torch.set_num_threads(1)
     _collection(tmp_path / "data", per_maker=14)   # the audit needs >= 2 test images per site
+    (tmp_path / "data" / "broken.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02" * 7)
     cfg = _cfg(tmp_path, rounds=1, local_epochs=1, model="cnn", width=4, baselines="",
                batch_size=4, output_dir=str(tmp_path / "runs"))
     outcome = simulate(cfg, echo=lambda line: None, run_name="bytag")
@@ -132,3 +133,5 @@ def test_two_site_simulation_on_dicom(tmp_path):
     assert sorted(lines[1]["sites"]) == ["0", "1"]
     part = json.loads((outcome.run_dir / "partition.json").read_text())
     assert part["partition"] == "by-tag:Manufacturer" and len(part["sites"]) == 2
+    assert [s["file"].endswith("broken.dcm") for s in summary["skipped_files"]] == [True]
+    assert "1 data file(s) were skipped" in (outcome.run_dir / rundir.REPORT).read_text()
