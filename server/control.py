@@ -35,7 +35,7 @@ class RunState:
 def connect(address: str, ca_cert: Path | None):
     """A Control API client for the SuperLink at `address` (TLS verified with `ca_cert`)."""
     conn = SuperLinkConnection(name="fedclinic", address=address,
-                               root_certificates=str(ca_cert) if ca_cert else None,
+                               root_certificates=str(Path(ca_cert).resolve()) if ca_cert else None,
                                insecure=ca_cert is None)
     return init_http_client_from_connection(conn)
 
