@@ -136,3 +136,26 @@ def test_errors_name_the_file(tmp_path):
     (small / "dataset.json").unlink()
     with pytest.raises(DataError, match="dataset.json: not found"):
         msd.read_manifest(small)
+
+
+def test_a_deployed_site_trains_segmentation_on_its_msd_folder(tmp_path):
+    """A site's `--data` MSD folder is detected and seen as a segmentation task (masks as
+    targets, classes from dataset.json); a local round trains on those masks and the site's
+    evaluation reports Dice and HD95."""
+    from client.site import load_site
+    from common.models import build_model
+    from common.training import evaluate, train_local
+
+    root = _folder(tmp_path / "Task03_Liver")
+    cfg = RunConfig(task="segmentation", model="unet", width=4, spatial_dims=2, image_size=28,
+                    cache_dir=str(tmp_path / "cache"), test_fraction=0.34, batch_size=4,
+                    optimizer="adam", lr=0.01, loss="dice_ce")
+    site = load_site(cfg, {"data-path": str(root), "site-id": 3})
+    assert site.site == 3 and site.task.kind == "segmentation"
+    assert site.task.num_classes == 3 and site.train.masks is not None
+    model = build_model("unet", spatial_dims=2, in_channels=site.task.channels,
+                        num_classes=site.task.num_classes, width=4)
+    result = train_local(model, site.train, site.task, cfg, epochs=1, seed=0)
+    assert result.steps > 0 and result.loss == result.loss
+    metrics = evaluate(model, site.test, site.task)
+    assert {"dice", "hd95", "loss"} <= set(metrics)
