@@ -37,10 +37,16 @@ def _wait_for_sites(grid: Grid, cfg: RunConfig, log: RoundLog) -> None:
     """Give every site up to one round timeout to connect; go on with the quorum after that."""
     deadline = time.monotonic() + cfg.round_timeout
     need = min(cfg.min_sites, cfg.sites)
+    told = -1
     while True:
         online = len(list(grid.get_node_ids()))
         if online >= cfg.sites:
             return
+        if online != told:
+            log.echo(f"fedclinic: waiting for sites: {online} of {cfg.sites} connected (the run "
+                     f"starts when all are, or after {cfg.round_timeout:g} s with at least "
+                     f"{need}; --sites sets how many the federation has)")
+            told = online
         if time.monotonic() > deadline and online >= need:
             log.echo(f"fedclinic: {online} of {cfg.sites} sites connected after "
                      f"{cfg.round_timeout:g} s; starting with them (quorum {need})")
