@@ -103,11 +103,11 @@ def _flower_site(lb: Loopback, i: int) -> subprocess.Popen:
                lb.address, "--root-certificates", str(site_dir / "ca.crt"),
                "--auth-supernode-private-key", str(site_dir / f"site-{i}.key"),
                "--port", str(free_port()), "--node-config", node_config(lb.data[i], i, state)]
-    log = open(state / "flower-supernode.out", "ab")
     env = flower_env(state / "flwr-home")
     env["FEDCLINIC_CLIENT_THREADS"] = "1"
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=state,
-                               start_new_session=True)
+    with open(state / "flower-supernode.out", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   cwd=state, start_new_session=True)
     lb.processes[f"flower-site-{i}"] = process
     return process
 

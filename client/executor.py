@@ -59,23 +59,20 @@ class SiteExecutor:
     stop_event: threading.Event = field(default_factory=threading.Event)
     tasks_done: int = 0
     supernode_died: bool = False
-    _invokers: list = field(default_factory=list)
 
-    def _client(self, component: str, token: str | None = None) -> RuntimeHttpClient:
+    def _client(self, component: str, token: str | None = None,
+                invoker=None) -> RuntimeHttpClient:
         interceptors = [RuntimeVersionHttpInterceptor(component_name=component)]
         if token is not None:
             interceptors.append(RuntimeTokenHttpInterceptor(token))
-        invoker = make_simple_http_retry_invoker()
-        self._invokers.append(invoker)
         return RuntimeHttpClient.from_server_address(
             server_address=self.runtime_address, insecure=True, root_certificates=None,
-            interceptors=interceptors, retry_invoker=invoker)
+            interceptors=interceptors,
+            retry_invoker=invoker or make_simple_http_retry_invoker())
 
     def stop(self) -> None:
-        """Stop claiming tasks; connection retries give up instead of waiting for the SuperNode."""
+        """Stop claiming tasks (the claim loop retries itself and watches this event)."""
         self.stop_event.set()
-        for invoker in self._invokers:
-            invoker.max_tries = 1
 
     def serve(self) -> None:
         """Claim and run tasks until `stop_event` is set."""
@@ -84,8 +81,9 @@ class SiteExecutor:
             from client.app import app as installed_app
 
             self.client_app = installed_app
-        claimer = self._client("SuperExec")
-        self._invokers[-1].max_tries = 1        # this loop retries itself, watching stop_event
+        invoker = make_simple_http_retry_invoker()
+        invoker.max_tries = 1                   # this loop retries itself, watching stop_event
+        claimer = self._client("SuperExec", invoker=invoker)
         failures = 0
         try:
             while not self.stop_event.is_set():

@@ -90,10 +90,10 @@ class Loopback:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         self._seen[name] = len(self.output(name))     # a restart appends to the same file
-        log = open(self.root / f"{name}.out", "ab")
-        process = subprocess.Popen([sys.executable, "-m", "fedclinic.cli", *args], stdout=log,
-                                   stderr=subprocess.STDOUT, env=self._env(), cwd=self.root,
-                                   start_new_session=True)
+        with open(self.root / f"{name}.out", "ab") as log:   # the child keeps its own handle
+            process = subprocess.Popen([sys.executable, "-m", "fedclinic.cli", *args],
+                                       stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+                                       cwd=self.root, start_new_session=True)
         self.processes[name] = process
         return process
 
