@@ -10,11 +10,13 @@ import os
 import time
 import zlib
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.ledger import load_ledger, save_ledger
+from client.ledger import ledger_file, load_ledger, save_ledger
+from client.replay import CachedReply, load_reply, request_digest, save_reply
 from client.site import LocalSite, load_site, site_privacy
 from common.config import ConfigError, RunConfig
 from common.dp_training import DPTrainResult, train_local_dp
@@ -93,17 +95,25 @@ def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     privacy: dict[str, float] = {}
     if cfg.dp == "sample":
+        run_key = str(msg.content["config"].get(RUN_KEY, ""))
+        cache = ledger_file(context, run_key)
+        digest = request_digest(run_key, server_round, msg.content["arrays"][PACKED_KEY].numpy(),
+                                dict(msg.content["config"]))
+        cached = load_reply(cache, digest)
+        if cached is not None:        # asked again (the server resumed): same answer, no new cost
+            return _reply(msg, cached.packed, {**cached.metrics, "replayed": 1.0})
         outcome = _train_private(msg, context, cfg, site, model, server_round, seed, mu,
                                  global_params)
         if isinstance(outcome, Message):
             return outcome                      # the round was refused: budget exhausted
         result, privacy = outcome
+        privacy["replayed"] = 0.0
     elif cfg.dp in ("off", "client"):   # client-level DP clips and noises at the server
         result = train_local(model, site.train, site.task, cfg, epochs=cfg.local_epochs,
                              seed=seed, proximal_mu=mu, global_params=global_params)
     else:  # fail closed: never train without the privacy that was asked for
         raise ConfigError(f"dp={cfg.dp!r} is not supported by this site's fedclinic version")
-    metrics = MetricRecord({
+    metrics = {
         **privacy,
         "num-examples": len(site.train),   # FedAvg weights by training samples, not batches
         "dp-weight": 1.0,                  # ... except under client-level DP: equal weights
@@ -114,9 +124,16 @@ def train(msg: Message, context: Context) -> Message:
         "proximal_mu": mu,
         "site": site.site,
         "skipped_files": site.skipped,     # bad files the site left out (a count, no names)
-    })
-    packed = ArrayRecord({PACKED_KEY: pack_state(model.state_dict())})
-    content = RecordDict({"arrays": packed, "metrics": metrics})
+    }
+    packed = pack_state(model.state_dict())
+    if cfg.dp == "sample":   # kept until the next round: a resumed server may ask this one again
+        save_reply(cache, CachedReply(digest, server_round, packed.numpy(), metrics))
+    return _reply(msg, packed, metrics)
+
+
+def _reply(msg: Message, packed: torch.Tensor | np.ndarray, metrics: dict[str, float]) -> Message:
+    content = RecordDict({"arrays": ArrayRecord({PACKED_KEY: torch.as_tensor(packed)}),
+                          "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 

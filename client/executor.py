@@ -58,6 +58,7 @@ class SiteExecutor:
     client_app: Callable[[Message, object], Message] | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     tasks_done: int = 0
+    tasks_failed: int = 0
     supernode_died: bool = False
 
     def _client(self, component: str, token: str | None = None,
@@ -98,11 +99,22 @@ class SiteExecutor:
                     self.stop_event.wait(min(10.0, 0.5 * failures))
                     continue
                 if res.HasField("task") and res.token:
-                    self.run_task(res.token, res.task.fab_hash)
+                    self._run_task_safely(res.token, res.task.fab_hash)
                     continue                      # more work may be queued: ask again at once
                 self.stop_event.wait(self.poll_interval)
         finally:
             claimer.close()
+
+    def _run_task_safely(self, token: str, fab_hash: str) -> None:
+        """One task's failure (e.g. its message's objects vanished because the SuperLink was
+        restarted mid-round) ends that task only: the site keeps serving the next ones."""
+        try:
+            self.run_task(token, fab_hash)
+        except Exception as exc:  # noqa: BLE001 - logged and audited; the run decides what next
+            self.tasks_failed += 1
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("task failed, the site goes on serving: %s", reason)
+            self.audit.record_event("task-failed", reason)
 
     def run_task(self, token: str, fab_hash: str) -> None:
         try:
@@ -138,8 +150,7 @@ class SiteExecutor:
                                      task=time.perf_counter() - started)
         finally:
             heartbeat.stop()
-            push_task_output(client, context, status, details)
-            client.close()
+            _finish_task(client, context, status, details)
 
     def _call_app(self, message: Message, context) -> Message:
         try:
@@ -158,8 +169,7 @@ class SiteExecutor:
             push_message(client, Message(Error(code=REFUSED_CODE, reason=str(refusal)),
                                          reply_to=message), context)
         finally:
-            push_task_output(client, context, SubStatus.FAILED, str(refusal))
-            client.close()
+            _finish_task(client, context, SubStatus.FAILED, str(refusal))
         log.warning("%s", refusal)
 
     def _run_in_flower_process(self, token: str, approval: Approval) -> None:
@@ -169,3 +179,14 @@ class SiteExecutor:
                    "--runtime-api-address", self.runtime_address, "--token", token,
                    "--insecure", "--parent-pid", str(os.getpid())]
         subprocess.run(command, check=False)
+
+
+def _finish_task(client: RuntimeHttpClient, context, status: str, details: str) -> None:
+    """Report the task's end to the SuperNode; a SuperNode that cannot take it (restarting, or
+    the task already expired) must not mask the task's own error or stop the site."""
+    try:
+        push_task_output(client, context, status, details)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not report the task's end to the SuperNode: %s", exc)
+    finally:
+        client.close()

@@ -135,6 +135,15 @@ class Loopback:
     def _dead(self, name: str) -> bool:
         return self.processes[name].poll() is not None
 
+    def alive(self, name: str) -> bool:
+        return not self._dead(name)
+
+    def train_messages_received(self, i: int) -> int:
+        """How many train messages site i's SuperNode has received so far (from its log)."""
+        path = self.site_state(i) / "supernode.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text.count("Receiving: train message")
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         kill_group(self.processes[name], sig)
 

@@ -165,14 +165,19 @@ def test_a_site_killed_mid_round_is_excluded_and_rejoins(consortium):
 def test_server_killed_after_round_1_resumes_and_epsilon_stays_the_whole_runs(consortium):
     lb = consortium
     before = set(lb.run_dirs())
+    received = [lb.train_messages_received(i) for i in range(3)]
     lb.submit(*RUN, "--rounds", "3", "--dp", "sample", "--target-epsilon", "8")
     run_dir = _new_run_dir(lb, before)
     wait_until(lambda: 1 in lb.rounds_done(run_dir), 600, "round 1")
+    wait_until(lambda: all(lb.train_messages_received(i) >= received[i] + 2 for i in range(3)),
+               120, "every site to receive round 2")     # so the kill lands mid-round
     lb.kill("server")                         # SIGKILL: SuperLink, ServerApp, all of it
     lb.kill("run")
     lb.start_server()                         # same state folder and port; sites reconnect
     done = lb.run("--resume", run_dir.name)
     assert done.returncode == 0, done.stdout + done.stderr
+    for i in range(3):     # a task cut off by the server's death ends that task, not the site
+        assert lb.alive(f"site-{i}"), lb.latest_output(f"site-{i}")
     assert "resuming" in done.stdout and "[round 3/3]" in done.stdout
     assert "[round 1/3]" not in done.stdout    # rounds continue, they do not restart
     lines = _lines(run_dir / "metrics.jsonl")

@@ -115,6 +115,50 @@ def test_audit_log_appends_one_line_per_reply_with_round_bytes_hash_and_epsilon(
     assert oct((tmp_path / "audit.jsonl").stat().st_mode & 0o777) == "0o600"
 
 
+class _Claimer:
+    """The SuperNode's Runtime API as the executor sees it: hands out queued tasks, then none."""
+
+    def __init__(self, tokens, stop):
+        self.tokens, self.stop = list(tokens), stop
+
+    def AcquireTask(self, request):  # noqa: N802 - the proto method's name
+        from flwr.proto.runtime_pb2 import AcquireTaskResponse
+
+        if not self.tokens:
+            self.stop.set()
+            return AcquireTaskResponse()
+        res = AcquireTaskResponse(token=self.tokens.pop(0))
+        res.task.fab_hash = "abc"
+        return res
+
+    def close(self):
+        pass
+
+
+def test_a_failed_task_is_audited_and_the_site_goes_on_serving(tmp_path):
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError
+
+    from client.executor import SiteExecutor
+
+    ran = []
+
+    class Executor(SiteExecutor):
+        def _client(self, component, token=None, invoker=None):
+            return _Claimer(["t1", "t2"], self.stop_event)
+
+        def run_task(self, token, fab_hash):
+            if token == "t1":      # e.g. the SuperLink restarted and the message's objects are gone
+                raise ObjectPullError("92579b", "timeout or retry limit reached")
+            ran.append(token)
+
+    executor = Executor(runtime_address="127.0.0.1:1", audit=AuditLog(tmp_path / "audit.jsonl"),
+                        client_app=lambda message, context: message, poll_interval=0.01)
+    executor.serve()                                   # returns: the claimer ran out of tasks
+    assert ran == ["t2"] and executor.tasks_failed == 1
+    failed = [e for e in executor.audit.entries() if e["event"] == "task-failed"]
+    assert len(failed) == 1 and "92579b" in failed[0]["detail"]
+
+
 # --------------------------------------------------------------------------- checkpoint, resume
 
 

@@ -2,11 +2,16 @@
 
 import json
 
+import numpy as np
 import pytest
-from flwr.app import Context, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client.ledger import load_ledger, save_ledger
 from common.config import ConfigError, RunConfig
+from common.datasets import load_dataset
+from common.models import build_model
+from common.packing import PACKED_KEY, pack_state
 from common.privacy import PrivacyLedger, epsilon_of_history, plan_from_config
 from simulations.partition import site_data
 from simulations.simulate import simulate
@@ -77,3 +82,43 @@ def test_site_at_its_budget_refuses_and_the_run_ends_cleanly(tmp_path):
     assert all("budget-exhausted" in info["reason"] for info in privacy["exhausted"].values())
     assert all(row["epsilon"] <= budget for row in privacy["sites"].values())
     assert outcome.history[-1]["round"] < 4
+
+
+def _train_request(cfg: RunConfig, server_round: int, weights: torch.Tensor) -> Message:
+    config = ConfigRecord({**cfg.to_dict(), "server-round": server_round,
+                           "fedclinic-run": "run-a"})
+    content = RecordDict({"config": config, "arrays": ArrayRecord({PACKED_KEY: weights})})
+    return Message(content, dst_node_id=1, message_type="train")
+
+
+def test_a_round_asked_again_gets_the_same_update_and_is_charged_once(tmp_path, monkeypatch):
+    """A resumed server asks again for the round it lost: the site re-sends what it computed
+    (no new release, no new epsilon); a different request trains and is charged as usual."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client.app import train
+
+    for name, value in (("_run_id", 7), ("_node_id", 1), ("_task_id", 1)):  # as inside a task
+        monkeypatch.setattr(TaskIdentity, name, value)
+    cfg = RunConfig(**{**BASE, "num_samples": 120}, rounds=3, target_epsilon=8.0)
+    task = load_dataset(cfg).task
+    model = build_model(cfg.model, spatial_dims=task.spatial_dims, in_channels=task.channels,
+                        num_classes=task.num_classes, norm=cfg.norm, width=cfg.width)
+    weights = pack_state(model.state_dict())
+    ctx = _context({"partition-id": 0, "num-partitions": 2, "ledger-dir": str(tmp_path)})
+    first = train(_train_request(cfg, 2, weights), ctx)
+    again = train(_train_request(cfg, 2, weights), _context(dict(ctx.node_config)))  # restarted
+    sent = first.content["arrays"][PACKED_KEY].numpy()
+    assert np.array_equal(sent, again.content["arrays"][PACKED_KEY].numpy())
+    assert again.content["metrics"]["replayed"] == 1.0 and first.content["metrics"]["replayed"] == 0
+    assert again.content["metrics"]["epsilon"] == first.content["metrics"]["epsilon"]
+    def steps_charged() -> int:
+        return sum(steps for *_, steps in json.loads((tmp_path / "run-a.json").read_text())
+                   ["history"])
+
+    one_round = first.content["metrics"]["dp_steps"]
+    assert steps_charged() == one_round                      # charged once for round 2
+    third = train(_train_request(cfg, 3, torch.as_tensor(sent)), ctx)     # the next round
+    assert third.content["metrics"]["replayed"] == 0.0
+    assert third.content["metrics"]["epsilon"] > first.content["metrics"]["epsilon"]
+    assert steps_charged() == 2 * one_round
