@@ -91,6 +91,8 @@ class AuditLog:
                 if "epsilon" in record:
                     entry["epsilon"] = float(record["epsilon"])
                     entry["delta"] = float(record["delta"])
+                if record.get("replayed"):   # the update already sent for this round, re-sent
+                    entry["replayed"] = True
         self._append(entry)
         return size, sha
 

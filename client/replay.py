@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common import rundir
+from common.config import RESUMABLE_CHANGES
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,13 @@ class CachedReply:
 
 
 def request_digest(run_key: str, server_round: int, packed: np.ndarray, config: dict) -> str:
-    """Identify a train request: run, round, the global weights and the config it carries."""
+    """Identify a train request: run, round, the global weights and the config it carries,
+    less the settings a resume may change (rounds, timeout, quorum, the resume flag itself),
+    which do not change what a site computes in a round."""
+    kept = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
     digest = hashlib.sha256()
     digest.update(f"{run_key}\n{server_round}\n".encode())
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(kept, sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(packed).tobytes())
     return digest.hexdigest()
 

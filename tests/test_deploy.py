@@ -52,6 +52,11 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _audit(lb: Loopback, i: int) -> list[dict]:
+    path = lb.site_state(i) / "audit.jsonl"
+    return _lines(path) if path.exists() else []
+
+
 def test_three_sites_over_tls_train_and_save_a_model(consortium):
     lb = consortium
     done = lb.run(*RUN, "--rounds", "2")
@@ -166,6 +171,7 @@ def test_server_killed_after_round_1_resumes_and_epsilon_stays_the_whole_runs(co
     lb = consortium
     before = set(lb.run_dirs())
     received = [lb.train_messages_received(i) for i in range(3)]
+    audited = [len(_audit(lb, i)) for i in range(3)]
     lb.submit(*RUN, "--rounds", "3", "--dp", "sample", "--target-epsilon", "8")
     run_dir = _new_run_dir(lb, before)
     wait_until(lambda: 1 in lb.rounds_done(run_dir), 600, "round 1")
@@ -197,3 +203,7 @@ def test_server_killed_after_round_1_resumes_and_epsilon_stays_the_whole_runs(co
         assert sum(s for *_, s in state["history"]) == 3 * plan.steps_per_round
         assert rows[-1]["epsilon"] == pytest.approx(plan.epsilon, rel=1e-3)
         assert rows[-1]["epsilon"] <= 8.0 * (1 + 1e-6)
+        sent = [e for e in _audit(lb, i)[audited[i]:]
+                if e["event"] == "reply" and e["type"] == "train" and e["round"] == 2]
+        if len(sent) == 2:     # round 2 was answered before the kill: the same update re-sent
+            assert sent[1].get("replayed") and sent[1]["epsilon"] == sent[0]["epsilon"]

@@ -107,7 +107,8 @@ def test_a_round_asked_again_gets_the_same_update_and_is_charged_once(tmp_path, 
     weights = pack_state(model.state_dict())
     ctx = _context({"partition-id": 0, "num-partitions": 2, "ledger-dir": str(tmp_path)})
     first = train(_train_request(cfg, 2, weights), ctx)
-    again = train(_train_request(cfg, 2, weights), _context(dict(ctx.node_config)))  # restarted
+    resumed = cfg.replace(resume="run-a", rounds=4)        # what a resumed server sends
+    again = train(_train_request(resumed, 2, weights), _context(dict(ctx.node_config)))
     sent = first.content["arrays"][PACKED_KEY].numpy()
     assert np.array_equal(sent, again.content["arrays"][PACKED_KEY].numpy())
     assert again.content["metrics"]["replayed"] == 1.0 and first.content["metrics"]["replayed"] == 0
