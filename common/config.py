@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -119,6 +120,35 @@ def _number(spec: str, term: str, arg: str, kind: type, lo: float) -> Any:
     return value
 
 
+SPACING_HELP = ("'' (off) or a pixel spacing in mm > 0: one number for all axes ('1.0') or one "
+                "per axis ('0.8,0.8' for 2D row,col; '2.5,1,1' for 3D slice,row,col)")
+
+
+def parse_spacing(spacing: str, spatial_dims: int | None = None) -> tuple[float, ...] | None:
+    """``"1"`` -> (1.0,), ``"0.8,0.8"`` -> (0.8, 0.8); ``""`` -> None (resampling off).
+
+    With ``spatial_dims`` the result has one value per spatial axis (a single number applies to
+    all of them), and a value with another number of axes is rejected.
+    """
+    if not spacing.strip():
+        return None
+    try:
+        values = tuple(float(part) for part in spacing.split(","))
+    except ValueError:
+        raise ConfigError(f"spacing={spacing!r}: not numbers; expected {SPACING_HELP}") from None
+    if len(values) > 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"spacing={spacing!r}: expected {SPACING_HELP}")
+    if spatial_dims is None:
+        return values
+    if len(values) == 1:
+        return values * spatial_dims
+    if len(values) != spatial_dims:
+        raise ConfigError(f"spacing={spacing!r}: {len(values)} values but spatial_dims="
+                          f"{spatial_dims} images have {spatial_dims} axes; give one number or "
+                          f"{spatial_dims} ({'row,col' if spatial_dims == 2 else 'slice,row,col'})")
+    return values
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a federated run needs. Defaults give the README's quick demo."""
@@ -136,6 +166,11 @@ class RunConfig:
     dicom_window: str = _opt("", "DICOM VOI window 'CENTER,WIDTH' in stored units after rescale "
                                  "(HU for CT), e.g. '40,400'; '' = the file's own window, else "
                                  "the image's full range")
+    spacing: str = _opt("", "DICOM/NIfTI: resample every image to this pixel spacing in mm, then "
+                            "pad/crop it about the centre to the input size, so all sites see "
+                            "objects at one physical scale: one number for all axes ('1.0') or "
+                            "one per axis ('0.8,0.8' for 2D row,col; '2.5,1,1' for 3D "
+                            "slice,row,col); '' = off: stretch each image to the input size")
     strict: bool = _opt(False, "a bad image file (unreadable, not DICOM, no pixels) is fatal; "
                                "default: skip it, name it, and count it in the report")
     cache_dir: str = _opt("", "folder for preprocessed DICOM/NIfTI arrays, keyed by file content "
@@ -213,6 +248,7 @@ class RunConfig:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         parse_partition(self.partition)
+        parse_spacing(self.spacing, self.spatial_dims)
         unknown = set(self.baseline_list) - set(BASELINES)
         if unknown:
             raise ConfigError(f"baselines={self.baselines!r}: unknown {sorted(unknown)}; "

@@ -17,8 +17,10 @@ Folder layout (`load`): any tree of DICOM files (any extension or none) plus a `
 
 With ``spatial_dims == 3`` a sample is the whole volume; with ``spatial_dims == 2`` it is the
 volume's middle slice (middle frame of a multi-frame file). Samples are resized to
-``image_size`` per side (3D: stretched to a cube, as MedMNIST 3D does) with MONAI's ``Resize``
-and cached by file content (`common.datasets.cache`). Bad files are skipped and listed in
+``image_size`` per side (3D: stretched to a cube, as MedMNIST 3D does) with MONAI's ``Resize``,
+or, with the run setting ``spacing``, resampled to that spacing in mm and padded/cropped about
+the centre (`common.datasets.spacing`; a file without its pixel spacing is then a bad file), and
+cached by file content (`common.datasets.cache`). Bad files are skipped and listed in
 ``Dataset.skipped`` unless ``strict``, where the first one raises `DicomFileError`.
 """
 
@@ -36,9 +38,11 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from common.config import parse_spacing
 from common.datasets.base import Dataset, DataError, Split, TaskInfo
 from common.datasets.cache import TAG_FILE, ArrayCache, array_cache
 from common.datasets.labels import LABELS_FILE, Labels, read_labels
+from common.datasets.spacing import fit_to_spacing
 
 if TYPE_CHECKING:
     from common.config import RunConfig
@@ -52,6 +56,11 @@ _VOI_BITS = 16                 # output range of the VOI step: 0 .. 2**16 - 1, t
 _SPACING_TOLERANCE = 0.1       # a series' slice gaps may differ from the median by 10 %
 _LUMA = np.array([0.299, 0.587, 0.114])
 _SAMPLE_VERSION = "dicom-sample-1"
+# Tags `_pixel_spacing` / `_slice_thickness` read, as error messages name them when absent.
+PIXEL_SPACING = "PixelSpacing"
+SLICE_SPACING = "SpacingBetweenSlices"
+_SPACING_TAGS = {PIXEL_SPACING: "PixelSpacing (0028,0030) nor ImagerPixelSpacing (0018,1164)",
+                 SLICE_SPACING: "SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050)"}
 
 _JPEG = "pylibjpeg-libjpeg"
 _J2K = "pylibjpeg-openjpeg"
@@ -153,7 +162,9 @@ def read_pixels(path: Path, window: str = "") -> tuple[np.ndarray, dict]:
     """Float32 image in [0, 1]: (H, W), or (frames, H, W) for a multi-frame file, plus meta.
 
     meta: modality, manufacturer, rows, cols, frames, spacing ((row, col) or, for multi-frame
-    files, (row, col, slice) in mm), study_uid, series_uid, sop_uid, photometric.
+    files, (row, col, slice) in mm; 1.0 where the file does not say), spacing_missing (the
+    keywords `PIXEL_SPACING` / `SLICE_SPACING` whose value was absent and taken as 1.0),
+    study_uid, series_uid, sop_uid, photometric.
     """
     path = Path(path)
     voi = parse_window(window)
@@ -270,6 +281,7 @@ def _meta(ds: pydicom.Dataset, image: np.ndarray) -> dict:
         "modality": str(ds.get("Modality", "")), "manufacturer": str(ds.get("Manufacturer", "")),
         "rows": int(ds.get("Rows", image.shape[-2])),
         "cols": int(ds.get("Columns", image.shape[-1])), "frames": frames, "spacing": spacing,
+        "spacing_missing": _missing_spacing(ds, slices=frames > 1),
         "study_uid": str(ds.get("StudyInstanceUID", "")),
         "series_uid": str(ds.get("SeriesInstanceUID", "")),
         "sop_uid": str(ds.get("SOPInstanceUID", "")),
@@ -285,16 +297,21 @@ def _functional(ds: pydicom.Dataset, sequence: str, keyword: str):
         return None
 
 
-def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
+def _pixel_spacing_value(ds: pydicom.Dataset) -> tuple[float, float] | None:
     value = (ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
              or _functional(ds, "PixelMeasuresSequence", "PixelSpacing"))
     try:
         return float(value[0]), float(value[1])
     except (TypeError, ValueError, IndexError):
-        return 1.0, 1.0
+        return None
 
 
-def _slice_thickness(ds: pydicom.Dataset) -> float:
+def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
+    value = _pixel_spacing_value(ds)
+    return (1.0, 1.0) if value is None else value
+
+
+def _slice_thickness_value(ds: pydicom.Dataset) -> float | None:
     for value in (ds.get("SpacingBetweenSlices"), ds.get("SliceThickness"),
                   _functional(ds, "PixelMeasuresSequence", "SpacingBetweenSlices"),
                   _functional(ds, "PixelMeasuresSequence", "SliceThickness")):
@@ -303,7 +320,31 @@ def _slice_thickness(ds: pydicom.Dataset) -> float:
                 return float(value)
         except (TypeError, ValueError):
             continue
-    return 1.0
+    return None
+
+
+def _slice_thickness(ds: pydicom.Dataset) -> float:
+    value = _slice_thickness_value(ds)
+    return 1.0 if value is None else value
+
+
+def _missing_spacing(ds: pydicom.Dataset, slices: bool) -> tuple[str, ...]:
+    """`PIXEL_SPACING` / `SLICE_SPACING` (the latter only if ``slices``) when the file has no
+    positive, finite value for it (the readers above then take 1.0 mm, or the invalid value)."""
+    row_col = _pixel_spacing_value(ds)
+    usable = row_col is not None and all(math.isfinite(v) and v > 0 for v in row_col)
+    missing = [] if usable else [PIXEL_SPACING]
+    if slices and _slice_thickness_value(ds) is None:
+        missing.append(SLICE_SPACING)
+    return tuple(missing)
+
+
+def _require_spacing(path: Path, missing: tuple[str, ...]) -> None:
+    """With the run setting ``spacing`` a 1 mm guess would resample to a wrong scale: refuse."""
+    if missing:
+        tags = "; ".join(f"no usable {_SPACING_TAGS[t]}" for t in missing)
+        raise DicomFileError(path, f"{tags}: the run setting spacing needs the image's own pixel "
+                                   f"spacing to resample it (spacing='' stretches images instead)")
 
 
 # --------------------------------------------------------------------------- series
@@ -317,7 +358,7 @@ def slice_order(headers: list[pydicom.Dataset], paths: list[Path]
     """
     if len(headers) == 1:
         return [0], _slice_thickness(headers[0])
-    if all("ImagePositionPatient" in h and "ImageOrientationPatient" in h for h in headers):
+    if _positioned(headers):
         orient = np.array([float(v) for v in headers[0].ImageOrientationPatient])
         normal = np.cross(orient[:3], orient[3:])
         pos = np.array([np.dot([float(v) for v in h.ImagePositionPatient], normal)
@@ -331,6 +372,10 @@ def slice_order(headers: list[pydicom.Dataset], paths: list[Path]
                    if "ImagePositionPatient" not in h and "InstanceNumber" not in h)
     raise DicomFileError(missing, "no ImagePositionPatient/ImageOrientationPatient nor "
                                   "InstanceNumber: cannot order the series' slices")
+
+
+def _positioned(headers: list[pydicom.Dataset]) -> bool:
+    return all("ImagePositionPatient" in h and "ImageOrientationPatient" in h for h in headers)
 
 
 def _even_spacing(gaps: np.ndarray, ordered: list[Path]) -> float:
@@ -348,12 +393,14 @@ def _even_spacing(gaps: np.ndarray, ordered: list[Path]) -> float:
     return spacing
 
 
-def assemble_series(paths: list[Path], window: str = ""
+def assemble_series(paths: list[Path], window: str = "", *, require_spacing: bool = False
                     ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """One series' slices as a (slices, H, W) float32 volume in [0, 1] and its spacing.
 
     The spacing is in the volume's axis order: (slice, row, column), in mm. The window (or
     min..max) is applied to the whole volume at once, so all slices share one intensity scale.
+    A spacing the files do not give is taken as 1.0 mm, or with ``require_spacing`` raises
+    `DicomFileError` naming the first file and the missing tag.
     """
     if not paths:
         raise DataError("assemble_series: no files given")
@@ -370,6 +417,9 @@ def assemble_series(paths: list[Path], window: str = ""
                                     f"{paths[0].name} in the same series has "
                                     f"{first.get('Rows')}x{first.get('Columns')}")
     order, gap = slice_order(datasets, paths)
+    if require_spacing:
+        _require_spacing(paths[0], _missing_spacing(
+            first, slices=len(datasets) == 1 or not _positioned(datasets)))
     slices = []
     for i in order:
         values = _values(datasets[i], paths[i])
@@ -429,6 +479,7 @@ class DicomOptions:
     """The run-config fields a DICOM load depends on (the registry caches by these)."""
 
     window: str = ""
+    spacing: str = ""
     size: int = 28
     spatial_dims: int = 2
     strict: bool = False
@@ -441,7 +492,8 @@ class DicomOptions:
     def from_config(cls, cfg: RunConfig) -> "DicomOptions":
         tag = cfg.partition_spec.tag
         tags = DEFAULT_TAGS + ((tag,) if tag and tag not in DEFAULT_TAGS else ())
-        return cls(window=cfg.dicom_window, size=cfg.image_size, spatial_dims=cfg.spatial_dims,
+        return cls(window=cfg.dicom_window, spacing=cfg.spacing, size=cfg.image_size,
+                   spatial_dims=cfg.spatial_dims,
                    strict=cfg.strict, cache_dir=cfg.cache_dir, test_fraction=cfg.test_fraction,
                    seed=cfg.seed, tags=tags)
 
@@ -458,6 +510,7 @@ def load_folder(root: Path, opts: DicomOptions) -> Dataset:
                         f"DICOM files with a {LABELS_FILE}")
     _check_tags(opts.tags)
     parse_window(opts.window)
+    parse_spacing(opts.spacing, opts.spatial_dims)
     labels = read_labels(root / LABELS_FILE)
     headers, bad = scan_headers(root)
     if opts.strict and bad:
@@ -543,6 +596,9 @@ def _sample(files: list[Path], headers: dict[Path, pydicom.Dataset], opts: Dicom
         order, _ = slice_order([headers[f] for f in files], files)
         files = [files[i] for i in order]
     key = (_SAMPLE_VERSION, *files, opts.window, opts.size, opts.spatial_dims)
+    target = parse_spacing(opts.spacing, opts.spatial_dims)
+    if target is not None:   # appended only when set: keys (and cached arrays) of '' unchanged
+        key += ("spacing", target)
     return cache.get_or_compute(key, lambda: _compute_sample(files, opts))
 
 
@@ -555,19 +611,32 @@ def _largest_series(files: list[Path], headers: dict[Path, pydicom.Dataset]) -> 
 
 
 def _compute_sample(files: list[Path], opts: DicomOptions) -> np.ndarray:
+    target = parse_spacing(opts.spacing, opts.spatial_dims)
+    image, source = _read_sample(files, opts, require_spacing=target is not None)
+    if target is None:
+        return resize(image, opts.size)
+    return fit_to_spacing(image, source, target, opts.size)
+
+
+def _read_sample(files: list[Path], opts: DicomOptions, require_spacing: bool
+                 ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The sample's (H, W) or (D, H, W) image and its spacing in mm, in the same axis order."""
+    if opts.spatial_dims == 3 and len(files) > 1:
+        return assemble_series(files, opts.window, require_spacing=require_spacing)
+    path = files[len(files) // 2]
+    image, meta = read_pixels(path, opts.window)
+    row_col = tuple(meta["spacing"][:2])
     if opts.spatial_dims == 2:
-        image, _ = read_pixels(files[len(files) // 2], opts.window)
-        if image.ndim == 3:
-            image = image[image.shape[0] // 2]
-    elif len(files) > 1:
-        image, _ = assemble_series(files, opts.window)
-    else:
-        image, _ = read_pixels(files[0], opts.window)
-        if image.ndim != 3:
-            raise DicomFileError(files[0], "a single 2D image but spatial_dims=3 needs a volume: "
-                                           "key labels.csv by SeriesInstanceUID or "
-                                           "StudyInstanceUID, or use multi-frame files")
-    return resize(image, opts.size)
+        if require_spacing:
+            _require_spacing(path, tuple(t for t in meta["spacing_missing"] if t == PIXEL_SPACING))
+        return (image[image.shape[0] // 2] if image.ndim == 3 else image), row_col
+    if image.ndim != 3:
+        raise DicomFileError(path, "a single 2D image but spatial_dims=3 needs a volume: "
+                                   "key labels.csv by SeriesInstanceUID or "
+                                   "StudyInstanceUID, or use multi-frame files")
+    if require_spacing:
+        _require_spacing(path, meta["spacing_missing"])
+    return image, (meta["spacing"][2], *row_col)
 
 
 def resize(image: np.ndarray, size: int, mode: str = "linear") -> np.ndarray:

@@ -15,6 +15,10 @@ to its 0.5th..99.5th percentile and scaled to [0, 1] (robust to CT air/metal and
 * ``spatial_dims == 2``: axial slices resized in-plane to S x S; of each case every slice with
   foreground is kept plus as many slices without (seeded choice; all of them if fewer).
 
+With the run setting ``spacing``, image and mask are instead resampled together to that voxel
+size in mm (taken from the NIfTI affine; 2D: in-plane only, the slices are kept) and padded with
+0 / cropped about the centre to S per side (`common.datasets.spacing`), keeping physical scale.
+
 Masks are uint8 class ids (nearest-neighbour resampling). The image-level label is the largest
 class id present in the sample's mask (for a background/lesion task: lesion absent 0 / present
 1), so classification models can also train on MSD data; `TaskInfo.num_classes` is the number of
@@ -31,9 +35,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common.config import parse_spacing
 from common.datasets.base import Dataset, DataError, Split, TaskInfo
 from common.datasets.cache import ArrayCache, array_cache
 from common.datasets.dicom import resize
+from common.datasets.spacing import resample
 
 if TYPE_CHECKING:
     from common.config import RunConfig
@@ -53,12 +59,13 @@ class MsdOptions:
     seed: int = 0
     strict: bool = False
     cache_dir: str = ""
+    spacing: str = ""
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "MsdOptions":
         return cls(size=cfg.image_size, spatial_dims=cfg.spatial_dims,
                    test_fraction=cfg.test_fraction, seed=cfg.seed, strict=cfg.strict,
-                   cache_dir=cfg.cache_dir)
+                   cache_dir=cfg.cache_dir, spacing=cfg.spacing)
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,30 @@ def _read_nifti(path: Path) -> np.ndarray:
     return data
 
 
+def voxel_spacing(path: Path) -> tuple[float, float, float]:
+    """Voxel size in mm in `read_case`'s axis order (z, y, x), from the NIfTI affine (header
+    only), permuted as `nib.as_closest_canonical` permutes the axes."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        sizes = nib.affines.voxel_sizes(img.affine)[:3]
+        ornt = nib.io_orientation(img.affine)
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors, ...
+        raise DataError(f"{path}: cannot read it as NIfTI ({type(exc).__name__}: {exc})") from None
+    usable = len(sizes) == 3 and np.all(np.isfinite(ornt[:3])) and all(
+        math.isfinite(v) and v > 0 for v in sizes)
+    if not usable:
+        raise DataError(f"{path}: no usable voxel size in its affine (pixdim/qform/sform: "
+                        f"{tuple(float(v) for v in sizes)} mm); the run setting spacing needs it "
+                        f"to resample (spacing='' stretches images instead)")
+    canonical = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt[:3]):
+        canonical[int(target)] = float(sizes[axis])
+    x, y, z = canonical
+    return z, y, x
+
+
 def normalise(volume: np.ndarray) -> np.ndarray:
     """Clip to the 0.5..99.5 percentiles, scale to [0, 1] (a constant volume becomes 0)."""
     if not np.all(np.isfinite(volume)):
@@ -199,6 +230,19 @@ def _preprocess(image: np.ndarray, mask: np.ndarray, size: int, spatial_dims: in
     return out
 
 
+def _preprocess_at_spacing(image: np.ndarray, mask: np.ndarray, source: tuple[float, ...],
+                          target: tuple[float, ...], size: int, spatial_dims: int) -> np.ndarray:
+    """`_preprocess`'s layout, but image and mask resampled together to ``target`` mm and
+    padded/cropped to S about the centre; 2D keeps the slices (in-plane resampling only)."""
+    if spatial_dims == 3:
+        pixdim, roi = target, (size,) * 3
+    else:
+        pixdim, roi = (0.0, *target), (-1, size, size)   # <= 0: keep that axis (MONAI)
+    image, mask = resample(image, source, pixdim, roi, mask)
+    stacked = np.concatenate([image, mask[None]]).astype(np.float32)
+    return stacked if spatial_dims == 3 else np.ascontiguousarray(stacked.transpose(1, 0, 2, 3))
+
+
 # --------------------------------------------------------------------------- folder
 
 def load_folder(root: Path, opts: MsdOptions) -> Dataset:
@@ -206,6 +250,7 @@ def load_folder(root: Path, opts: MsdOptions) -> Dataset:
     if not str(root) or not root.is_dir():
         raise DataError(f"msd data_path={str(root)!r}: not a folder; expected a Medical "
                         f"Segmentation Decathlon folder (dataset.json, imagesTr/, labelsTr/)")
+    parse_spacing(opts.spacing, opts.spatial_dims)
     manifest = read_manifest(root)
     cache = array_cache(opts.cache_dir)
     arrays, names, skipped = [], [], []
@@ -246,13 +291,20 @@ def _case(image_path: Path, label_path: Path, manifest: Manifest, opts: MsdOptio
         if not path.is_file():
             raise DataError(f"{path}: not found (listed in {MANIFEST})")
 
+    target = parse_spacing(opts.spacing, opts.spatial_dims)
+
     def compute() -> np.ndarray:
         image, mask = read_case(image_path, label_path, len(manifest.class_names),
                                 len(manifest.modalities))
-        return _preprocess(image, mask, opts.size, opts.spatial_dims)
+        if target is None:
+            return _preprocess(image, mask, opts.size, opts.spatial_dims)
+        return _preprocess_at_spacing(image, mask, voxel_spacing(image_path), target, opts.size,
+                                      opts.spatial_dims)
 
     key = (_CASE_VERSION, image_path, label_path, len(manifest.class_names),
            len(manifest.modalities), opts.size, opts.spatial_dims)
+    if target is not None:   # appended only when set: keys (and cached arrays) of '' unchanged
+        key += ("spacing", target)
     return cache.get_or_compute(key, compute)
 
 
