@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from common.config import ConfigError, RunConfig, describe_fields
+from common.config import ConfigError, RunConfig, describe_fields, given_options
 from common.datasets import DataError
 from fedclinic import __version__
 
@@ -87,9 +87,7 @@ def _add_deployment(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    values = {name: getattr(args, name) for name, *_ in describe_fields()
-              if getattr(args, name) is not None}
-    return RunConfig.from_dict(values)
+    return RunConfig.from_dict(given_options(args))
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.config import ConfigError, RunConfig, describe_fields
+from common.config import ConfigError, RunConfig, given_options
 
 DEFAULT_ADDRESS = "0.0.0.0:8000"
 DEFAULT_STATE = "fedclinic-server"
@@ -201,8 +201,7 @@ def add_server_parser(sub) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
     """Run-config values given on the command line (validated), dash-named for Flower."""
-    given = {name: getattr(args, name) for name, *_ in describe_fields()
-             if getattr(args, name, None) is not None}
+    given = given_options(args)
     cfg = RunConfig.from_dict(given)          # validates every value before anything is sent
     return {name.replace("_", "-"): getattr(cfg, name) for name in given}
 

@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
 from common import rundir  # noqa: E402
-from common.config import ConfigError, RunConfig, describe_fields  # noqa: E402
+from common.config import ConfigError, RunConfig, describe_fields, given_options  # noqa: E402
 from common.seg_data import check_task_model  # noqa: E402
 from simulations.simulate import simulate  # noqa: E402
 
@@ -566,9 +566,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
-    values = {name: getattr(args, name) for name, *_ in describe_fields()
-              if name not in SWEPT and getattr(args, name, None) is not None}
-    base = RunConfig.from_dict(values)
+    base = RunConfig.from_dict(given_options(args, skip=SWEPT))
     return SweepSpec(base=base, epsilons=parse_epsilons(args.epsilons),
                      seeds=parse_seeds(args.seeds, base.seed),
                      name=args.sweep_name or default_sweep_name(base))

@@ -82,3 +82,35 @@ def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(Exception):
         main(["simulate", "--num-samples", "20", "--sites", "50", "--debug",
               "--output-dir", str(tmp_path)])
+
+
+def _parsed(argv: list[str], capsys) -> tuple[RunConfig, str]:
+    from fedclinic.cli import config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["simulate", *argv]))
+    return cfg, capsys.readouterr().err
+
+
+def test_segmentation_brings_settings_that_learn_for_options_not_given(capsys):
+    cfg, said = _parsed(["--task", "segmentation"], capsys)
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.batch_size, cfg.loss) == (
+        "unet", "adam", 0.01, 8, "dice_ce")
+    assert "segmentation defaults" in said and "--model unet" in said and "--loss dice_ce" in said
+    cfg, _ = _parsed(["--task", "segmentation", "--spatial-dims", "3"], capsys)
+    assert cfg.loss == "weighted_ce"
+    cfg, said = _parsed(["--task", "segmentation", "--model", "basicunet", "--loss", "dice",
+                         "--lr", "0.05"], capsys)         # what the user gives wins
+    assert (cfg.model, cfg.loss, cfg.lr, cfg.optimizer) == ("basicunet", "dice", 0.05, "adam")
+    assert "--model" not in said and "--optimizer adam" in said
+    cfg, said = _parsed([], capsys)                      # classification: nothing changes
+    assert cfg == RunConfig() and said == ""
+
+
+def test_run_and_tradeoff_commands_use_the_same_task_defaults(capsys):
+    from server.service import overrides_from_args
+    from simulations.tradeoff import spec_from_args
+
+    run = build_parser().parse_args(["run", "--task", "segmentation"])
+    assert overrides_from_args(run)["model"] == "unet"
+    sweep = build_parser().parse_args(["tradeoff", "--task", "segmentation"])
+    assert spec_from_args(sweep).base.loss == "dice_ce"
