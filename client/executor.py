@@ -7,11 +7,12 @@ fedclinic site runs its SuperNode with ``--isolation process`` and this executor
 * it claims tasks from the SuperNode's local Runtime API (the same API ``flower-superexec`` uses);
 * a task whose app bundle is the fedclinic bundle of the installed version runs the installed
   ClientApp in this process, imports already paid;
-* a task whose bundle hash the operator allowed (``--allow-app-hash``) runs in Flower's own
-  ``flwr-clientapp`` process, as Flower would run it;
+* a task whose bundle hash the operator allowed (``--allow-app-hash``) runs in a child process
+  (``python -m client.executor``) that installs the bundle and loads its ClientApp the way
+  Flower's ``flwr-clientapp`` does, so foreign code never enters the resident process;
 * any other task is refused with an error reply naming what was offered and what is allowed;
-* every reply is checked to hold only model weights and scalar metrics, and is written to the
-  site's append-only audit log before it leaves.
+* every reply, of either kind, is checked to hold only model weights and scalar metrics, and is
+  written to the site's append-only audit log before it leaves.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class SiteExecutor:
     allowed_hashes: frozenset[str] = frozenset()
     poll_interval: float = 0.1
     client_app: Callable[[Message, object], Message] | None = None
+    flwr_home: Path | None = None     # where allowed bundles are installed (the site's own)
     stop_event: threading.Event = field(default_factory=threading.Event)
     tasks_done: int = 0
     tasks_failed: int = 0
@@ -123,7 +125,7 @@ class SiteExecutor:
             self._refuse(token, refusal)
             return
         if approval.kind == "allowed-hash":
-            self._run_in_flower_process(token, approval)
+            self._run_in_child(token, approval)
         else:
             self._run_here(token, approval)
         self.tasks_done += 1
@@ -135,9 +137,11 @@ class SiteExecutor:
         context, status, details = None, SubStatus.FAILED, "fedclinic site: task failed"
         started = time.perf_counter()
         try:
-            message, context, run, _ = pull_task_input(client)
+            message, context, run, fab = pull_task_input(client)
+            app = self.client_app if approval.kind == "installed" else _bundle_app(run, fab,
+                                                                                   approval)
             pulled = time.perf_counter()
-            reply = self._call_app(message, context)
+            reply = self._call_app(app, message, context)
             app_seconds = time.perf_counter() - pulled
             problem = check_outgoing(reply)
             if problem:
@@ -152,9 +156,10 @@ class SiteExecutor:
             heartbeat.stop()
             _finish_task(client, context, status, details)
 
-    def _call_app(self, message: Message, context) -> Message:
+    @staticmethod
+    def _call_app(app: Callable[..., Message], message: Message, context) -> Message:
         try:
-            return self.client_app(message=message, context=context)
+            return app(message=message, context=context)
         except Exception as exc:  # noqa: BLE001 - the server gets the reason, the site the trace
             log.exception("ClientApp raised")
             reason = f"{type(exc).__name__}: {exc}"
@@ -172,13 +177,20 @@ class SiteExecutor:
             _finish_task(client, context, SubStatus.FAILED, str(refusal))
         log.warning("%s", refusal)
 
-    def _run_in_flower_process(self, token: str, approval: Approval) -> None:
-        """An operator-allowed bundle runs the way Flower runs it: its own flwr-clientapp."""
+    def _run_in_child(self, token: str, approval: Approval) -> None:
+        """An operator-allowed bundle runs in a child process of its own (its code never enters
+        this one), through the same checks and audit as the installed app: `run_allowed_bundle`."""
         self.audit.record_event("run-allowed-app", approval.describe())
-        command = [str(Path(sys.executable).with_name("flwr-clientapp")),
-                   "--runtime-api-address", self.runtime_address, "--token", token,
-                   "--insecure", "--parent-pid", str(os.getpid())]
-        subprocess.run(command, check=False)
+        command = [sys.executable, "-m", "client.executor", "--runtime-api-address",
+                   self.runtime_address, "--token", token, "--audit", str(self.audit.path),
+                   "--fab-hash", approval.fab_hash, "--parent-pid", str(os.getpid())]
+        env = dict(os.environ)
+        if self.flwr_home is not None:
+            env["FLWR_HOME"] = str(self.flwr_home)
+        done = subprocess.run(command, check=False, env=env)
+        if done.returncode != 0:
+            self.audit.record_event("task-failed", f"{approval.describe()}: its process exited "
+                                                   f"with code {done.returncode}")
 
 
 def _finish_task(client: RuntimeHttpClient, context, status: str, details: str) -> None:
@@ -190,3 +202,45 @@ def _finish_task(client: RuntimeHttpClient, context, status: str, details: str) 
         log.warning("could not report the task's end to the SuperNode: %s", exc)
     finally:
         client.close()
+
+
+def _bundle_app(run, fab, approval: Approval) -> Callable[..., Message]:
+    """Install an allowed bundle under FLWR_HOME and load its ClientApp, as Flower's own
+    flwr-clientapp does (no runtime dependency installation: the site's environment is used)."""
+    from flwr.cli.install import install_from_fab
+    from flwr.clientapp.utils import get_load_client_app_fn
+
+    if fab.hash_str != approval.fab_hash:       # the bundle pulled is the one approved, or none
+        raise AppRefused(f"the task's bundle has sha256 {fab.hash_str}, not the approved "
+                         f"{approval.fab_hash}")
+    install_from_fab(fab.content, skip_prompt=True)
+    load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+    return load(run.fab_id, run.fab_version, fab.hash_str)
+
+
+def run_allowed_bundle(argv: list[str] | None = None) -> int:
+    """Child process for one task of an operator-allowed bundle: pull it, run the bundle's
+    ClientApp, check the reply, write it to the site's audit log, push it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m client.executor")
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--audit", required=True, type=Path)
+    parser.add_argument("--fab-hash", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:   # the site went away: stop too (Flower's own monitor)
+        from flwr.supercore.app_utils import start_parent_process_monitor
+
+        start_parent_process_monitor(args.parent_pid)
+    use_fast_object_pulls()
+    executor = SiteExecutor(args.runtime_api_address, AuditLog(args.audit),
+                            allowed_hashes=frozenset({args.fab_hash}))
+    executor._run_here(args.token, Approval("allowed-hash", args.fab_hash))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s:%(levelname)s:%(message)s")
+    sys.exit(run_allowed_bundle())

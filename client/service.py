@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from common.config import ConfigError
@@ -88,35 +89,76 @@ def run_site(args: argparse.Namespace) -> int:
     os.environ["FEDCLINIC_CLIENT_THREADS"] = str(threads)   # read by the ClientApp per task
     ca = None if args.insecure else Path(args.ca_cert)
     key = None if args.insecure else Path(args.site_key)
-    process, log_file = start_supernode(args.server, ca, key, data, args.site_id, state,
-                                        args.runtime_port)
     executor = SiteExecutor(f"127.0.0.1:{args.runtime_port}", AuditLog(state / "audit.jsonl"),
-                            allowed_hashes=frozenset(args.allow_app_hash))
-    signal.signal(signal.SIGTERM, lambda *_: executor.stop())
-    try:
-        if _started(process, args.runtime_port, log_file):
-            print(f"fedclinic site {args.site_id}: started, connecting to {args.server} "
-                  f"({'TLS' if ca else 'INSECURE'}); audit log {state / 'audit.jsonl'}; "
-                  f"SuperNode log {log_file}", flush=True)
-            watchdog = threading.Thread(target=_stop_when_exits, args=(process, executor),
-                                        daemon=True)
-            watchdog.start()
-            executor.serve()
-        else:
-            executor.supernode_died = True
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        stop_process(process)
-    if process.returncode in (0, -signal.SIGTERM) or not executor.supernode_died:
-        return 0
-    print(f"fedclinic site: error: {explain_supernode_exit(log_file, args)}", file=sys.stderr)
+                            allowed_hashes=frozenset(args.allow_app_hash),
+                            flwr_home=state / "flwr-home")
+    stopping = threading.Event()
+
+    def on_term(*_) -> None:
+        stopping.set()
+        executor.stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    deadline = time.monotonic() + args.activation_wait
+    log_file = state / "supernode.log"
+    while True:
+        offset = log_file.stat().st_size if log_file.exists() else 0
+        process, log_file = start_supernode(args.server, ca, key, data, args.site_id, state,
+                                            args.runtime_port)
+        try:
+            _serve(process, executor, args, ca, state, log_file)
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            stop_process(process)
+        if stopping.is_set() or process.returncode in (0, -signal.SIGTERM) or \
+                not executor.supernode_died:
+            return 0
+        left = deadline - time.monotonic()
+        if not _activation_refused(log_file, offset) or left <= 0:
+            break
+        print(f"fedclinic site: the server did not activate this site yet: after a restart the "
+              f"server counts its previous session as online until two heartbeats are missed "
+              f"(up to 60 s). Retrying for another {left:.0f} s (--activation-wait)", flush=True)
+        if stopping.wait(min(5.0, left)):
+            return 0
+        executor.stop_event.clear()
+        executor.supernode_died = False
+    print(f"fedclinic site: error: {explain_supernode_exit(log_file, args, offset)}",
+          file=sys.stderr)
     return 1
 
 
-def explain_supernode_exit(log_file: Path, args: argparse.Namespace) -> str:
-    """What went wrong, from the SuperNode's log, in terms of this command's flags."""
-    text = log_file.read_text(errors="replace") if log_file.exists() else ""
+def _serve(process: subprocess.Popen, executor, args: argparse.Namespace, ca: Path | None,
+           state: Path, log_file: Path) -> None:
+    """Run the executor while this SuperNode lives (the watchdog stops it when it exits)."""
+    if not _started(process, args.runtime_port, log_file):
+        executor.supernode_died = True
+        return
+    print(f"fedclinic site {args.site_id}: started, connecting to {args.server} "
+          f"({'TLS' if ca else 'INSECURE'}); audit log {state / 'audit.jsonl'}; "
+          f"SuperNode log {log_file}", flush=True)
+    watchdog = threading.Thread(target=_stop_when_exits, args=(process, executor), daemon=True)
+    watchdog.start()
+    executor.serve()
+
+
+def _activation_refused(log_file: Path, offset: int) -> bool:
+    return "Failed to activate SuperNode" in _log_since(log_file, offset)
+
+
+def _log_since(log_file: Path, offset: int) -> str:
+    if not log_file.exists():
+        return ""
+    with open(log_file, "rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace")
+
+
+def explain_supernode_exit(log_file: Path, args: argparse.Namespace, offset: int = 0) -> str:
+    """What went wrong, from the SuperNode's log (from `offset`: this start's lines), in terms of
+    this command's flags."""
+    text = _log_since(log_file, offset)
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return (f"the server at {args.server} presented a certificate that --ca-cert "
                 f"{args.ca_cert} does not verify; use the consortium's ca.crt (and check "
@@ -124,7 +166,9 @@ def explain_supernode_exit(log_file: Path, args: argparse.Namespace) -> str:
     if "Failed to activate SuperNode" in text or "2004" in text:
         return (f"the server at {args.server} refused this site's key {args.site_key}: its public "
                 f"key is not registered there (the consortium registers it with `fedclinic certs "
-                f"add-site`, then restarts or re-registers at `fedclinic server`)")
+                f"add-site`, then restarts or re-registers at `fedclinic server`), or another "
+                f"SuperNode with this key is still connected (waited --activation-wait "
+                f"{args.activation_wait:g} s)")
     tail = "\n".join(text.strip().splitlines()[-8:])
     return f"the SuperNode stopped; last lines of {log_file}:\n{tail}"
 
@@ -169,6 +213,11 @@ def add_site_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
                    help="local port (127.0.0.1 only) between the SuperNode and the executor "
                         f"(default: {DEFAULT_RUNTIME_PORT})")
+    p.add_argument("--activation-wait", type=float, default=75.0, metavar="SECONDS",
+                   help="how long to keep retrying when the server refuses to activate this site: "
+                        "after a restart it counts the previous session as online until two "
+                        "heartbeats are missed (up to 60 s); an unregistered key fails after "
+                        "this too (default: 75)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for training at this site; 0 = $FEDCLINIC_CLIENT_THREADS if "
                         "set, else all cores (default: 0)")

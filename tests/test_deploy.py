@@ -94,8 +94,8 @@ def test_a_site_trusting_another_ca_cannot_connect(consortium):
 def test_an_unregistered_site_key_is_refused(consortium):
     lb = consortium
     key, _ = new_site_key(lb.root / "stranger", "stranger")
-    site = lb.start_site(1, key=key, extra=["--state", str(lb.root / "stranger-state")],
-                         name="stranger")
+    site = lb.start_site(1, key=key, extra=["--state", str(lb.root / "stranger-state"),
+                                            "--activation-wait", "0"], name="stranger")
     assert site.wait(240) == 1
     assert "refused this site's key" in lb.output("stranger")
     assert "Failed to activate SuperNode" in (lb.root / "stranger-state" /
@@ -123,6 +123,36 @@ def test_sites_refuse_an_app_bundle_their_operators_did_not_approve(consortium):
         refused = [e for e in _lines(lb.site_state(i) / "audit.jsonl")
                    if e["event"] == "refused" and e["run_id"] == run_id]
         assert refused and foreign[1] in refused[0]["reason"]
+
+
+def test_a_site_runs_a_bundle_its_operator_allowed_and_audits_its_replies(consortium):
+    from server.bundle import build_bundle
+    from server.control import connect, follow, start_run
+
+    lb = consortium
+    foreign = build_bundle("9.9.9")
+    node_log = lb.site_state(0) / "supernode.log"
+    activations = node_log.read_text().count("SuperNode ID")
+    lb.kill("site-0", signal.SIGTERM)                # its operator restarts it, allowing the hash
+    lb.start_site(0, extra=["--allow-app-hash", foreign[1]])
+    wait_until(lambda: node_log.read_text().count("SuperNode ID") > activations, 300,
+               "site 0 to be activated again (the server waits for the old session to expire)")
+    control = connect(lb.address, lb.certs / "ca" / "ca.crt")
+    try:
+        run_id = start_run(control, {"sites": 3, "rounds": 1, "model": "cnn", "width": 4},
+                           bundle=foreign)
+        logs: list[str] = []
+        state = follow(control, run_id, logs.append, timeout=600)
+    finally:
+        control.close()
+    assert state.sub_status == "completed", "\n".join(logs) + state.details
+    mine = [e for e in _audit(lb, 0) if e.get("run_id") == run_id and e["event"] == "reply"]
+    assert [(e["round"], e["type"]) for e in mine] == [(1, "train"), (1, "evaluate")]
+    for e in mine:             # the foreign bundle's replies get the same checks and audit
+        assert e["status"] == "ok" and re.fullmatch(r"[0-9a-f]{64}", e["sha256"])
+        assert f"operator-allowed app bundle sha256 {foreign[1][:12]}" in e["code"]
+    for i in (1, 2):           # the other sites did not allow it
+        assert any(e["event"] == "refused" and e["run_id"] == run_id for e in _audit(lb, i))
 
 
 def _new_run_dir(lb: Loopback, before: set[Path]) -> Path:
