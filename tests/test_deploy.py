@@ -102,21 +102,27 @@ def test_an_unregistered_site_key_is_refused(consortium):
                                               "supernode.log").read_text()
 
 
-def test_sites_refuse_an_app_bundle_their_operators_did_not_approve(consortium):
-    from server.bundle import build_bundle
+def _run_bundle(lb: Loopback, bundle: tuple[bytes, str]):
+    """Submit a one-round run with this app bundle and follow it: (run id, final state, text)."""
     from server.control import connect, follow, start_run
 
-    lb = consortium
     control = connect(lb.address, lb.certs / "ca" / "ca.crt")
     try:
-        foreign = build_bundle("9.9.9")              # not the version the sites installed
         run_id = start_run(control, {"sites": 3, "rounds": 1, "model": "cnn", "width": 4},
-                           bundle=foreign)
+                           bundle=bundle)
         logs: list[str] = []
         state = follow(control, run_id, logs.append, timeout=600)
     finally:
         control.close()
-    text = "\n".join(logs) + state.details
+    return run_id, state, "\n".join(logs) + state.details
+
+
+def test_sites_refuse_an_app_bundle_their_operators_did_not_approve(consortium):
+    from server.bundle import build_bundle
+
+    lb = consortium
+    foreign = build_bundle("9.9.9")              # not the version the sites installed
+    run_id, state, text = _run_bundle(lb, foreign)
     assert state.sub_status != "completed"
     assert "every site failed to train" in text and "runs only approved code" in text
     for i in range(3):
@@ -127,7 +133,6 @@ def test_sites_refuse_an_app_bundle_their_operators_did_not_approve(consortium):
 
 def test_a_site_runs_a_bundle_its_operator_allowed_and_audits_its_replies(consortium):
     from server.bundle import build_bundle
-    from server.control import connect, follow, start_run
 
     lb = consortium
     foreign = build_bundle("9.9.9")
@@ -137,15 +142,8 @@ def test_a_site_runs_a_bundle_its_operator_allowed_and_audits_its_replies(consor
     lb.start_site(0, extra=["--allow-app-hash", foreign[1]])
     wait_until(lambda: node_log.read_text().count("SuperNode ID") > activations, 300,
                "site 0 to be activated again (the server waits for the old session to expire)")
-    control = connect(lb.address, lb.certs / "ca" / "ca.crt")
-    try:
-        run_id = start_run(control, {"sites": 3, "rounds": 1, "model": "cnn", "width": 4},
-                           bundle=foreign)
-        logs: list[str] = []
-        state = follow(control, run_id, logs.append, timeout=600)
-    finally:
-        control.close()
-    assert state.sub_status == "completed", "\n".join(logs) + state.details
+    run_id, state, text = _run_bundle(lb, foreign)
+    assert state.sub_status == "completed", text
     mine = [e for e in _audit(lb, 0) if e.get("run_id") == run_id and e["event"] == "reply"]
     assert [(e["round"], e["type"]) for e in mine] == [(1, "train"), (1, "evaluate")]
     for e in mine:             # the foreign bundle's replies get the same checks and audit
