@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,10 +96,7 @@ def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     privacy: dict[str, float] = {}
     if cfg.dp == "sample":
-        run_key = str(msg.content["config"].get(RUN_KEY, ""))
-        cache = ledger_file(context, run_key)
-        digest = request_digest(run_key, server_round, msg.content["arrays"][PACKED_KEY].numpy(),
-                                dict(msg.content["config"]))
+        cache, digest = _replay_key(msg, context, server_round)
         cached = load_reply(cache, digest)
         if cached is not None:        # asked again (the server resumed): same answer, no new cost
             return _reply(msg, cached.packed, {**cached.metrics, "replayed": 1.0})
@@ -129,6 +127,16 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.dp == "sample":   # kept until the next round: a resumed server may ask this one again
         save_reply(cache, CachedReply(digest, server_round, packed.numpy(), metrics))
     return _reply(msg, packed, metrics)
+
+
+def _replay_key(msg: Message, context: Context, server_round: int) -> tuple[Path | None, str]:
+    """Where this site keeps its last DP reply of the run (next to its ledger), and the digest
+    of this request (client.replay): a resumed server asking the same again gets the same."""
+    config = msg.content["config"]
+    run_key = str(config.get(RUN_KEY, ""))
+    digest = request_digest(run_key, server_round, msg.content["arrays"][PACKED_KEY].numpy(),
+                            dict(config))
+    return ledger_file(context, run_key), digest
 
 
 def _reply(msg: Message, packed: torch.Tensor | np.ndarray, metrics: dict[str, float]) -> Message:

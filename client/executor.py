@@ -42,6 +42,7 @@ from flwr.supernode.runtime.run_clientapp import (pull_task_input, push_message,
 
 from client.approval import AppRefused, Approval, review_app
 from client.audit import AuditLog, check_outgoing
+from server.service import flower_env
 from server.transport import use_fast_object_pulls
 
 log = logging.getLogger("fedclinic.site")
@@ -184,9 +185,7 @@ class SiteExecutor:
         command = [sys.executable, "-m", "client.executor", "--runtime-api-address",
                    self.runtime_address, "--token", token, "--audit", str(self.audit.path),
                    "--fab-hash", approval.fab_hash, "--parent-pid", str(os.getpid())]
-        env = dict(os.environ)
-        if self.flwr_home is not None:
-            env["FLWR_HOME"] = str(self.flwr_home)
+        env = flower_env(self.flwr_home) if self.flwr_home is not None else None
         done = subprocess.run(command, check=False, env=env)
         if done.returncode != 0:
             self.audit.record_event("task-failed", f"{approval.describe()}: its process exited "

@@ -21,6 +21,7 @@ from pathlib import Path
 from common.config import ConfigError
 
 DEFAULT_STATE = "fedclinic-site"
+ACTIVATION_REFUSED = "Failed to activate SuperNode"   # the SuperNode's log line when refused
 DEFAULT_RUNTIME_PORT = 9094
 
 
@@ -144,7 +145,7 @@ def _serve(process: subprocess.Popen, executor, args: argparse.Namespace, ca: Pa
 
 
 def _activation_refused(log_file: Path, offset: int) -> bool:
-    return "Failed to activate SuperNode" in _log_since(log_file, offset)
+    return ACTIVATION_REFUSED in _log_since(log_file, offset)
 
 
 def _log_since(log_file: Path, offset: int) -> str:
@@ -163,7 +164,7 @@ def explain_supernode_exit(log_file: Path, args: argparse.Namespace, offset: int
         return (f"the server at {args.server} presented a certificate that --ca-cert "
                 f"{args.ca_cert} does not verify; use the consortium's ca.crt (and check "
                 f"`fedclinic site doctor`). The connection was refused, nothing was sent")
-    if "Failed to activate SuperNode" in text or "2004" in text:
+    if ACTIVATION_REFUSED in text or "2004" in text:
         return (f"the server at {args.server} refused this site's key {args.site_key}: its public "
                 f"key is not registered there (the consortium registers it with `fedclinic certs "
                 f"add-site`, then restarts or re-registers at `fedclinic server`), or another "
