@@ -33,7 +33,10 @@ from pathlib import Path
 from common import rundir
 from common.config import RunConfig
 from deploy.certs import init_consortium
-from deploy.loopback import Loopback, free_port, kill_group, wait_until
+from deploy.loopback import Loopback, wait_until
+from runtime.environment import flower_env
+from runtime.ports import free_port
+from runtime.processes import kill_group
 from simulations.export import export_sites
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -94,7 +97,6 @@ def bytes_per_site(lb: Loopback, sites: int) -> dict:
 def _flower_site(lb: Loopback, i: int) -> subprocess.Popen:
     """A site as Flower runs it by default: a fresh flwr-clientapp process per message."""
     from client.service import node_config
-    from server.service import flower_env
 
     state = lb.site_state(i)
     state.mkdir(parents=True, exist_ok=True)
@@ -143,7 +145,7 @@ def simulated(cfg: RunConfig, root: Path) -> dict:
 
     run_dir = rundir.create_run_dir(cfg.replace(output_dir=str(root)), "simulation")
     start = time.perf_counter()
-    history = run_flower_simulation(cfg, run_dir, echo=lambda line: None)["history"]
+    history = run_flower_simulation(cfg, run_dir, echo=lambda line: None).history
     return {"mode": "simulation", "wall_seconds": round(time.perf_counter() - start, 2),
             **summarize(round_breakdown(history))}
 

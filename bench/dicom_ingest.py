@@ -2,8 +2,9 @@
 
 Writes N single-slice CT files (256 x 256 int16 with RescaleSlope/Intercept, two manufacturers,
 two classes, a labels.csv keyed by SOPInstanceUID) with pydicom, then loads the folder twice with
-`common.datasets.dicom.load_folder` into a fresh cache. Also prints `fedclinic site validate` on
-pydicom's bundled test files. Writes bench/results/dicom_ingest.json, prints one summary line.
+`common.datasets.dicom.loader.load_folder` into a fresh cache. Also prints `fedclinic site
+validate` on pydicom's bundled test files. Writes bench/results/dicom_ingest.json, prints one
+summary line.
 
     .venv/bin/python -m bench.dicom_ingest [--files 1000]
 """
@@ -19,30 +20,20 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-from common.datasets.dicom import DicomOptions, load_folder
+from bench.dicom_files import write_dicom
+from common.datasets.dicom.loader import load_folder
+from common.datasets.dicom.options import DicomOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def write_ct(path: Path, pixels: np.ndarray, manufacturer: str) -> str:
+    """One CT slice (HU = stored - 1024, 0.7 mm pixels); returns its SOPInstanceUID."""
     sop = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, sop, "CT"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Manufacturer = manufacturer
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.PixelSpacing = [0.7, 0.7]
-    ds.set_pixel_data(pixels, "MONOCHROME2", 16, generate_instance_uid=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    write_dicom(path, pixels, modality="CT", sop=sop, Manufacturer=manufacturer,
+                RescaleSlope=1, RescaleIntercept=-1024, PixelSpacing=[0.7, 0.7])
     return sop
 
 

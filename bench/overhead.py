@@ -20,7 +20,7 @@ from pathlib import Path
 from common import rundir
 from common.config import RunConfig
 from common.datasets import load_dataset
-from simulations.partition import build_federation
+from common.partitions.federation import build_federation
 from simulations.simulate import run_flower_simulation
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -32,7 +32,7 @@ def measure(cfg: RunConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = rundir.create_run_dir(cfg.replace(output_dir=tmp), "bench")
         start = time.perf_counter()
-        history = run_flower_simulation(cfg, run_dir, echo=lambda line: None)["history"]
+        history = run_flower_simulation(cfg, run_dir, echo=lambda line: None).history
         wall = time.perf_counter() - start
     train = sum(site["train"].get("train_seconds", 0.0)
                 for line in history for site in line["sites"].values() if site["train"])

@@ -23,14 +23,11 @@ from common.config import ConfigError, RunConfig
 from common.dp_training import DPTrainResult, train_local_dp
 from common.models import build_model
 from common.packing import PACKED_KEY, pack_state, unpack_state
-from common.privacy import BUDGET_EXHAUSTED_REASON, plan_from_config
-from common.training import evaluate, train_local
-
-BUDGET_EXHAUSTED_CODE = 4030            # error code of a round a site refused (privacy budget)
-
-# Keys Flower strategies add to the config record next to the run config.
-FLOWER_KEYS = ("server-round", "proximal-mu", "fedclinic-run")
-RUN_KEY = "fedclinic-run"     # the server's name for this run (server.app.RUN_KEY)
+from common.privacy.ledger import BudgetExhausted
+from common.privacy.planner import plan_from_config
+from common.training.local import train_local
+from common.training.prediction import evaluate
+from common.wire import BUDGET_EXHAUSTED_REASON, EXTRA_CONFIG_KEYS, RUN_KEY, ReplyCode
 
 app = ClientApp()
 
@@ -39,7 +36,8 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, LocalSite, torch.
     torch.set_num_threads(int(os.environ.get("FEDCLINIC_CLIENT_THREADS", "1")))
     config = dict(msg.content["config"])
     server_round = int(config.get("server-round", 0))
-    cfg = RunConfig.from_dict({k: v for k, v in config.items() if k not in FLOWER_KEYS})
+    run_config = {k: v for k, v in config.items() if k not in EXTRA_CONFIG_KEYS}
+    cfg = RunConfig.from_dict(run_config)
     site = load_site(cfg, context.node_config)
     model = build_model(cfg.model, spatial_dims=site.task.spatial_dims,
                         in_channels=site.task.channels, num_classes=site.task.num_classes,
@@ -58,14 +56,15 @@ def _train_private(msg: Message, context: Context, cfg: RunConfig, site: LocalSi
     plan = plan_from_config(cfg, len(site.train))
     run_key = str(msg.content["config"].get(RUN_KEY, ""))
     ledger = load_ledger(context, cfg.accountant, run_key)
-    spent = ledger.epsilon(plan.delta)
-    after = ledger.epsilon_if(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round,
-                              plan.delta)
-    if after > cfg.target_epsilon * (1 + 1e-9):
-        reason = (f"{BUDGET_EXHAUSTED_REASON}: site {site.site} has spent epsilon {spent:.3f} of "
-                  f"its budget {cfg.target_epsilon:g} (delta {plan.delta:.2e}); round "
-                  f"{server_round} would bring it to {after:.3f}")
-        return Message(Error(code=BUDGET_EXHAUSTED_CODE, reason=reason), reply_to=msg)
+    try:
+        ledger.check_budget(cfg.target_epsilon, plan.noise_multiplier, plan.sample_rate,
+                            plan.steps_per_round, plan.delta, site=site.site)
+    except BudgetExhausted as refused:
+        reason = (f"{BUDGET_EXHAUSTED_REASON}: site {site.site} has spent epsilon "
+                  f"{refused.spent:.3f} of its budget {cfg.target_epsilon:g} (delta "
+                  f"{plan.delta:.2e}); round {server_round} would bring it to "
+                  f"{refused.epsilon:.3f}")
+        return Message(Error(code=int(ReplyCode.BUDGET_EXHAUSTED), reason=reason), reply_to=msg)
     result = train_local_dp(model, site.train, site.task, cfg, epochs=cfg.local_epochs,
                             seed=seed, noise_multiplier=plan.noise_multiplier,
                             sample_rate=plan.sample_rate, steps=plan.steps_per_round,
@@ -74,7 +73,7 @@ def _train_private(msg: Message, context: Context, cfg: RunConfig, site: LocalSi
     save_ledger(context, ledger, run_key)
     return result, {
         "epsilon": ledger.epsilon(plan.delta),   # cumulative: the whole run so far
-        "epsilon_budget": cfg.target_epsilon,
+        "target_epsilon": cfg.target_epsilon,   # the site's own budget (it may be lower)
         "delta": plan.delta,
         "noise_multiplier": result.noise_multiplier,
         "sample_rate": result.sample_rate,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from fedclinic import __version__
+from common.version import __version__
 
 
 class AppRefused(Exception):
@@ -26,7 +26,7 @@ class Approval:
 @lru_cache(maxsize=1)
 def installed_bundle_hash() -> str:
     """sha256 of the bundle `fedclinic run` of this very version submits (it is reproducible)."""
-    from server.bundle import build_bundle
+    from runtime.bundle import build_bundle
 
     return build_bundle()[1]
 

@@ -17,6 +17,7 @@ fedclinic site runs its SuperNode with ``--isolation process`` and this executor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -42,13 +43,11 @@ from flwr.supernode.runtime.run_clientapp import (pull_task_input, push_message,
 
 from client.approval import AppRefused, Approval, review_app
 from client.audit import AuditLog, check_outgoing
-from server.service import flower_env
-from server.transport import use_fast_object_pulls
+from common.wire import ReplyCode
+from runtime.environment import flower_env
+from runtime.transport import use_fast_object_pulls
 
 log = logging.getLogger("fedclinic.site")
-
-REFUSED_CODE = 4031          # error code of a task refused because its app is not approved
-LEAKY_REPLY_CODE = 4032      # ... of a reply that held something other than weights and metrics
 
 
 @dataclass
@@ -147,7 +146,8 @@ class SiteExecutor:
             problem = check_outgoing(reply)
             if problem:
                 self.audit.record_refusal(message, run.run_id, approval.describe(), problem)
-                reply = Message(Error(code=LEAKY_REPLY_CODE, reason=problem), reply_to=message)
+                reply = Message(Error(code=int(ReplyCode.LEAKY_REPLY), reason=problem),
+                                reply_to=message)
             size, sha = self.audit.record_reply(message, reply, run.run_id, approval.describe())
             push_message(client, reply, context)
             status, details = SubStatus.COMPLETED, ""
@@ -172,7 +172,8 @@ class SiteExecutor:
         try:
             message, context, run, _ = pull_task_input(client)
             self.audit.record_refusal(message, run.run_id, "not approved", str(refusal))
-            push_message(client, Message(Error(code=REFUSED_CODE, reason=str(refusal)),
+            push_message(client, Message(Error(code=int(ReplyCode.APP_REFUSED),
+                                               reason=str(refusal)),
                                          reply_to=message), context)
         finally:
             _finish_task(client, context, SubStatus.FAILED, str(refusal))
@@ -182,11 +183,11 @@ class SiteExecutor:
         """An operator-allowed bundle runs in a child process of its own (its code never enters
         this one), through the same checks and audit as the installed app: `run_allowed_bundle`."""
         self.audit.record_event("run-allowed-app", approval.describe())
-        command = [sys.executable, "-m", "client.executor", "--runtime-api-address",
-                   self.runtime_address, "--token", token, "--audit", str(self.audit.path),
-                   "--fab-hash", approval.fab_hash, "--parent-pid", str(os.getpid())]
+        task = ChildTask(self.runtime_address, token, str(self.audit.path), approval.fab_hash,
+                         os.getpid())
         env = flower_env(self.flwr_home) if self.flwr_home is not None else None
-        done = subprocess.run(command, check=False, env=env)
+        done = subprocess.run([sys.executable, "-m", "client.executor"], input=task.to_json(),
+                              text=True, check=False, env=env)
         if done.returncode != 0:
             self.audit.record_event("task-failed", f"{approval.describe()}: its process exited "
                                                    f"with code {done.returncode}")
@@ -217,29 +218,39 @@ def _bundle_app(run, fab, approval: Approval) -> Callable[..., Message]:
     return load(run.fab_id, run.fab_version, fab.hash_str)
 
 
-def run_allowed_bundle(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class ChildTask:
+    """What the child process for one allowed-bundle task needs. It travels as JSON on the
+    child's stdin, not on its command line, so the task's token is not visible to `ps`."""
+
+    runtime_api_address: str
+    token: str
+    audit: str                    # the site's audit log
+    fab_hash: str
+    parent_pid: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ChildTask:
+        return cls(**json.loads(text))
+
+
+def run_allowed_bundle(task: ChildTask) -> int:
     """Child process for one task of an operator-allowed bundle: pull it, run the bundle's
     ClientApp, check the reply, write it to the site's audit log, push it."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m client.executor")
-    parser.add_argument("--runtime-api-address", required=True)
-    parser.add_argument("--token", required=True)
-    parser.add_argument("--audit", required=True, type=Path)
-    parser.add_argument("--fab-hash", required=True)
-    parser.add_argument("--parent-pid", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.parent_pid is not None:   # the site went away: stop too (Flower's own monitor)
+    if task.parent_pid is not None:   # the site went away: stop too (Flower's own monitor)
         from flwr.supercore.app_utils import start_parent_process_monitor
 
-        start_parent_process_monitor(args.parent_pid)
+        start_parent_process_monitor(task.parent_pid)
     use_fast_object_pulls()
-    executor = SiteExecutor(args.runtime_api_address, AuditLog(args.audit),
-                            allowed_hashes=frozenset({args.fab_hash}))
-    executor._run_here(args.token, Approval("allowed-hash", args.fab_hash))
+    executor = SiteExecutor(task.runtime_api_address, AuditLog(Path(task.audit)),
+                            allowed_hashes=frozenset({task.fab_hash}))
+    executor._run_here(task.token, Approval("allowed-hash", task.fab_hash))
     return 0
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s:%(levelname)s:%(message)s")
-    sys.exit(run_allowed_bundle())
+    sys.exit(run_allowed_bundle(ChildTask.from_json(sys.stdin.read())))

@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Context
 
 from common import rundir
 from common.config import ConfigError
-from common.privacy import PrivacyLedger
+from common.privacy.ledger import PrivacyLedger
 
 STATE_KEY = "fedclinic-privacy-ledger"
 LEDGER_PATH = "ledger-path"   # node config: one ledger file for everything this site trains

@@ -8,7 +8,6 @@ its privacy ledgers live under --state, so they survive restarts of the site or 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -16,13 +15,36 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import ConfigError
+from runtime.environment import flower_env
+from runtime.ports import wait_for_port
+from runtime.processes import stop_process
 
 DEFAULT_STATE = "fedclinic-site"
 ACTIVATION_REFUSED = "Failed to activate SuperNode"   # the SuperNode's log line when refused
 DEFAULT_RUNTIME_PORT = 9094
+DEFAULT_ACTIVATION_WAIT = 75.0
+
+
+@dataclass(frozen=True)
+class SiteOptions:
+    """What `fedclinic site` runs with; the CLI's flags of the same names fill it in."""
+
+    server: str = "127.0.0.1:8000"        # the consortium server's HOST:PORT
+    ca_cert: Path = Path("ca.crt")        # the consortium CA certificate
+    site_key: Path = Path("site.key")     # this site's private key (its .pub is registered)
+    site_id: int = 0                      # this site's number in reports
+    data: Path = Path("data")
+    state: Path = Path(DEFAULT_STATE)     # privacy ledgers, audit.jsonl, logs
+    allow_app_hash: tuple[str, ...] = ()  # bundle hashes allowed besides the installed one
+    runtime_port: int = DEFAULT_RUNTIME_PORT
+    activation_wait: float = DEFAULT_ACTIVATION_WAIT   # seconds to retry a refused activation
+    threads: int = 0                      # 0 = $FEDCLINIC_CLIENT_THREADS, else all cores
+    skip_validation: bool = False
+    insecure: bool = False                # no TLS, no key
 
 
 def node_config(data: Path, site_id: int, state: Path) -> str:
@@ -33,8 +55,6 @@ def node_config(data: Path, site_id: int, state: Path) -> str:
 
 def start_supernode(server: str, ca_cert: Path | None, site_key: Path | None, data: Path,
                     site_id: int, state: Path, runtime_port: int) -> tuple[subprocess.Popen, Path]:
-    from server.service import flower_env
-
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     ca_cert = ca_cert.resolve() if ca_cert else None
@@ -56,10 +76,10 @@ def start_supernode(server: str, ca_cert: Path | None, site_key: Path | None, da
     return process, log_file
 
 
-def check_files(args: argparse.Namespace) -> None:
-    wanted = [("--data", Path(args.data))]
-    if not args.insecure:
-        wanted += [("--ca-cert", Path(args.ca_cert)), ("--site-key", Path(args.site_key))]
+def check_files(options: SiteOptions) -> None:
+    wanted = [("--data", Path(options.data))]
+    if not options.insecure:
+        wanted += [("--ca-cert", Path(options.ca_cert)), ("--site-key", Path(options.site_key))]
     for flag, path in wanted:
         if not path.exists():
             raise ConfigError(f"{flag} {path}: not found")
@@ -76,22 +96,22 @@ def validate_before_joining(data: Path, echo) -> None:
          f"{len(report.warnings)} warning(s))")
 
 
-def run_site(args: argparse.Namespace) -> int:
+def run_site(options: SiteOptions) -> int:
     from client.audit import AuditLog
     from client.executor import SiteExecutor
-    from server.service import stop_process
 
-    check_files(args)
-    data, state = Path(args.data), Path(args.state)
-    if not args.skip_validation:
+    check_files(options)
+    data, state = Path(options.data), Path(options.state)
+    if not options.skip_validation:
         validate_before_joining(data, print)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    threads = args.threads or int(os.environ.get("FEDCLINIC_CLIENT_THREADS") or 0) or os.cpu_count()
+    threads = (options.threads or int(os.environ.get("FEDCLINIC_CLIENT_THREADS") or 0)
+               or os.cpu_count())
     os.environ["FEDCLINIC_CLIENT_THREADS"] = str(threads)   # read by the ClientApp per task
-    ca = None if args.insecure else Path(args.ca_cert)
-    key = None if args.insecure else Path(args.site_key)
-    executor = SiteExecutor(f"127.0.0.1:{args.runtime_port}", AuditLog(state / "audit.jsonl"),
-                            allowed_hashes=frozenset(args.allow_app_hash),
+    ca = None if options.insecure else Path(options.ca_cert)
+    key = None if options.insecure else Path(options.site_key)
+    executor = SiteExecutor(f"127.0.0.1:{options.runtime_port}", AuditLog(state / "audit.jsonl"),
+                            allowed_hashes=frozenset(options.allow_app_hash),
                             flwr_home=state / "flwr-home")
     stopping = threading.Event()
 
@@ -100,14 +120,14 @@ def run_site(args: argparse.Namespace) -> int:
         executor.stop()
 
     signal.signal(signal.SIGTERM, on_term)
-    deadline = time.monotonic() + args.activation_wait
+    deadline = time.monotonic() + options.activation_wait
     log_file = state / "supernode.log"
     while True:
         offset = log_file.stat().st_size if log_file.exists() else 0
-        process, log_file = start_supernode(args.server, ca, key, data, args.site_id, state,
-                                            args.runtime_port)
+        process, log_file = start_supernode(options.server, ca, key, data, options.site_id,
+                                            state, options.runtime_port)
         try:
-            _serve(process, executor, args, ca, state, log_file)
+            _serve(process, executor, options, ca, state, log_file)
         except KeyboardInterrupt:
             return 130
         finally:
@@ -125,18 +145,18 @@ def run_site(args: argparse.Namespace) -> int:
             return 0
         executor.stop_event.clear()
         executor.supernode_died = False
-    print(f"fedclinic site: error: {explain_supernode_exit(log_file, args, offset)}",
+    print(f"fedclinic site: error: {explain_supernode_exit(log_file, options, offset)}",
           file=sys.stderr)
     return 1
 
 
-def _serve(process: subprocess.Popen, executor, args: argparse.Namespace, ca: Path | None,
+def _serve(process: subprocess.Popen, executor, options: SiteOptions, ca: Path | None,
            state: Path, log_file: Path) -> None:
     """Run the executor while this SuperNode lives (the watchdog stops it when it exits)."""
-    if not _started(process, args.runtime_port, log_file):
+    if not _started(process, options.runtime_port, log_file):
         executor.supernode_died = True
         return
-    print(f"fedclinic site {args.site_id}: started, connecting to {args.server} "
+    print(f"fedclinic site {options.site_id}: started, connecting to {options.server} "
           f"({'TLS' if ca else 'INSECURE'}); audit log {state / 'audit.jsonl'}; "
           f"SuperNode log {log_file}", flush=True)
     watchdog = threading.Thread(target=_stop_when_exits, args=(process, executor), daemon=True)
@@ -156,28 +176,27 @@ def _log_since(log_file: Path, offset: int) -> str:
         return fh.read().decode(errors="replace")
 
 
-def explain_supernode_exit(log_file: Path, args: argparse.Namespace, offset: int = 0) -> str:
+def explain_supernode_exit(log_file: Path, options: SiteOptions, offset: int = 0) -> str:
     """What went wrong, from the SuperNode's log (from `offset`: this start's lines), in terms of
     this command's flags."""
     text = _log_since(log_file, offset)
     if "CERTIFICATE_VERIFY_FAILED" in text:
-        return (f"the server at {args.server} presented a certificate that --ca-cert "
-                f"{args.ca_cert} does not verify; use the consortium's ca.crt (and check "
+        return (f"the server at {options.server} presented a certificate that --ca-cert "
+                f"{options.ca_cert} does not verify; use the consortium's ca.crt (and check "
                 f"`fedclinic site doctor`). The connection was refused, nothing was sent")
     if ACTIVATION_REFUSED in text or "2004" in text:
-        return (f"the server at {args.server} refused this site's key {args.site_key}: its public "
-                f"key is not registered there (the consortium registers it with `fedclinic certs "
-                f"add-site`, then restarts or re-registers at `fedclinic server`), or another "
+        return (f"the server at {options.server} refused this site's key {options.site_key}: "
+                f"its public key is not registered there (the consortium registers it with "
+                f"`fedclinic certs add-site`, then restarts or re-registers at `fedclinic "
+                f"server`), or another "
                 f"SuperNode with this key is still connected (waited --activation-wait "
-                f"{args.activation_wait:g} s)")
+                f"{options.activation_wait:g} s)")
     tail = "\n".join(text.strip().splitlines()[-8:])
     return f"the SuperNode stopped; last lines of {log_file}:\n{tail}"
 
 
 def _started(process: subprocess.Popen, port: int, log_file: Path) -> bool:
     """True once the SuperNode's local Runtime API is up; False if the SuperNode died first."""
-    from server.service import wait_for_port
-
     try:
         wait_for_port("127.0.0.1", port, 120, process, log_file)
     except RuntimeError:
@@ -189,42 +208,3 @@ def _stop_when_exits(process: subprocess.Popen, executor) -> None:
     process.wait()
     executor.supernode_died = True
     executor.stop()
-
-
-def add_site_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default="127.0.0.1:8000",
-                   help="the consortium server's HOST:PORT; the site dials out to it, no inbound "
-                        "port is opened (default: 127.0.0.1:8000)")
-    p.add_argument("--ca-cert", default="ca.crt",
-                   help="the consortium CA certificate that signed the server's (default: ca.crt)")
-    p.add_argument("--site-key", default="site.key",
-                   help="this site's private key (OpenSSH, EC P-384); its .pub is registered at "
-                        "the server (default: site.key)")
-    p.add_argument("--site-id", type=int, default=0,
-                   help="this site's number in reports (default: 0)")
-    p.add_argument("--data", default="data",
-                   help="the site's data: a MedMNIST .npz, a DICOM folder with labels.csv, or an "
-                        "MSD NIfTI folder (default: data)")
-    p.add_argument("--state", default=DEFAULT_STATE,
-                   help="folder for the privacy ledgers, audit.jsonl and logs; keep it across "
-                        f"restarts (default: {DEFAULT_STATE})")
-    p.add_argument("--allow-app-hash", action="append", default=[], metavar="SHA256",
-                   help="also run the app bundle with this sha256 (repeatable); by default only "
-                        "the installed fedclinic's own bundle runs (default: none)")
-    p.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
-                   help="local port (127.0.0.1 only) between the SuperNode and the executor "
-                        f"(default: {DEFAULT_RUNTIME_PORT})")
-    p.add_argument("--activation-wait", type=float, default=75.0, metavar="SECONDS",
-                   help="how long to keep retrying when the server refuses to activate this site: "
-                        "after a restart it counts the previous session as online until two "
-                        "heartbeats are missed (up to 60 s); an unregistered key fails after "
-                        "this too (default: 75)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for training at this site; 0 = $FEDCLINIC_CLIENT_THREADS if "
-                        "set, else all cores (default: 0)")
-    p.add_argument("--skip-validation", action="store_true",
-                   help="join without validating the data first (default: off)")
-    p.add_argument("--insecure", action="store_true",
-                   help="no TLS and no key, only against a server started with --insecure "
-                        "(default: off)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")

@@ -42,8 +42,8 @@ def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
     site's own data given as node config `data-path` (MedMNIST .npz, DICOM or MSD folder, detected
     from what is there); the run's other settings (image size, window, ...) come from the server."""
     if PARTITION_ID in node_config:
-        # Imported here: only simulated sites need the partitioner (simulations/ imports common/).
-        from simulations.partition import site_data
+        # Imported here: only simulated sites need the partitioner.
+        from common.partitions.loader import site_data
 
         engine_sites = int(node_config.get(NUM_PARTITIONS, cfg.sites))
         if engine_sites != cfg.sites:

@@ -6,7 +6,7 @@ therefore waited 1.5 s on average before the site even saw it: about 3 s per rou
 evaluate) of pure polling, more than the whole 2 s per-round budget for a site's overhead. This
 entry point runs the unmodified SuperNode with those waits capped at FEDCLINIC_NODE_POLL_SECONDS
 (default 0.25 s): 4 requests per second per idle site, which a SuperLink serves easily. It also
-retries object pulls quickly (`server.transport`).
+retries object pulls quickly (`runtime.transport`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     from flwr.supernode import start_client_internal as node_loop
     from flwr.supernode.cli import flower_supernode
 
-    from server.transport import use_fast_object_pulls
+    from runtime.transport import use_fast_object_pulls
 
     cap = float(os.environ.get("FEDCLINIC_NODE_POLL_SECONDS", DEFAULT_POLL_SECONDS))
     node_loop.time = _CappedSleep(cap)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
+
+from common.partition_spec import PARTITION_HELP, PartitionSpec, parse_partition
+from common.spacing_spec import parse_spacing
 
 DATASETS = ("synthetic", "medmnist", "dicom", "msd")
 TASKS = ("classification", "segmentation")
@@ -27,8 +28,6 @@ NORMS = ("group", "instance", "batch")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "weighted_ce", "focal", "dice", "dice_ce")
-LABEL_SKEWS = ("iid", "dirichlet", "pathological", "by-tag", "lesion")
-QUANTITY_LAWS = ("powerlaw", "lognormal")
 BASELINES = ("local", "pooled")
 DP_MODES = ("off", "sample", "client")
 ACCOUNTANTS = ("rdp", "prv")
@@ -47,107 +46,6 @@ class ConfigError(ValueError):
 def _opt(default: Any, help: str, *, choices: tuple | None = None,
          lo: float | None = None, hi: float | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices, "lo": lo, "hi": hi})
-
-
-@dataclass(frozen=True)
-class PartitionSpec:
-    """Parsed form of a partition string such as ``dirichlet:0.5+shift``."""
-
-    label: str = "iid"            # iid | dirichlet | pathological
-    alpha: float = 0.0            # Dirichlet concentration (label == "dirichlet")
-    classes_per_site: int = 0     # K (label == "pathological")
-    quantity: str = ""            # "" | powerlaw | lognormal: skewed site sizes
-    shift: bool = False           # per-site acquisition (scanner) profiles
-    tag: str = ""                 # DICOM keyword whose values become the sites (label == "by-tag")
-
-
-PARTITION_HELP = (
-    "terms joined by '+': one of iid | dirichlet:ALPHA | pathological:K | by-tag:KEYWORD (DICOM: "
-    "one site per value of a tag, e.g. by-tag:Manufacturer) | lesion:ALPHA (segmentation: "
-    "Dirichlet skew over lesion size), optionally quantity[:powerlaw|lognormal] (with iid only) "
-    "and shift, e.g. dirichlet:0.5+shift"
-)
-
-
-def parse_partition(spec: str) -> PartitionSpec:
-    """Parse ``iid``, ``dirichlet:0.5``, ``pathological:2``, ``quantity:lognormal``, ``+shift``."""
-    out: dict[str, Any] = {}
-    terms = [t.strip() for t in spec.split("+") if t.strip()]
-    if not terms:
-        raise ConfigError(f"partition={spec!r}: empty; expected {PARTITION_HELP}")
-    for term in terms:
-        name, _, arg = term.partition(":")
-        if name in LABEL_SKEWS:
-            if "label" in out:
-                raise ConfigError(f"partition={spec!r}: two label-skew terms; use one of "
-                                  f"{', '.join(LABEL_SKEWS)}")
-            out["label"] = name
-            if name in ("dirichlet", "lesion"):
-                out["alpha"] = _number(spec, term, arg, float, lo=1e-3)
-            elif name == "by-tag":
-                if not arg.isidentifier():
-                    raise ConfigError(f"partition={spec!r}: 'by-tag' needs a DICOM keyword, "
-                                      f"e.g. by-tag:Manufacturer or by-tag:InstitutionName")
-                out["tag"] = arg
-            elif name == "pathological":
-                out["classes_per_site"] = _number(spec, term, arg, int, lo=1)
-            elif arg:
-                raise ConfigError(f"partition={spec!r}: 'iid' takes no argument")
-        elif name == "quantity":
-            law = arg or "powerlaw"
-            if law not in QUANTITY_LAWS:
-                raise ConfigError(f"partition={spec!r}: quantity law {law!r} unknown; "
-                                  f"expected one of {', '.join(QUANTITY_LAWS)}")
-            out["quantity"] = law
-        elif name == "shift" and not arg:
-            out["shift"] = True
-        else:
-            raise ConfigError(f"partition={spec!r}: unknown term {term!r}; expected {PARTITION_HELP}")
-    parsed = PartitionSpec(**out)
-    if parsed.quantity and parsed.label != "iid":
-        raise ConfigError(f"partition={spec!r}: quantity skew combines with iid labels (and shift) "
-                          f"only, not with {parsed.label}")
-    return parsed
-
-
-def _number(spec: str, term: str, arg: str, kind: type, lo: float) -> Any:
-    try:
-        value = kind(arg)
-    except ValueError:
-        raise ConfigError(f"partition={spec!r}: {term!r} needs a {kind.__name__} argument, "
-                          f"e.g. {term.split(':')[0]}:{'0.5' if kind is float else '2'}") from None
-    if value < lo:
-        raise ConfigError(f"partition={spec!r}: {term!r} must be >= {lo}")
-    return value
-
-
-SPACING_HELP = ("'' (off) or a pixel spacing in mm > 0: one number for all axes ('1.0') or one "
-                "per axis ('0.8,0.8' for 2D row,col; '2.5,1,1' for 3D slice,row,col)")
-
-
-def parse_spacing(spacing: str, spatial_dims: int | None = None) -> tuple[float, ...] | None:
-    """``"1"`` -> (1.0,), ``"0.8,0.8"`` -> (0.8, 0.8); ``""`` -> None (resampling off).
-
-    With ``spatial_dims`` the result has one value per spatial axis (a single number applies to
-    all of them), and a value with another number of axes is rejected.
-    """
-    if not spacing.strip():
-        return None
-    try:
-        values = tuple(float(part) for part in spacing.split(","))
-    except ValueError:
-        raise ConfigError(f"spacing={spacing!r}: not numbers; expected {SPACING_HELP}") from None
-    if len(values) > 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ConfigError(f"spacing={spacing!r}: expected {SPACING_HELP}")
-    if spatial_dims is None:
-        return values
-    if len(values) == 1:
-        return values * spatial_dims
-    if len(values) != spatial_dims:
-        raise ConfigError(f"spacing={spacing!r}: {len(values)} values but spatial_dims="
-                          f"{spatial_dims} images have {spatial_dims} axes; give one number or "
-                          f"{spatial_dims} ({'row,col' if spatial_dims == 2 else 'slice,row,col'})")
-    return values
 
 
 @dataclass(frozen=True)
@@ -331,51 +229,3 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
     if lo is not None and value < lo or hi is not None and value > hi:
         raise ConfigError(f"{f.name}={value!r}: out of range; expected {lo} <= {f.name} <= {hi}")
 
-
-def describe_fields() -> list[tuple[str, Any, str, tuple | None]]:
-    """(name, default, help, choices) per field, for CLI generation and docs."""
-    return [(f.name, f.default, f.metadata["help"], f.metadata.get("choices"))
-            for f in dataclasses.fields(RunConfig)]
-
-
-# Defaults that depend on the task, filled in at the command line for options the user did not
-# give. With the classification defaults (ResNet, SGD at lr 0.02, plain cross-entropy, batch 16)
-# a U-Net settles on "all background" when lesions cover a few percent of the pixels; these
-# settings learn on the synthetic data (README, Segmentation). 3D lesions are about 1% of a
-# volume, where class-weighted CE learns and Dice+CE was not measured.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "segmentation": {"model": "unet", "optimizer": "adam", "lr": 0.01, "batch_size": 8,
-                     "loss": "dice_ce"},
-}
-TASK_DEFAULTS_3D: dict[str, dict[str, Any]] = {"segmentation": {"loss": "weighted_ce"}}
-
-
-def with_task_defaults(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`given` (options set on the command line) plus the task's own defaults for the options it
-    leaves out; also returns what was filled in, so the command can say so."""
-    task = given.get("task", RunConfig.task)
-    preset = dict(TASK_DEFAULTS.get(str(task), {}))
-    if int(given.get("spatial_dims", RunConfig.spatial_dims)) == 3:
-        preset.update(TASK_DEFAULTS_3D.get(str(task), {}))
-    filled = {k: v for k, v in preset.items() if k not in given}
-    return {**given, **filled}, filled
-
-
-def describe_task_defaults(task: str, filled: Mapping[str, Any]) -> str:
-    """One line naming the task defaults a command used ('' if none)."""
-    if not filled:
-        return ""
-    shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
-    return f"fedclinic: {task} defaults for options not given: {shown} (give any to override)"
-
-
-def given_options(args: Any, skip: Sequence[str] = ()) -> dict[str, Any]:
-    """The run options set on a command line (argparse namespace, unset = None), plus the task's
-    own defaults for those left out, said on stderr (--task segmentation brings a U-Net, ...)."""
-    given = {name: getattr(args, name) for name, *_ in describe_fields()
-             if name not in skip and getattr(args, name, None) is not None}
-    values, filled = with_task_defaults(given)
-    note = describe_task_defaults(str(values.get("task", "")), filled)
-    if note:
-        print(note, file=sys.stderr)
-    return values

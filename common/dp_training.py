@@ -1,17 +1,18 @@
 """Sample-level DP-SGD for local training at a site (Opacus), protecting each patient record.
 
-One call of `train_local_dp` runs exactly the DP-SGD schedule a `common.privacy.PrivacyPlan`
-accounts for one round: ``steps`` logical batches, each drawn by Poisson sampling (every record
-included independently with probability ``sample_rate``), per-sample gradients clipped to
-``cfg.max_grad_norm``, Gaussian noise of std ``noise_multiplier * max_grad_norm`` added to their
-sum, which is divided by Opacus' expected batch size ``int(n * sample_rate)``. Logical batches
-larger than `MAX_PHYSICAL_BATCH` are cut into physical batches by Opacus' `BatchMemoryManager`
-(the step is taken after the last one), so memory stays bounded whatever the sampling draws.
+One call of `train_local_dp` runs exactly the DP-SGD schedule a
+`common.privacy.planner.PrivacyPlan` accounts for one round: ``steps`` logical batches, each
+drawn by Poisson sampling (every record included independently with probability
+``sample_rate``), per-sample gradients clipped to ``cfg.max_grad_norm``, Gaussian noise of std
+``noise_multiplier * max_grad_norm`` added to their sum, which is divided by Opacus' expected
+batch size ``int(n * sample_rate)``. Logical batches larger than `MAX_PHYSICAL_BATCH` are cut
+into physical batches by Opacus' `BatchMemoryManager` (the step is taken after the last one), so
+memory stays bounded whatever the sampling draws.
 
 No accountant lives here: the result carries ``(noise_multiplier, sample_rate, steps)`` for the
-caller's `common.privacy.PrivacyLedger`. Randomness (sampling and noise) comes from torch
-generators seeded from ``seed`` (Opacus ``secure_mode=False``): runs are reproducible, and the
-noise is not hardened against floating-point attacks, which suits simulation, not deployment.
+caller's `common.privacy.ledger.PrivacyLedger`. Randomness (sampling and noise) comes from
+torch generators seeded from ``seed`` (Opacus ``secure_mode=False``): runs are reproducible, and
+the noise is not hardened against floating-point attacks, which suits simulation, not deployment.
 
 Speed (bench/dp_overhead.py): Opacus' hook mode, plus two process-level savings that leave the
 results unchanged: `retain_freed_memory` (glibc keeps freed per-sample-gradient buffers instead
@@ -44,15 +45,11 @@ from torch.utils.data import DataLoader
 
 from common.config import GRAD_SAMPLE_MODES, ConfigError, RunConfig
 from common.datasets.base import Split, TaskInfo
-from common.training import (
-    _check_split,
-    _device,
-    _prepare_global,
-    batch_source,
-    make_optimizer,
-    slice_depth,
-    training_loss,
-)
+from common.training.batches import batch_source, model_device, slice_depth
+from common.training.checks import check_split
+from common.training.local import prepare_global
+from common.training.losses import training_loss
+from common.training.optimiser import make_optimizer
 
 MAX_PHYSICAL_BATCH = 64   # samples per forward/backward; larger Poisson batches are split
 PROBE_SAMPLES = 2         # batch on which a non-default grad-sample mode is checked against hooks
@@ -312,7 +309,7 @@ def retain_freed_memory() -> bool:
 def default_steps(epochs: int, sample_rate: float) -> int:
     """Logical steps of ``epochs`` epochs at ``sample_rate``: ``epochs * round(1 / q)``.
 
-    `common.privacy.plan` uses ``q = 1 / steps_per_epoch``, so this equals its
+    `common.privacy.planner.plan` uses ``q = 1 / steps_per_epoch``, so this equals its
     ``steps_per_round`` exactly (rounding, not Opacus' ``int(1 / q)``, which can lose a step to
     floating point).
     """
@@ -362,7 +359,7 @@ def _check_dp_args(n: int, epochs: int, noise_multiplier: float, sample_rate: fl
         raise ValueError(f"train_local_dp: epochs={epochs}; expected >= 1")
     if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
         raise ValueError(f"train_local_dp: sample_rate={sample_rate!r}; expected 0 < q <= 1 "
-                         f"(from common.privacy.plan)")
+                         f"(from common.privacy.planner.plan)")
     if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
         raise ValueError(f"train_local_dp: noise_multiplier={noise_multiplier!r}; expected a "
                          f"finite number >= 0")
@@ -371,9 +368,9 @@ def _check_dp_args(n: int, epochs: int, noise_multiplier: float, sample_rate: fl
     if proximal_mu < 0:
         raise ValueError(f"train_local_dp: proximal_mu={proximal_mu}; expected >= 0")
     if int(n * sample_rate) < 1:
-        raise ValueError(f"train_local_dp: the split is too small for DP-SGD: {n} samples at "
-                         f"sample_rate={sample_rate:.4g} give an expected batch of "
-                         f"{n * sample_rate:.3g} < 1 sample; use a larger site or batch_size")
+        raise ConfigError(f"train_local_dp: the split is too small for DP-SGD: {n} samples at "
+                          f"sample_rate={sample_rate:.4g} give an expected batch of "
+                          f"{n * sample_rate:.3g} < 1 sample; use a larger site or batch_size")
 
 
 def _empty_grad_samples(params: list[nn.Parameter]) -> None:
@@ -405,7 +402,7 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
     refused: a slice is not a patient); the seg losses are per-record means, and ``cfg.augment``
     transforms each record on its own, so neither couples the records of a batch.
     """
-    _check_split(split, task, "train_local_dp")
+    check_split(split, task, "train_local_dp")
     if slice_depth(split, task) > 1:
         raise ConfigError("train_local_dp: a 2D network on 3D volumes (volume_mode='slices') "
                           "would make every slice a DP-SGD record, but the patient is the volume; "
@@ -416,12 +413,12 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
     model.train()
     check_dp_model(model)
     retain_freed_memory()
-    device = _device(model)
+    device = model_device(model)
     example = torch.rand((PROBE_SAMPLES, *split.images.shape[1:]),
                          generator=torch.Generator().manual_seed(seed)).to(device)
     mode = pick_grad_sample_mode(model, cfg.grad_sample_mode, example)
     use_prox = proximal_mu > 0 and global_params is not None
-    anchor = _prepare_global(model, global_params) if use_prox else []
+    anchor = prepare_global(model, global_params) if use_prox else []
     prox = [(p, g) for p, g in zip(model.parameters(), anchor) if p.requires_grad]
     loss_fn = _per_sample_loss(training_loss(cfg, task, split).to(device))
     _, fetch = batch_source(split, task, cfg, device, seed)   # + augmentation (segmentation)

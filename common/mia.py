@@ -15,6 +15,7 @@ that matters for privacy, Carlini et al. 2022) and the membership advantage max(
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -24,9 +25,11 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
 from common.datasets.base import Split, TaskInfo
-from common.training import _check_split, _logits
+from common.training.checks import check_split
+from common.training.prediction import classification_logits
 
 ATTACKS = ("loss-threshold", "calibrated")
+LossFn = Callable[[nn.Module, Split, TaskInfo], np.ndarray]   # (N,) loss per sample
 LOW_FPR = 0.01
 MIN_SIDE = 2
 
@@ -47,8 +50,8 @@ def per_sample_loss(model: nn.Module, split: Split, task: TaskInfo,
 
     The model runs in eval mode without gradients; its train/eval mode is restored afterwards.
     """
-    _check_split(split, task, "per_sample_loss")
-    logits = _logits(model, split.images, task, batch_size)
+    check_split(split, task, "per_sample_loss")
+    logits = classification_logits(model, split.images, task, batch_size)
     if task.kind == "multilabel":
         target = torch.as_tensor(np.asarray(split.labels), dtype=torch.float64)
         loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
@@ -144,17 +147,20 @@ def _take(split: Split, size: int, rng: np.random.Generator) -> Split:
 
 
 def audit(model: nn.Module, pairs: list[tuple[Split, Split]], task: TaskInfo, *,
-          reference_model: nn.Module | None = None, seed: int = 0) -> dict:
+          reference_model: nn.Module | None = None, seed: int = 0,
+          loss: LossFn = per_sample_loss) -> dict:
     """Run the attacks per site and pooled over all sites; plain python values (JSON-ready).
 
     ``pairs[i]`` is site ``i``'s (members, non-members). Each pair is balanced with seed
     ``seed + i``; "pooled" concatenates all balanced pairs. The calibrated attack is reported only
-    when ``reference_model`` is given. Returns ``{"sites": {i: {attack: asdict(MIAResult)}},
+    when ``reference_model`` is given. ``loss`` scores each sample (`per_sample_loss` for
+    classifiers; `common.training.seg_inference.per_sample_seg_loss`, mean CE per image, for
+    segmentation). Returns ``{"sites": {i: {attack: asdict(MIAResult)}},
     "pooled": {attack: asdict(MIAResult)}}``.
     """
     if not pairs:
         raise ValueError("audit: pairs is empty; expected one (members, non-members) pair per site")
-    per_site = [_site_scores(model, reference_model, pair, task, seed + i, i)
+    per_site = [_site_scores(model, reference_model, pair, task, seed + i, i, loss)
                 for i, pair in enumerate(pairs)]
     sites = {i: _summarise(scores) for i, scores in enumerate(per_site)}
     pooled = {attack: tuple(np.concatenate([s[attack][side] for s in per_site]) for side in (0, 1))
@@ -163,7 +169,8 @@ def audit(model: nn.Module, pairs: list[tuple[Split, Split]], task: TaskInfo, *,
 
 
 def _site_scores(model: nn.Module, reference_model: nn.Module | None, pair: tuple[Split, Split],
-                 task: TaskInfo, seed: int, site: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                 task: TaskInfo, seed: int, site: int,
+                 loss: LossFn) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{attack: (member scores, non-member scores)} on the balanced pair of one site."""
     if len(pair) != 2:
         raise ValueError(f"audit: pairs[{site}] has {len(pair)} entries; expected (members, "
@@ -171,10 +178,10 @@ def _site_scores(model: nn.Module, reference_model: nn.Module | None, pair: tupl
     members, nonmembers = pair
     _check_sides(len(members), len(nonmembers), f"audit: site {site}")
     sides = balanced(members, nonmembers, seed)
-    losses = [per_sample_loss(model, split, task) for split in sides]
+    losses = [loss(model, split, task) for split in sides]
     out = {"loss-threshold": (-losses[0], -losses[1])}
     if reference_model is not None:
-        ref = [per_sample_loss(reference_model, split, task) for split in sides]
+        ref = [loss(reference_model, split, task) for split in sides]
         out["calibrated"] = (ref[0] - losses[0], ref[1] - losses[1])
     return out
 

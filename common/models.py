@@ -53,6 +53,8 @@ from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 from monai.networks.nets.vnet import DownTransition, InputTransition, OutputTransition, UpTransition
 from torch import nn
 
+from common.config import ConfigError
+
 SPATIAL_DIMS = (2, 3)
 MIN_WIDTH = 4
 MAX_GROUPS = 8  # GroupNorm uses the largest divisor of the channel count that is <= this
@@ -370,7 +372,8 @@ NORM_NAMES: tuple[str, ...] = tuple(_NORMS)
 
 def _check_name(name: str) -> None:
     if name not in _BUILDERS:
-        raise ValueError(f"model={name!r}: unknown model; expected one of {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"model={name!r}: unknown model; expected one of "
+                          f"{', '.join(MODEL_NAMES)}")
 
 
 def is_segmentation_model(name: str) -> bool:
@@ -389,15 +392,17 @@ def build_model(name: str, *, spatial_dims: int, in_channels: int, num_classes: 
     """
     _check_name(name)
     if spatial_dims not in SPATIAL_DIMS:
-        raise ValueError(f"spatial_dims={spatial_dims!r}: expected one of "
-                         f"{', '.join(map(str, SPATIAL_DIMS))}")
+        raise ConfigError(f"spatial_dims={spatial_dims!r}: expected one of "
+                          f"{', '.join(map(str, SPATIAL_DIMS))}")
     if norm not in _NORMS:
-        raise ValueError(f"norm={norm!r}: unknown normalisation; expected one of "
-                         f"{', '.join(NORM_NAMES)}")
+        raise ConfigError(f"norm={norm!r}: unknown normalisation; expected one of "
+                          f"{', '.join(NORM_NAMES)}")
     for field, value, lo in (("in_channels", in_channels, 1), ("num_classes", num_classes, 1),
                              ("width", width, MIN_WIDTH)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ValueError(f"{field}={value!r}: expected an integer >= {lo}")
+            # width is a run setting; channels and classes come from the data
+            error = ConfigError if field == "width" else ValueError
+            raise error(f"{field}={value!r}: expected an integer >= {lo}")
     model = _BUILDERS[name](name, spatial_dims, in_channels, num_classes, _NORMS[norm], width)
     return _make_dp_safe(model)
 

@@ -65,10 +65,6 @@ def network_dims(data_dims: int, volume_mode: str) -> int:
     return 2 if volume_mode == "slices" else data_dims
 
 
-def is_segmentation(task: TaskInfo) -> bool:
-    return task.kind == "segmentation"
-
-
 def _mask_splits(dataset: Dataset) -> list[tuple[str, Split]]:
     named = [("train", dataset.train), ("test", dataset.test), ("val", dataset.val)]
     out = []

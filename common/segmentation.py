@@ -29,6 +29,8 @@ from monai.metrics import (
 )
 from torch import nn
 
+from common.config import ConfigError
+
 SEG_LOSSES = ("ce", "weighted_ce", "focal", "dice", "dice_ce")
 SEG_METRIC_KEYS = ("dice", "iou", "hd95", "asd")
 HIGHER_IS_BETTER = {"dice": True, "iou": True, "hd95": False, "asd": False}
@@ -90,7 +92,8 @@ class SegFocalLoss(nn.Module):
                  weight: torch.Tensor | None = None) -> None:
         super().__init__()
         if not (math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"focal loss: focal_gamma={gamma!r}; expected a finite number >= 0")
+            raise ConfigError(f"focal loss: focal_gamma={gamma!r}; expected a finite number "
+                              f">= 0")
         self.num_classes = num_classes
         self.gamma = float(gamma)
         self.register_buffer("weight", None if weight is None else weight.float().clone())
@@ -181,14 +184,14 @@ def make_seg_loss(name: str, num_classes: int, *, class_weights: torch.Tensor | 
         return SegDiceLoss(num_classes, weights)
     if name == "dice_ce":
         return SegDiceCELoss(num_classes, weights)
-    raise ValueError(f"loss={name!r}: unknown segmentation loss; expected one of "
-                     f"{', '.join(SEG_LOSSES)}")
+    raise ConfigError(f"loss={name!r}: unknown segmentation loss; expected one of "
+                      f"{', '.join(SEG_LOSSES)}")
 
 
 def seg_class_weights(masks: np.ndarray, num_classes: int) -> torch.Tensor:
     """Per-class weights ``1 / voxel count`` normalised to mean 1 (an absent class counts as 1).
 
-    The same rule as `common.training`'s classification weights, with voxels in place of images.
+    The same rule as `common.training.losses`' classification weights, with voxels in place of images.
     """
     masks = np.asarray(masks)
     if masks.size and (not np.issubdtype(masks.dtype, np.integer) or masks.min() < 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,11 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from runtime.ports import free_port
+from runtime.processes import kill_group
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str,
@@ -37,26 +33,6 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout:.0f} s for {what}")
         time.sleep(interval)
-
-
-def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL, grace: float = 10.0) -> None:
-    """Signal the process's whole group (the command and the Flower processes it started);
-    SIGKILL the group if it is still there after `grace` seconds."""
-    for signum in (sig, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-        if signum == signal.SIGKILL:
-            return
-    try:                       # the leader exited: make sure no child of its group is left
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @dataclass

@@ -1,3 +1,5 @@
 """fedclinic: federated learning for hospitals (console command and version)."""
 
-__version__ = "0.1.0"
+from common.version import __version__
+
+__all__ = ["__version__"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -20,16 +19,19 @@ from common.packing import PACKED_KEY, pack_state, unpack_state
 from common.config import RESUMABLE_CHANGES, ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
+from common.report.privacy import privacy_outcome
+from common.report.record import RunRecord
+from common.report.writer import write_report
+from common.wire import RUN_KEY
+from runtime.transport import use_fast_object_pulls
 from server.central_dp import wrap_client_dp
 from server.checkpoint import (load_resume_point, restore_strategy_state, rng_state,
                                set_rng_state, strategy_state)
-from server.recording import PrivacyBudgetSpent, QuorumLost, RecordingStrategy, RoundLog
+from server.recording_strategy import PrivacyBudgetSpent, QuorumLost, RecordingStrategy
+from server.round_log import RoundLog
 from server.strategies import build_strategy, quorum, sampled_sites
-from server.transport import use_fast_object_pulls
 
 
-RUN_KEY = "fedclinic-run"    # sent to sites with the config: the run directory's name, so a site
-                             # keeps one privacy ledger per run, across a resume
 RUNS_DIR_ENV = "FEDCLINIC_RUNS_DIR"   # set by `fedclinic server`: where deployed runs live
 
 
@@ -141,28 +143,27 @@ def resumed_config(requested: RunConfig, run_dir: Path) -> RunConfig:
     return saved.replace(**{**changes, "resume": requested.resume})
 
 
-def write_deployment_report(cfg: RunConfig, run_dir: Path, log: RoundLog,
-                            wall_seconds: float) -> None:
+def run_record(cfg: RunConfig, log: RoundLog, wall_seconds: float) -> RunRecord:
+    """What the server knows of the run: its rounds, privacy outcome (each site's own ledger
+    and budget, or the client-level epsilon) and why it stopped early, if it did."""
+    privacy = privacy_outcome(cfg, log.history, log.privacy, log.exhausted, log.central_plan)
+    return RunRecord(config=cfg, history=log.history, wall_seconds=wall_seconds,
+                     privacy=privacy, stopped_early=log.stopped)
+
+
+def write_deployment_report(record: RunRecord, run_dir: Path) -> None:
     """summary.json, sites.md, the learning curve and report.md of a deployed run (no
     baselines: the server never sees site data)."""
-    from simulations.report import build_summary, privacy_summary, write_report
-
-    summary = build_summary(cfg.to_dict(), log.history, {}, {}, None, wall_seconds)
-    if log.stopped:
-        summary["stopped_early"] = log.stopped
-    if cfg.dp != "off":
-        summary["privacy"] = privacy_summary(cfg, {
-            "history": log.history, "privacy": log.privacy, "exhausted": log.exhausted,
-            "central_plan": log.central_plan})
-    write_report(run_dir, summary, log.history)
+    write_report(run_dir, record)
     print(f"fedclinic: report {run_dir / rundir.REPORT}", flush=True)
 
 
 def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
                     echo: Callable[[str], None] | None = None,
-                    outcome: dict | None = None) -> ServerApp:
+                    on_record: Callable[[RunRecord], None] | None = None) -> ServerApp:
     """A ServerApp bound to a config and run dir (simulation), or reading Flower's run config
-    (`[tool.flwr.app.config]` plus overrides) and creating its run dir (deployment)."""
+    (`[tool.flwr.app.config]` plus overrides) and creating its run dir (deployment). Once the
+    run is done, a deployed ServerApp writes the report; ``on_record`` gets the run record."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -176,13 +177,12 @@ def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
                 run_cfg = resumed_config(run_cfg, directory)
             print(f"fedclinic: run directory {directory}", flush=True)
         started = time.perf_counter()
-        result, log = run_federation(grid, run_cfg, directory, echo)
+        _, log = run_federation(grid, run_cfg, directory, echo)
+        record = run_record(run_cfg, log, time.perf_counter() - started)
         if cfg is None:                        # deployment: the ServerApp writes the report
-            write_deployment_report(run_cfg, directory, log, time.perf_counter() - started)
-        if outcome is not None:
-            outcome.update(result=result, history=log.history, stopped=log.stopped,
-                           privacy=log.privacy, exhausted=log.exhausted,
-                           central_plan=log.central_plan)
+            write_deployment_report(record, directory)
+        if on_record is not None:
+            on_record(record)
 
     return server_app
 

@@ -21,7 +21,7 @@ from flwr.supercore.fab import Fab
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from cryptography.hazmat.primitives import serialization
 
-from server.bundle import build_bundle
+from runtime.bundle import build_bundle
 
 
 @dataclass(frozen=True)

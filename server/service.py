@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common.config import ConfigError, RunConfig, given_options
+from common.config import ConfigError
+from runtime.environment import flower_env
+from runtime.ports import wait_for_port
+from runtime.processes import stop_process
 
 DEFAULT_ADDRESS = "0.0.0.0:8000"
 DEFAULT_STATE = "fedclinic-server"
@@ -23,35 +22,6 @@ def split_address(address: str, what: str = "--address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{what}={address!r}: expected HOST:PORT, e.g. 0.0.0.0:8000")
     return host.strip("[]"), int(port)
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower's processes: its console scripts on PATH (the SuperLink starts
-    `flower-superexec` and `flwr-serverapp` by name), its own home, and no `uv sync` at run time."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["FLWR_HOME"] = str(flwr_home)
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    return env
-
-
-def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen | None = None,
-                  log_file: Path | None = None) -> None:
-    """Readiness polling: return once host:port accepts TCP connections."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process is not None and process.poll() is not None:
-            tail = log_file.read_text()[-2000:] if log_file and log_file.exists() else ""
-            raise RuntimeError(f"the process exited with code {process.returncode} before "
-                               f"{host}:{port} came up; log tail:\n{tail}")
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{host}:{port} did not accept connections within "
-                                   f"{timeout:.0f} s") from None
-            time.sleep(0.1)
 
 
 def _local_host(host: str) -> str:
@@ -138,27 +108,14 @@ def start_server(certs: Path | None, site_keys: Path | None, state: Path, addres
     return process, log_file
 
 
-def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def _serve(args: argparse.Namespace) -> int:
-    certs = None if args.insecure else Path(args.certs)
-    if args.insecure:
+def serve(certs: Path | None, site_keys: Path | None, state: Path, address: str) -> int:
+    """Run the SuperLink until it exits or is stopped; no `certs` = insecure (no TLS, no site
+    authentication). Returns the exit code for the shell."""
+    if certs is None:
         print("fedclinic server: WARNING --insecure: no TLS, no site authentication; for local "
               "tests only", file=sys.stderr)
-    site_keys = None if args.insecure else Path(args.site_keys)
-    state = Path(args.state)
-    process, log_file = start_server(certs, site_keys, state, args.address)
-    print(f"fedclinic server: SuperLink up on {args.address} "
+    process, log_file = start_server(certs, site_keys, state, address)
+    print(f"fedclinic server: SuperLink up on {address} "
           f"({'TLS, site authentication' if certs else 'INSECURE'}); state {state.resolve()}; "
           f"runs in {(state / 'runs').resolve()}; log {log_file.resolve()}", flush=True)
     # The handler only forwards the signal: waiting inside it would deadlock on Popen's lock.
@@ -171,60 +128,33 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if code in (0, -signal.SIGTERM) else code
 
 
-def add_server_parser(sub) -> None:
-    p = sub.add_parser(
-        "server", help="run the consortium's coordinator (a Flower SuperLink with TLS)",
-        description="Start the coordinator: a Flower SuperLink serving TLS on one port, keeping "
-                    "its state in a database under --state (runs survive a restart), accepting "
-                    "only the sites whose public keys are in --site-keys. Sites connect out to "
-                    "this port; `fedclinic run` submits runs to it.")
-    p.add_argument("--certs", default="fedclinic-certs/server",
-                   help="folder with ca.crt, server.crt and server.key from `fedclinic certs "
-                        "init` (default: fedclinic-certs/server)")
-    p.add_argument("--site-keys", default="fedclinic-certs/site-keys",
-                   help="folder of <site>.pub public keys; only these sites may join "
-                        "(default: fedclinic-certs/site-keys)")
-    p.add_argument("--state", default=DEFAULT_STATE,
-                   help="folder for the SuperLink database (superlink.db), run directories "
-                        f"(runs/) and the log (default: {DEFAULT_STATE})")
-    p.add_argument("--address", default=DEFAULT_ADDRESS,
-                   help="HOST:PORT to serve; the one port sites and `fedclinic run` reach "
-                        f"(default: {DEFAULT_ADDRESS})")
-    p.add_argument("--insecure", action="store_true",
-                   help="no TLS and no site authentication, for a local test only (default: off)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
-    p.set_defaults(func=_serve)
-
-
 # ----------------------------------------------------------------------------- fedclinic run
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
-    """Run-config values given on the command line (validated), dash-named for Flower."""
-    given = given_options(args)
-    cfg = RunConfig.from_dict(given)          # validates every value before anything is sent
-    return {name.replace("_", "-"): getattr(cfg, name) for name in given}
-
-
 def _is_progress(line: str) -> bool:
+    """fedclinic's own lines and errors. Flower's strategy loop logs the run config it sends
+    ("ConfigRecord (train): {... 'fedclinic-run': ...}"): not progress, though it names us."""
     text = line.strip()
+    if "ConfigRecord (" in text:
+        return False
     return text.startswith("[round") or "fedclinic" in text or "Error" in text
 
 
-def _run(args: argparse.Namespace) -> int:
+def submit_run(server: str, ca: Path | None, overrides: dict[str, object], *, detach: bool = False,
+               verbose: bool = False) -> int:
+    """Submit a run with these run-config `overrides` to the server at `server` (no `ca` =
+    without TLS) and, unless `detach`, follow it; 0 only if the run completed."""
     from server.control import connect, follow, start_run
 
-    overrides = overrides_from_args(args)
-    ca = None if args.insecure else Path(args.ca_cert)
     if ca is not None and not ca.is_file():
         raise ConfigError(f"--ca-cert {ca}: file not found; it is the consortium's ca.crt")
-    control = connect(args.server, ca)
+    control = connect(server, ca)
     try:
         run_id = start_run(control, overrides)
-        print(f"fedclinic run: submitted run {run_id} to {args.server}", flush=True)
-        if args.detach:
+        print(f"fedclinic run: submitted run {run_id} to {server}", flush=True)
+        if detach:
             return 0
-        echo = (lambda line: print(line, flush=True)) if args.verbose else (
+        echo = (lambda line: print(line, flush=True)) if verbose else (
             lambda line: _is_progress(line) and print(line.strip(), flush=True))
         state = follow(control, run_id, echo)
     finally:
@@ -234,26 +164,3 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(f"fedclinic run: run {run_id} completed", flush=True)
     return 0
-
-
-def add_run_parser(sub, add_run_options) -> None:
-    p = sub.add_parser(
-        "run", help="submit a federated run to a fedclinic server and stream its progress",
-        description="Submit the federation (the same ServerApp as `simulate`) to the server. "
-                    "Only the options you give are sent; the rest keep their defaults. Sites run "
-                    "the fedclinic installed at each site. Exits 0 only if the run completed.")
-    p.add_argument("--server", default="127.0.0.1:8000",
-                   help="the server's HOST:PORT (default: 127.0.0.1:8000)")
-    p.add_argument("--ca-cert", default="fedclinic-certs/ca/ca.crt",
-                   help="the consortium CA certificate that signed the server's certificate "
-                        "(default: fedclinic-certs/ca/ca.crt)")
-    p.add_argument("--insecure", action="store_true",
-                   help="connect without TLS (only to a server started with --insecure) "
-                        "(default: off)")
-    p.add_argument("--detach", action="store_true",
-                   help="submit and return without following the run (default: off)")
-    p.add_argument("--verbose", action="store_true",
-                   help="show every log line of the run, not only progress (default: off)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
-    add_run_options(p)
-    p.set_defaults(func=_run)

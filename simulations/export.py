@@ -7,7 +7,6 @@ data: every site gets a file with its own train / val / test split, exactly the 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import numpy as np
 from common.config import ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.datasets.base import Split
-from simulations.partition import build_federation
+from common.partitions.federation import build_federation
 
 
 def _uint8(split: Split) -> np.ndarray:
@@ -45,27 +44,3 @@ def export_sites(cfg: RunConfig, out: Path, force: bool = False) -> list[Path]:
             arrays[f"{name}_labels"] = _labels(split)
         np.savez_compressed(path, **arrays)
     return paths
-
-
-def add_parser(sub, add_run_options) -> None:
-    p = sub.add_parser(
-        "demo-data", help="write simulated sites' data as .npz files, one per site, to try a "
-                          "deployment without hospital data",
-        description="Partition a dataset as `simulate` would (same options) and write one "
-                    "MedMNIST-layout .npz per site (train/val/test), the format `fedclinic site "
-                    "--data` accepts.")
-    p.add_argument("--out", default="fedclinic-demo-data",
-                   help="folder for site-<i>.npz (default: fedclinic-demo-data)")
-    p.add_argument("--force", action="store_true", help="overwrite existing files (default: off)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
-    add_run_options(p)
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from fedclinic.cli import config_from_args
-
-    cfg = config_from_args(args)
-    for path in export_sites(cfg, Path(args.out), args.force):
-        print(f"fedclinic demo-data: wrote {path}")
-    return 0

@@ -14,7 +14,7 @@ from torch import nn
 
 from common.datasets.base import Split, TaskInfo
 from common.segmentation import dice_from_counts
-from common.training import predict_masks
+from common.training.seg_inference import predict_masks
 
 OVERLAY_DIR = "overlays"
 CASES_PER_SITE = 3

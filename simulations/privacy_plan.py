@@ -8,79 +8,30 @@ epsilon, the noise on the averaged gradient, and epsilon after each round.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
-from common.config import ACCOUNTANTS, ConfigError, RunConfig, describe_fields
-from common.privacy import PrivacyPlan, plan
+from common.config import ConfigError, RunConfig
+from common.privacy.planner import PrivacyPlan, given_delta, plan
 
 DATA_OPTIONS = ("dataset", "data_path", "image_size", "spatial_dims", "num_samples", "sites",
                 "partition", "val_fraction", "test_fraction", "seed")
+SCHEDULE_OPTIONS = ("batch_size", "local_epochs", "rounds", "target_epsilon", "noise_multiplier",
+                    "delta", "max_grad_norm", "accountant")
+PLAN_OPTIONS = ("n_train", *DATA_OPTIONS, *SCHEDULE_OPTIONS)   # what `show_plan` reads
 CURVE_POINTS = 10
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
-def add_parser(subparsers: Any) -> None:
-    """Add ``privacy`` with its ``plan`` action to the CLI's subparsers."""
-    privacy = subparsers.add_parser(
-        "privacy", help="differential privacy: plan a DP-SGD budget before a run",
-        description="Differential-privacy tools for DP-SGD at each site (dp='sample').")
-    actions = privacy.add_subparsers(dest="privacy_command", required=True, metavar="ACTION")
-    parser = actions.add_parser(
-        "plan", help="sample rate, noise multiplier and epsilon of a planned run",
-        description="Plan DP-SGD for a whole run: calibrate the noise multiplier for a target "
-                    "epsilon (or take a fixed one), and show epsilon after each round. The "
-                    "sampling schedule and accountant are those of Opacus' make_private.")
-    _add_size_options(parser)
-    _add_schedule_options(parser)
-    parser.add_argument("--debug", action="store_true",
-                        help="show full tracebacks on errors (default: off)")
+Options = Mapping[str, Any]
+"""The options given, by RunConfig field name (plus ``n_train``), as text or numbers; an option
+not given is absent (or None)."""
 
 
-def _add_size_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "site size", "--n-train for one site, or the data options to plan every site of a "
-                     "partition (as `fedclinic simulate` builds it)")
-    group.add_argument("--n-train", default=None, metavar="INT",
-                       help="training samples at the site; replaces the data options "
-                            "(default: each site's training split of the partition)")
-    for name, default, help_text, choices in describe_fields():
-        if name in DATA_OPTIONS:
-            extra = f" [choices: {', '.join(map(str, choices))}]" if choices else ""
-            shown = repr(default) if isinstance(default, str) else default
-            group.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                               metavar=type(default).__name__.upper(),
-                               help=f"{help_text}{extra} (default: {shown})")
-
-
-def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("training schedule and privacy")
-    for name, kind, text in (("batch_size", "INT", "mini-batch size B (expected Poisson batch)"),
-                             ("local_epochs", "INT", "local epochs per round"),
-                             ("rounds", "INT", "federated rounds")):
-        group.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=kind,
-                           help=f"{text} (default: {_DEFAULTS[name]})")
-    budget = group.add_mutually_exclusive_group()
-    budget.add_argument("--target-epsilon", default=None, metavar="FLOAT",
-                        help="whole-run epsilon budget per site; sigma is calibrated to spend at "
-                             "most this (default: "
-                             f"{_DEFAULTS['target_epsilon']} unless --noise-multiplier is given)")
-    budget.add_argument("--noise-multiplier", default=None, metavar="FLOAT",
-                        help="fixed noise multiplier sigma; its whole-run epsilon is computed "
-                             "(default: none, calibrated from --target-epsilon)")
-    group.add_argument("--delta", default=None, metavar="FLOAT",
-                       help="DP delta; 0 = 1/(10 n) of each site (default: 0)")
-    group.add_argument("--max-grad-norm", default=None, metavar="FLOAT",
-                       help=f"per-sample clipping norm C (default: {_DEFAULTS['max_grad_norm']})")
-    group.add_argument("--accountant", default=None, choices=ACCOUNTANTS,
-                       help=f"privacy accountant, also used to calibrate sigma [choices: "
-                            f"{', '.join(ACCOUNTANTS)}] (default: '{_DEFAULTS['accountant']}')")
-
-
-def _value(args: argparse.Namespace, name: str, kind: type) -> Any:
+def _value(options: Options, name: str, kind: type) -> Any:
     """The option's value converted to ``kind`` (RunConfig's default when not given)."""
-    raw = getattr(args, name, None)
+    raw = options.get(name)
     if raw is None:
         return _DEFAULTS[name]
     try:
@@ -93,34 +44,35 @@ def _value(args: argparse.Namespace, name: str, kind: type) -> Any:
                           ) from None
 
 
-def site_sizes(args: argparse.Namespace) -> list[tuple[str, int]]:
+def site_sizes(options: Options) -> list[tuple[str, int]]:
     """(column label, training samples) per site: --n-train, or the partition's sites."""
-    given = {name: getattr(args, name) for name in DATA_OPTIONS
-             if getattr(args, name, None) is not None}
-    if getattr(args, "n_train", None) is not None:
+    given = {name: options[name] for name in DATA_OPTIONS if options.get(name) is not None}
+    if options.get("n_train") is not None:
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ConfigError(f"--n-train={args.n_train!r} replaces the data options; drop "
-                              f"{flags} or drop --n-train")
-        return [("site", _value(args, "n_train", int))]
-    from simulations.partition import load_federation
+            raise ConfigError(f"--n-train={options['n_train']!r} replaces the data options; "
+                              f"drop {flags} or drop --n-train")
+        return [("site", _value(options, "n_train", int))]
+    from common.partitions.loader import load_federation
 
     fed = load_federation(RunConfig.from_dict(given))
     return [(f"site {s.site}", len(s.train)) for s in fed.sites]
 
 
-def _plans(args: argparse.Namespace, sizes: list[tuple[str, int]]) -> list[PrivacyPlan]:
-    sigma = _value(args, "noise_multiplier", float) if args.noise_multiplier is not None else None
-    target = None if sigma is not None else _value(args, "target_epsilon", float)
-    delta = _value(args, "delta", float)
+def _plans(options: Options, sizes: list[tuple[str, int]]) -> list[PrivacyPlan]:
+    given_sigma = options.get("noise_multiplier") is not None
+    sigma = _value(options, "noise_multiplier", float) if given_sigma else None
+    target = None if sigma is not None else _value(options, "target_epsilon", float)
+    delta = _value(options, "delta", float)
     by_n: dict[int, PrivacyPlan] = {}
     for _, n in sizes:
         if n not in by_n:
-            by_n[n] = plan(n, _value(args, "batch_size", int), _value(args, "local_epochs", int),
-                           _value(args, "rounds", int), target_epsilon=target,
-                           noise_multiplier=sigma, delta=None if delta == 0 else delta,
-                           max_grad_norm=_value(args, "max_grad_norm", float),
-                           accountant=args.accountant or _DEFAULTS["accountant"])
+            by_n[n] = plan(n, _value(options, "batch_size", int),
+                           _value(options, "local_epochs", int), _value(options, "rounds", int),
+                           target_epsilon=target, noise_multiplier=sigma,
+                           delta=given_delta(delta),
+                           max_grad_norm=_value(options, "max_grad_norm", float),
+                           accountant=options.get("accountant") or _DEFAULTS["accountant"])
     return [by_n[n] for _, n in sizes]
 
 
@@ -174,8 +126,8 @@ def format_plans(sizes: list[tuple[str, int]], plans: list[PrivacyPlan]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def show_plan(options: Options) -> int:
     """Body of `fedclinic privacy plan`; bad input raises ConfigError (one line in the CLI)."""
-    sizes = site_sizes(args)
-    print(format_plans(sizes, _plans(args, sizes)))
+    sizes = site_sizes(options)
+    print(format_plans(sizes, _plans(options, sizes)))
     return 0

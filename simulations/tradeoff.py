@@ -14,7 +14,6 @@ Utility is ROC-AUC (accuracy where AUC is undefined) for classification and Dice
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -34,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
 from common import rundir  # noqa: E402
-from common.config import ConfigError, RunConfig, describe_fields, given_options  # noqa: E402
+from common.config import ConfigError, RunConfig  # noqa: E402
 from common.seg_data import check_task_model  # noqa: E402
 from simulations.simulate import simulate  # noqa: E402
 
@@ -525,54 +524,3 @@ def _eta(durations: list[float], remaining: int) -> str:
     if not durations:
         return "unknown until a cell finishes"
     return _clock(statistics.fmean(durations) * remaining)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_parser(subparsers: Any) -> None:
-    """Add ``tradeoff`` to the CLI's subparsers: every run option plus the sweep's own."""
-    parser = subparsers.add_parser(
-        "tradeoff", help="sweep the privacy budget epsilon: utility of federated, local and "
-                         "pooled models under DP",
-        description="Run `simulate` once per (epsilon, seed): the federation and the local and "
-                    "pooled baselines, all trained with DP-SGD calibrated to the budget "
-                    "(inf = no DP). Writes tradeoff.csv, tradeoff.md and tradeoff.png to "
-                    "OUTPUT_DIR/SWEEP_NAME; rerunning the same command resumes a stopped sweep.")
-    sweep = parser.add_argument_group("sweep")
-    sweep.add_argument("--epsilons", default=DEFAULT_EPSILONS, metavar="LIST",
-                       help="comma-separated whole-run budgets per site; 'inf' = no DP "
-                            f"(default: {DEFAULT_EPSILONS!r})")
-    sweep.add_argument("--seeds", default=DEFAULT_SEEDS, metavar="N|LIST",
-                       help="number of seeds, counted from --seed, or a comma-separated list of "
-                            f"seeds (default: {DEFAULT_SEEDS}, i.e. seeds 0,1,2)")
-    sweep.add_argument("--sweep-name", default=None, metavar="NAME",
-                       help="folder under --output-dir holding the sweep (default: "
-                            "tradeoff-DATASET-PARTITION-STRATEGY-MODEL)")
-    options = parser.add_argument_group(
-        "run options", "as for `fedclinic simulate`; dp, target_epsilon and noise_multiplier "
-                       "are set by the sweep and --seed is the first seed")
-    for name, default, help_text, choices in describe_fields():
-        if name in SWEPT:
-            continue
-        extra = f" [choices: {', '.join(map(str, choices))}]" if choices else ""
-        shown = repr(default) if isinstance(default, str) else default
-        options.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                             metavar=type(default).__name__.upper(),
-                             help=f"{help_text}{extra} (default: {shown})")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Flower's and Ray's own log lines (default: off)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show full tracebacks on errors (default: off)")
-
-
-def spec_from_args(args: argparse.Namespace) -> SweepSpec:
-    base = RunConfig.from_dict(given_options(args, skip=SWEPT))
-    return SweepSpec(base=base, epsilons=parse_epsilons(args.epsilons),
-                     seeds=parse_seeds(args.seeds, base.seed),
-                     name=args.sweep_name or default_sweep_name(base))
-
-
-def run(args: argparse.Namespace) -> int:
-    """Body of `fedclinic tradeoff`; bad input raises ConfigError (one line in the CLI)."""
-    run_tradeoff(spec_from_args(args), verbose=getattr(args, "verbose", False))
-    return 0

@@ -10,14 +10,16 @@ import pytest
 import torch
 from pydicom.uid import generate_uid
 
+from bench.dicom_files import write_dicom
 from common import rundir
-from common.config import ConfigError, RunConfig, parse_partition
+from common.config import ConfigError, RunConfig
+from common.partition_spec import parse_partition
 from common.datasets import load_dataset
 from common.datasets.base import DataError, Split
-from simulations.partition import (
-    build_federation, partition_by_tag, partition_indices, spec_text,
-)
-from tests.test_dicom import write_dicom
+from common.partitions.base import spec_text
+from common.partitions.by_tag import partition_by_tag
+from common.partitions.federation import build_federation
+from common.partitions.label_skew import partition_indices
 
 MAKERS = ("Zeta Medical", "Acme")      # written in this order; sites are ordered by value
 

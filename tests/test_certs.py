@@ -20,6 +20,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from deploy import certs
 from deploy.certs import CertError, add_site, init_consortium, instructions, new_site_key
+from fedclinic.cli import certs as certs_cli
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -233,7 +234,7 @@ def test_instructions_say_what_goes_where(bundle: certs.CertBundle) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedclinic")
-    certs.add_parser(parser.add_subparsers(dest="command"))
+    certs_cli.add_parser(parser.add_subparsers(dest="command"))
     return parser
 
 
@@ -243,29 +244,29 @@ def test_cli_init_takes_repeated_and_comma_lists(tmp_path: Path,
                                  "--server-name", "a.example.org,b.example.org",
                                  "--server-name", "server", "--server-ip", "",
                                  "--sites", "x, y", "--days", "30"])
-    assert certs.run(args) == 0
+    assert certs_cli.run(args) == 0
     server = _cert(tmp_path / "c" / "server" / "server.crt")
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["a.example.org", "b.example.org", "server"]
     assert san.get_values_for_type(x509.IPAddress) == []
     assert sorted(p.name for p in (tmp_path / "c" / "site-keys").iterdir()) == ["x.pub", "y.pub"]
     assert "Never send any .key file" in capsys.readouterr().out
-    assert certs.run(args) == 2
+    assert certs_cli.run(args) == 2
     assert "already exists" in capsys.readouterr().err
 
 
 def test_cli_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert certs.run(_parser().parse_args(["certs", "init"])) == 0
+    assert certs_cli.run(_parser().parse_args(["certs", "init"])) == 0
     out = tmp_path / "fedclinic-certs"
     san = _cert(out / "server" / "server.crt").extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     assert sorted(p.name for p in (out / "sites").iterdir()) == ["site-1", "site-2", "site-3"]
-    assert certs.run(_parser().parse_args(["certs", "site-key", "--name", "h"])) == 0
+    assert certs_cli.run(_parser().parse_args(["certs", "site-key", "--name", "h"])) == 0
     assert _mode(tmp_path / "h.key") == 0o600
-    assert certs.run(_parser().parse_args(["certs", "add-site", "--name", "h",
+    assert certs_cli.run(_parser().parse_args(["certs", "add-site", "--name", "h",
                                            "--public-key", "h.pub"])) == 0
     assert (out / "site-keys" / "h.pub").read_bytes() != b""
 

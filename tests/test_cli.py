@@ -1,5 +1,6 @@
 """The console command: --help documents every option with its default; bad input is one line."""
 
+import argparse
 import dataclasses
 
 import numpy as np
@@ -85,7 +86,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def _parsed(argv: list[str], capsys) -> tuple[RunConfig, str]:
-    from fedclinic.cli import config_from_args
+    from fedclinic.cli.options import config_from_args
 
     cfg = config_from_args(build_parser().parse_args(["simulate", *argv]))
     return cfg, capsys.readouterr().err
@@ -107,10 +108,107 @@ def test_segmentation_brings_settings_that_learn_for_options_not_given(capsys):
 
 
 def test_run_and_tradeoff_commands_use_the_same_task_defaults(capsys):
-    from server.service import overrides_from_args
-    from simulations.tradeoff import spec_from_args
+    from fedclinic.cli.server import overrides_from_args
+    from fedclinic.cli.tradeoff import spec_from_args
 
     run = build_parser().parse_args(["run", "--task", "segmentation"])
     assert overrides_from_args(run)["model"] == "unet"
     sweep = build_parser().parse_args(["tradeoff", "--task", "segmentation"])
     assert spec_from_args(sweep).base.loss == "dice_ce"
+
+
+# --- the one CLI layer: flags from RunConfig, switches, metavars ------------------------------
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _all_parsers(sub)
+    return found
+
+
+def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings
+            and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
+
+
+def test_a_bool_field_is_a_switch_and_unset_stays_unset():
+    from fedclinic.cli.options import config_from_args, given_options
+
+    parse = build_parser().parse_args
+    assert parse(["simulate", "--strict"]).strict is True
+    assert parse(["simulate", "--no-strict"]).strict is False
+    assert parse(["simulate"]).strict is None
+    assert "strict" not in given_options(parse(["simulate"]))
+    assert config_from_args(parse(["simulate", "--strict"])).strict is True
+    with pytest.raises(SystemExit):
+        parse(["simulate", "--strict", "true"])          # a switch takes no value
+
+
+def test_every_bool_run_option_of_every_command_is_a_switch():
+    bools = {f.name for f in dataclasses.fields(RunConfig) if isinstance(f.default, bool)}
+    assert bools, "RunConfig has a bool field to test"
+    top = next(a for a in build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)).choices
+    for command in ("simulate", "run", "tradeoff", "demo-data"):
+        switches = {a.dest: a for a in _options(top[command]) if a.dest in bools}
+        assert set(switches) == bools, command
+        for action in switches.values():
+            assert isinstance(action, argparse.BooleanOptionalAction), (command, action)
+            assert action.default is None
+
+
+def test_metavars_say_what_is_expected_for_every_option_of_every_command():
+    bad = []
+    for parser in _all_parsers(build_parser()):
+        for action in _options(parser):
+            if action.nargs == 0:
+                continue                                   # a switch shows no metavar
+            shown = action.metavar or (action.choices and "{...}")
+            if not shown or shown in ("STR", "INT", "FLOAT", "BOOL"):
+                bad.append(f"{parser.prog} {action.option_strings[0]}: {action.metavar!r}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_option_of_every_command_ends_with_its_default():
+    bad = [f"{parser.prog} {action.option_strings[0]}"
+           for parser in _all_parsers(build_parser()) for action in _options(parser)
+           if not (action.help or "").endswith(")") or "(default: " not in action.help]
+    assert not bad, "\n".join(bad)
+
+
+def test_run_options_come_from_one_helper_with_the_same_flags_everywhere():
+    """simulate, run and demo-data take every RunConfig field; tradeoff all but the swept ones."""
+    from fedclinic.cli.options import describe_fields
+    from simulations.tradeoff import SWEPT
+
+    top = next(a for a in build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)).choices
+    fields = {f.name for f in describe_fields()}
+    for command, expected in (("simulate", fields), ("run", fields), ("demo-data", fields),
+                              ("tradeoff", fields - set(SWEPT))):
+        dests = {a.dest for a in _options(top[command])}
+        assert expected <= dests and not (fields - expected) & dests, command
+
+
+def test_deployment_commands_hand_typed_options_to_their_packages(monkeypatch, tmp_path):
+    """server, run and site read their flags here and call a typed function (no Namespace)."""
+    from pathlib import Path
+
+    import client.service
+    import server.service
+
+    calls = {}
+    monkeypatch.setattr(server.service, "serve", lambda *a: calls.setdefault("serve", a) and 0)
+    monkeypatch.setattr(server.service, "submit_run",
+                        lambda *a, **k: calls.setdefault("submit", (a, k)) and 0)
+    monkeypatch.setattr(client.service, "run_site", lambda o: calls.setdefault("site", o) and 0)
+    assert main(["server", "--insecure", "--state", str(tmp_path)]) == 0
+    assert calls["serve"] == (None, None, tmp_path, "0.0.0.0:8000")
+    assert main(["run", "--insecure", "--rounds", "3", "--strict", "--detach"]) == 0
+    assert calls["submit"] == (("127.0.0.1:8000", None, {"rounds": 3, "strict": True}),
+                               {"detach": True, "verbose": False})
+    assert main(["site", "--data", "d", "--allow-app-hash", "ab", "--threads", "2"]) == 0
+    assert calls["site"] == client.service.SiteOptions(data=Path("d"), allow_app_hash=("ab",),
+                                                       threads=2)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError, PartitionSpec, RunConfig, parse_partition
+from common.config import ConfigError, RunConfig
+from common.partition_spec import PartitionSpec, parse_partition
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from common.config import RunConfig
-from common.privacy import plan_from_config
+from common.privacy.planner import plan_from_config
 from deploy.certs import init_consortium, new_site_key
 from deploy.loopback import Loopback, wait_until
 from simulations.export import export_sites
@@ -118,7 +118,7 @@ def _run_bundle(lb: Loopback, bundle: tuple[bytes, str]):
 
 
 def test_sites_refuse_an_app_bundle_their_operators_did_not_approve(consortium):
-    from server.bundle import build_bundle
+    from runtime.bundle import build_bundle
 
     lb = consortium
     foreign = build_bundle("9.9.9")              # not the version the sites installed
@@ -132,7 +132,7 @@ def test_sites_refuse_an_app_bundle_their_operators_did_not_approve(consortium):
 
 
 def test_a_site_runs_a_bundle_its_operator_allowed_and_audits_its_replies(consortium):
-    from server.bundle import build_bundle
+    from runtime.bundle import build_bundle
 
     lb = consortium
     foreign = build_bundle("9.9.9")

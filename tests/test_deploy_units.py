@@ -18,9 +18,9 @@ from client.approval import AppRefused, installed_bundle_hash, review_app
 from client.audit import AuditLog, check_outgoing, payload_digest
 from common import rundir
 from common.config import ConfigError, RunConfig
-from fedclinic import __version__
+from common.version import __version__
 from server.app import resumed_config
-from server.bundle import CLIENT_SHIM, SERVER_SHIM, build_bundle
+from runtime.bundle import CLIENT_SHIM, SERVER_SHIM, build_bundle
 from server.checkpoint import (load_resume_point, restore_strategy_state, rng_state,
                                set_rng_state, strategy_state)
 from server.strategies import build_strategy, quorum

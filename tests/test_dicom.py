@@ -9,49 +9,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset as DicomDataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import (
-    CTImageStorage, ExplicitVRLittleEndian, JPEG2000, JPEGLSLossless, MRImageStorage,
-    generate_uid,
-)
+from pydicom.uid import JPEG2000, JPEGLSLossless, generate_uid
 
+from bench.dicom_files import write_dicom
 from common.config import ConfigError, RunConfig
-from common.datasets import dicom, load_dataset
+from common.datasets import load_dataset
 from common.datasets.base import DataError
 from common.datasets.cache import ArrayCache, TAG_FILE, cache_key
-from common.datasets.dicom import DicomFileError, assemble_series, read_header, read_pixels, scan
+from common.datasets.dicom import loader, sample
+from common.datasets.dicom.header import DicomFileError, read_header
+from common.datasets.dicom.pixels import _decode_failure, read_pixels
+from common.datasets.dicom.scan import scan
+from common.datasets.dicom.series import assemble_series
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"   # bundled, no network
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-
-
-def write_dicom(path: Path, pixels: np.ndarray, *, modality: str = "CT",
-                photometric: str = "MONOCHROME2", study: str | None = None,
-                series: str | None = None, sop: str | None = None, **attrs) -> Path:
-    """Write an uncompressed (Explicit VR Little Endian) DICOM file with the given pixels."""
-    pixels = np.asarray(pixels)
-    sop = sop or generate_uid()
-    sop_class = {"CT": CTImageStorage, "MR": MRImageStorage}.get(modality, CR_STORAGE)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = DicomDataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, sop, modality
-    ds.StudyInstanceUID = study or generate_uid()
-    ds.SeriesInstanceUID = series or generate_uid()
-    ds.PatientID = "anon"
-    if pixels.size:
-        ds.set_pixel_data(pixels, photometric, 16, generate_instance_uid=False)
-        if pixels.ndim == 3:
-            ds.NumberOfFrames = pixels.shape[0]
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def write_series(folder: Path, values: list[np.ndarray], gap: float = 2.5, shuffle: bool = True,
@@ -196,7 +167,7 @@ def test_missing_decoder_message_names_the_package(monkeypatch):
         is_available = False
 
     monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: Unavailable())
-    reason = dicom._decode_failure(JPEGLSLossless, RuntimeError("no plugin"))
+    reason = _decode_failure(JPEGLSLossless, RuntimeError("no plugin"))
     assert "JPEG-LS Lossless" in reason and JPEGLSLossless in reason
     assert "no decoder installed" in reason and "pylibjpeg-libjpeg" in reason
 
@@ -298,7 +269,7 @@ def _classification_folder(root: Path, n: int = 8, key: str = "SOPInstanceUID") 
 def test_load_classification_folder(tmp_path):
     _classification_folder(tmp_path / "data")
     (tmp_path / "data" / "notes.txt").write_text("not dicom")
-    data = dicom.load(tmp_path / "data", _cfg(tmp_path))
+    data = loader.load(tmp_path / "data", _cfg(tmp_path))
     assert data.task.kind == "binary" and data.task.class_names == ("normal", "pneumonia")
     assert data.task.spatial_dims == 2 and data.task.size == 28 and data.task.channels == 1
     assert data.train.images.shape == (6, 1, 28, 28) and data.test.images.shape == (2, 1, 28, 28)
@@ -323,7 +294,7 @@ def test_strict_raises_on_the_first_bad_file(tmp_path):
     _classification_folder(tmp_path / "data")
     (tmp_path / "data" / "broken.dcm").write_bytes(b"\x00" * 10)
     with pytest.raises(DicomFileError) as err:
-        dicom.load(tmp_path / "data", _cfg(tmp_path, strict=True))
+        loader.load(tmp_path / "data", _cfg(tmp_path, strict=True))
     assert err.value.path.name == "broken.dcm"
 
 
@@ -333,13 +304,13 @@ def test_path_key_split_column_and_missing_rows(tmp_path):
     text = [rows[0] + ",split"] + [f"{r},{s}" for r, s in zip(rows[1:], splits)]
     text.append("./pat99/missing.dcm,normal,train")
     (tmp_path / "data" / "labels.csv").write_text("\n".join(text) + "\n")
-    data = dicom.load(tmp_path / "data", _cfg(tmp_path))
+    data = loader.load(tmp_path / "data", _cfg(tmp_path))
     assert (len(data.train), len(data.val), len(data.test)) == (4, 2, 2)
     assert data.val.labels.tolist() == [0, 1] and data.test.labels.tolist() == [1, 0]
     assert data.skipped == ((("./pat99/missing.dcm", data.skipped[0][1]),))
     assert "line 10" in data.skipped[0][1]
     with pytest.raises(DataError, match="line 10.*missing.dcm"):
-        dicom.load(tmp_path / "data", _cfg(tmp_path, strict=True))
+        loader.load(tmp_path / "data", _cfg(tmp_path, strict=True))
 
 
 def _series_folder(root: Path, n: int = 4) -> list[tuple[str, list[Path]]]:
@@ -355,7 +326,7 @@ def _series_folder(root: Path, n: int = 4) -> list[tuple[str, list[Path]]]:
 
 def test_series_key_gives_volumes_in_3d_and_the_middle_slice_in_2d(tmp_path, monkeypatch):
     made = _series_folder(tmp_path / "data")
-    data = dicom.load(tmp_path / "data", _cfg(tmp_path, spatial_dims=3))
+    data = loader.load(tmp_path / "data", _cfg(tmp_path, spatial_dims=3))
     assert data.train.images.shape[1:] == (1, 28, 28, 28) and len(data.train) + len(data.test) == 4
     assert data.task.spatial_dims == 3 and data.task.class_names == ("0", "1")
     profile = data.train.images[0, 0, :, 14, 14]
@@ -364,9 +335,9 @@ def test_series_key_gives_volumes_in_3d_and_the_middle_slice_in_2d(tmp_path, mon
     assert np.all(np.diff(profile) >= -1e-6)                  # slices in position order
 
     read = []
-    real = dicom.read_pixels
-    monkeypatch.setattr(dicom, "read_pixels", lambda p, w="": read.append(Path(p)) or real(p, w))
-    flat = dicom.load(tmp_path / "data", _cfg(tmp_path, spatial_dims=2))
+    real = sample.read_pixels
+    monkeypatch.setattr(sample, "read_pixels", lambda p, w="": read.append(Path(p)) or real(p, w))
+    flat = loader.load(tmp_path / "data", _cfg(tmp_path, spatial_dims=2))
     assert flat.train.images.shape[1:] == (1, 28, 28)
     middles = set()
     for _, paths in made:      # the file at z = 10 + 2.5 * 2
@@ -377,26 +348,26 @@ def test_series_key_gives_volumes_in_3d_and_the_middle_slice_in_2d(tmp_path, mon
 def test_single_images_cannot_be_3d_samples(tmp_path):
     _classification_folder(tmp_path / "data")
     with pytest.raises(DicomFileError, match="spatial_dims=3 needs a volume"):
-        dicom.load(tmp_path / "data", _cfg(tmp_path, spatial_dims=3, strict=True))
+        loader.load(tmp_path / "data", _cfg(tmp_path, spatial_dims=3, strict=True))
 
 
 def test_second_load_hits_the_cache_and_changed_bytes_miss_it(tmp_path, monkeypatch):
     _classification_folder(tmp_path / "data")
     calls = []
-    real = dicom.read_pixels
-    monkeypatch.setattr(dicom, "read_pixels", lambda p, w="": calls.append(p) or real(p, w))
-    first = dicom.load(tmp_path / "data", _cfg(tmp_path))
+    real = sample.read_pixels
+    monkeypatch.setattr(sample, "read_pixels", lambda p, w="": calls.append(p) or real(p, w))
+    first = loader.load(tmp_path / "data", _cfg(tmp_path))
     assert len(calls) == 8
-    second = dicom.load(tmp_path / "data", _cfg(tmp_path))
+    second = loader.load(tmp_path / "data", _cfg(tmp_path))
     assert len(calls) == 8                                          # all from the cache
     np.testing.assert_array_equal(first.train.images, second.train.images)
     target = tmp_path / "data" / "pat3" / "IM3"
     ds = pydicom.dcmread(target)
     ds.PixelData = (ds.pixel_array + 7).astype(np.uint16).tobytes()
     ds.save_as(target)
-    dicom.load(tmp_path / "data", _cfg(tmp_path))
+    loader.load(tmp_path / "data", _cfg(tmp_path))
     assert calls[8:] == [target]                                    # only the changed file
-    other_window = dicom.load(tmp_path / "data", _cfg(tmp_path, dicom_window="500,1000"))
+    other_window = loader.load(tmp_path / "data", _cfg(tmp_path, dicom_window="500,1000"))
     assert len(calls) == 17 and other_window.train.images.shape == first.train.images.shape
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import shutil
 import socket
 import ssl
-import sys
 import threading
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +15,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from client import doctor
-from client.doctor import DoctorCheck, parse_address, render, run_doctor
+from client import validate
+from client.check import Check
+from client.doctor import render, run_doctor
+from client.readiness.address import parse_address
+from client.readiness.certificates import check_ca_cert
+from client.readiness.data import check_data, check_validation
+from client.readiness.site_key import check_site_key
+from client.readiness.storage import check_state_dir
+from client.validation.report import ValidationReport, build_report
 from deploy.certs import CertBundle, init_consortium
+from fedclinic.cli import site as doctor_cli
+from runtime.ports import free_port
 
 TIMEOUT = 3.0
 
@@ -70,8 +78,9 @@ def server(good: CertBundle) -> Iterator[TLSServer]:
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """A site's data and state folders; the optional validator is absent unless a test adds it."""
-    monkeypatch.setitem(sys.modules, "client.validate", None)   # import -> ImportError
+    """A site's data and state folders; they hold no medical images, so data validation is
+    stubbed to pass unless a test replaces it."""
+    monkeypatch.setattr(validate, "validate_site_data", lambda path: _report())
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.bin").write_bytes(b"x" * 1_500_000)
@@ -80,14 +89,12 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     return {"data": data, "state": tmp_path / "state"}
 
 
-def _by_name(checks: list[DoctorCheck]) -> dict[str, DoctorCheck]:
+def _by_name(checks: list[Check]) -> dict[str, Check]:
     return {c.name: c for c in checks}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _report(*checks: Check) -> ValidationReport:
+    return build_report(Path("data"), "dicom", list(checks), {}, {})
 
 
 def test_everything_ok(good: CertBundle, server: TLSServer, site: dict[str, Path]) -> None:
@@ -100,7 +107,7 @@ def test_everything_ok(good: CertBundle, server: TLSServer, site: dict[str, Path
     assert {c.status for c in checks} == {"ok"}, render(checks)
     assert "matches 127.0.0.1" in by["server certificate"].detail
     assert "2 files, 2.0 MB" in by["site data"].detail
-    assert "skipped" in by["data validation"].detail
+    assert "passes the site data checks" in by["data validation"].detail
     assert "secp384r1" in by["site key"].detail and "0600" in by["site key"].detail
     assert not site["state"].exists()   # the doctor changes nothing
     text = render(checks)
@@ -133,7 +140,7 @@ def test_wrong_ca_fails_the_tls_check(tmp_path: Path, server: TLSServer) -> None
 
 
 def test_closed_port_is_an_unreachable_server(good: CertBundle) -> None:
-    port = _free_port()
+    port = free_port()
     checks = run_doctor(f"127.0.0.1:{port}", good.ca_cert, None, None, None, timeout=TIMEOUT)
     by = _by_name(checks)
     assert by["server reachable"].status == "error"
@@ -174,34 +181,34 @@ def test_readable_key_is_a_warning(good: CertBundle, tmp_path: Path) -> None:
     key = tmp_path / "site.key"
     shutil.copyfile(good.sites[0].key, key)
     key.chmod(0o644)
-    check = doctor.check_site_key(key)
+    check = check_site_key(key)
     assert check.status == "warning"
     assert "0644" in check.detail and f"chmod 600 {key}" in check.detail
     key.chmod(0o600)
-    assert doctor.check_site_key(key).status == "ok"
+    assert check_site_key(key).status == "ok"
 
 
 def test_unusable_keys_are_errors(good: CertBundle, tmp_path: Path) -> None:
-    assert "does not exist" in doctor.check_site_key(tmp_path / "missing.key").detail
+    assert "does not exist" in check_site_key(tmp_path / "missing.key").detail
     pem = tmp_path / "pem.key"   # a PEM (not OpenSSH) key: Flower cannot load it
     pem.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
-    assert "not an unencrypted OpenSSH private key" in doctor.check_site_key(pem).detail
+    assert "not an unencrypted OpenSSH private key" in check_site_key(pem).detail
     ed = tmp_path / "ed.key"
     ed.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption()))
     ed.chmod(0o600)
-    check = doctor.check_site_key(ed)
+    check = check_site_key(ed)
     assert check.status == "error" and "only EC keys on a NIST curve" in check.detail
     empty = tmp_path / "empty.key"
     empty.write_bytes(b"")
-    assert doctor.check_site_key(empty).status == "error"
+    assert check_site_key(empty).status == "error"
 
 
 def test_huge_min_free_disk_is_an_error(good: CertBundle, site: dict[str, Path]) -> None:
-    checks = run_doctor(f"127.0.0.1:{_free_port()}", good.ca_cert, None, None, site["state"],
+    checks = run_doctor(f"127.0.0.1:{free_port()}", good.ca_cert, None, None, site["state"],
                         min_free_gb=1e9)
     by = _by_name(checks)
     assert by["state folder"].status == "ok" and "will be created" in by["state folder"].detail
@@ -212,19 +219,19 @@ def test_huge_min_free_disk_is_an_error(good: CertBundle, site: dict[str, Path])
 def test_state_and_data_problems(tmp_path: Path, site: dict[str, Path]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert doctor.check_state_dir(blocker).status == "error"
+    assert check_state_dir(blocker).status == "error"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no data files" in doctor.check_data(empty).detail
-    assert doctor.check_data(tmp_path / "nope").status == "error"
-    one = doctor.check_data(site["data"] / "a.bin")   # a single data file is fine too
+    assert "no data files" in check_data(empty).detail
+    assert check_data(tmp_path / "nope").status == "error"
+    one = check_data(site["data"] / "a.bin")   # a single data file is fine too
     assert one.status == "ok" and "1 file, 1.5 MB" in one.detail
     site["state"].mkdir()
-    assert doctor.check_state_dir(site["state"]).detail.endswith("is writable")
+    assert check_state_dir(site["state"]).detail.endswith("is writable")
 
 
 def test_ca_problems(good: CertBundle, tmp_path: Path) -> None:
-    check = doctor.check_ca_cert(good.server_cert, doctor.dt.datetime.now(doctor.dt.timezone.utc))
+    check = check_ca_cert(good.server_cert, dt.datetime.now(dt.timezone.utc))
     assert check.status == "error" and "is not a CA certificate" in check.detail
     junk = tmp_path / "junk.crt"
     junk.write_text("not a cert")
@@ -235,26 +242,25 @@ def test_ca_problems(good: CertBundle, tmp_path: Path) -> None:
 
 def test_validator_results_are_summarised(site: dict[str, Path],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    module = types.ModuleType("client.validate")
-    report = types.SimpleNamespace(errors=["a.bin: not an image", "b.bin: no label",
-                                           "c: x", "d: y"], warnings=[])
-    module.validate_site_data = lambda path: report
-    monkeypatch.setitem(sys.modules, "client.validate", module)
-    check = doctor.check_validation(site["data"])
+    errors = [Check("a.bin", "error", "not an image"), Check("b.bin", "error", "no label"),
+              Check("c", "error", "x"), Check("d", "error", "y")]
+    monkeypatch.setattr(validate, "validate_site_data", lambda path: _report(*errors))
+    check = check_validation(site["data"])
     assert check.status == "error"
     assert check.detail.startswith("4 problem(s): a.bin: not an image; b.bin: no label; c: x; "
                                    "... and 1 more")
     assert f"fedclinic site validate {site['data']}" in check.detail
-    report.errors, report.warnings = [], ["few samples"]
-    assert doctor.check_validation(site["data"]).status == "warning"
-    report.warnings = []
-    assert doctor.check_validation(site["data"]).status == "ok"
+    few = Check("class balance", "warning", "few samples")
+    monkeypatch.setattr(validate, "validate_site_data", lambda path: _report(few))
+    assert check_validation(site["data"]).status == "warning"
+    monkeypatch.setattr(validate, "validate_site_data", lambda path: _report())
+    assert check_validation(site["data"]).status == "ok"
 
     def raises(path: Path) -> None:
         raise ValueError(f"{path}: labels missing")
 
-    module.validate_site_data = raises
-    assert "labels missing" in doctor.check_validation(site["data"]).detail
+    monkeypatch.setattr(validate, "validate_site_data", raises)
+    assert "labels missing" in check_validation(site["data"]).detail
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -275,21 +281,21 @@ def test_bad_addresses_are_one_error(bad: str, good: CertBundle) -> None:
 
 
 def test_render_verdicts() -> None:
-    ok, warn = DoctorCheck("a", "ok", "fine"), DoctorCheck("b", "warning", "hmm")
-    err = DoctorCheck("c", "error", "broken")
+    ok, warn = Check("a", "ok", "fine"), Check("b", "warning", "hmm")
+    err = Check("c", "error", "broken")
     assert render([ok, warn]).splitlines() == ["[ ok ] a: fine", "[warn] b: hmm", "",
                                                "Result: READY with 1 warning: read the [warn] "
                                                "lines."]
     assert render([err, err, warn]).endswith("NOT READY: 2 errors, 1 warning. Fix the [FAIL] "
                                              "lines, then run the doctor again.")
     with pytest.raises(ValueError, match="'fine'"):
-        DoctorCheck("x", "fine", "y")
+        Check("x", "fine", "y")
 
 
 def test_cli(good: CertBundle, server: TLSServer, site: dict[str, Path],
              capsys: pytest.CaptureFixture) -> None:
     parser = argparse.ArgumentParser()
-    doctor.add_doctor_arguments(parser)
+    doctor_cli.add_doctor_arguments(parser)
     for action in parser._actions:
         if action.option_strings != ["-h", "--help"]:
             assert action.help.endswith(")") and "(default: " in action.help
@@ -297,19 +303,18 @@ def test_cli(good: CertBundle, server: TLSServer, site: dict[str, Path],
                               str(good.ca_cert), "--site-key", str(good.sites[0].key),
                               "--data", str(site["data"]), "--state", str(site["state"]),
                               "--min-free-gb", "0.001"])
-    assert doctor.run_doctor_cli(args) == 0
+    assert doctor_cli.run_doctor(args) == 0
     assert "READY: all 9 checks passed" in capsys.readouterr().out
     args.min_free_gb = 1e9
-    assert doctor.run_doctor_cli(args) == 1
+    assert doctor_cli.run_doctor(args) == 1
     defaults = parser.parse_args(["--ca-cert", "ca.crt"])
     assert (defaults.server, defaults.state, defaults.min_free_gb, defaults.site_key) == (
         "127.0.0.1:8000", Path("fedclinic-site"), 5.0, None)
 
 
-def test_the_real_validator_is_used_when_installed(tmp_path: Path) -> None:
-    pytest.importorskip("client.validate", reason="client.validate is not in this checkout")
+def test_the_real_validator_is_used(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not medical images")
-    check = doctor.check_validation(tmp_path)
+    check = check_validation(tmp_path)
     assert check.status == "error", check
     assert "problem(s)" in check.detail and "Check(" not in check.detail
     assert f"fedclinic site validate {tmp_path}" in check.detail

@@ -12,8 +12,10 @@ from common.config import ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
 from common.packing import PACKED_KEY, pack_state
-from common.privacy import PrivacyLedger, epsilon_of_history, plan_from_config
-from simulations.partition import site_data
+from common.partitions.loader import site_data
+from common.privacy.accounting import epsilon_of_history
+from common.privacy.ledger import PrivacyLedger
+from common.privacy.planner import plan_from_config
 from simulations.simulate import simulate
 
 BASE = dict(num_samples=240, sites=2, model="cnn", width=8, batch_size=16, local_epochs=1,

@@ -23,7 +23,8 @@ from common.dp_training import (
     train_local_dp,
 )
 from common.models import build_model
-from common.privacy import PrivacyLedger, plan
+from common.privacy.ledger import PrivacyLedger
+from common.privacy.planner import plan
 
 torch.set_num_threads(1)
 

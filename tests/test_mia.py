@@ -21,7 +21,8 @@ from common.mia import (
     per_sample_loss,
     scores_to_result,
 )
-from common.training import evaluate, train_local
+from common.training.local import train_local
+from common.training.prediction import evaluate
 
 torch.set_num_threads(1)
 

@@ -144,7 +144,8 @@ def test_a_deployed_site_trains_segmentation_on_its_msd_folder(tmp_path):
     evaluation reports Dice and HD95."""
     from client.site import load_site
     from common.models import build_model
-    from common.training import evaluate, train_local
+    from common.training.local import train_local
+    from common.training.prediction import evaluate
 
     root = _folder(tmp_path / "Task03_Liver")
     cfg = RunConfig(task="segmentation", model="unet", width=4, spatial_dims=2, image_size=28,

@@ -7,13 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from common.config import ConfigError, RunConfig, parse_partition
+from common.config import ConfigError, RunConfig
+from common.partition_spec import parse_partition
 from common.datasets.base import DataError, Dataset, Split, TaskInfo
-from simulations import partition as part
-from simulations.partition import (
-    build_federation, heterogeneity, label_histograms, partition_indices, quantity_sizes,
-    site_data, split_site, write_partition_report,
-)
+from common.partitions import loader as part
+from common.partitions.federation import build_federation
+from common.partitions.label_skew import partition_indices
+from common.partitions.loader import site_data
+from common.partitions.quantity import quantity_sizes
+from common.partitions.site_split import split_site
+from simulations.partition_report import heterogeneity, label_histograms, write_partition_report
 
 N, CLASSES = 600, 4
 LABELS = np.repeat(np.arange(CLASSES), N // CLASSES)

@@ -11,11 +11,10 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import ConfigError, RunConfig
-from common.privacy import (
-    BudgetExhausted, PrivacyLedger, default_delta, epsilon_of_history, plan, plan_from_config,
-    poisson_sampling,
-)
-from simulations import privacy_plan
+from common.privacy.accounting import epsilon_of_history
+from common.privacy.ledger import BudgetExhausted, PrivacyLedger
+from common.privacy.planner import default_delta, plan, plan_from_config, poisson_sampling
+from fedclinic.cli import privacy as privacy_cli
 
 # (sigma, q, steps, delta) -> epsilon, computed once with Opacus 1.6's RDPAccountant.
 GOLDEN = [
@@ -252,12 +251,12 @@ def test_plan_from_config_uses_the_run_fields():
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fedclinic")
-    privacy_plan.add_parser(parser.add_subparsers(dest="command", required=True))
+    privacy_cli.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["privacy", "plan", *argv])
 
 
 def test_plan_command_with_target(capsys):
-    code = privacy_plan.run(_parse(["--n-train", "1000", "--rounds", "30"]))
+    code = privacy_cli.run(_parse(["--n-train", "1000", "--rounds", "30"]))
     out = capsys.readouterr().out
     assert code == 0
     p = plan(1000, 16, 2, 30, target_epsilon=8.0)
@@ -273,7 +272,7 @@ def test_plan_command_with_target(capsys):
 def test_plan_command_with_fixed_sigma(capsys):
     argv = ["--n-train", "1000", "--noise-multiplier", "1.0", "--delta", "1e-4",
             "--accountant", "rdp"]
-    assert privacy_plan.run(_parse(argv)) == 0
+    assert privacy_cli.run(_parse(argv)) == 0
     out = capsys.readouterr().out
     assert "sigma = 1 gives epsilon = 2.315 (delta = 0.0001, 630 steps)" in out
     assert "<= target" not in out and "(given)" in out
@@ -281,11 +280,11 @@ def test_plan_command_with_fixed_sigma(capsys):
 
 
 def test_plan_command_reads_site_sizes_from_the_partition(capsys):
-    from simulations.partition import load_federation
+    from common.partitions.loader import load_federation
 
     argv = ["--num-samples", "120", "--sites", "2", "--batch-size", "8", "--noise-multiplier",
             "1.2"]
-    assert privacy_plan.run(_parse(argv)) == 0
+    assert privacy_cli.run(_parse(argv)) == 0
     out = capsys.readouterr().out
     sizes = [len(s.train) for s in load_federation(RunConfig(num_samples=120, sites=2)).sites]
     row = next(line for line in out.splitlines() if line.startswith("training samples n"))
@@ -295,11 +294,11 @@ def test_plan_command_reads_site_sizes_from_the_partition(capsys):
 
 def test_plan_command_bad_input(capsys):
     with pytest.raises(ConfigError, match="--n-train='many'"):
-        privacy_plan.run(_parse(["--n-train", "many"]))
+        privacy_cli.run(_parse(["--n-train", "many"]))
     with pytest.raises(ConfigError, match="--sites"):
-        privacy_plan.run(_parse(["--n-train", "100", "--sites", "3"]))
+        privacy_cli.run(_parse(["--n-train", "100", "--sites", "3"]))
     with pytest.raises(ConfigError, match="batch_size=16 > n_train=10"):
-        privacy_plan.run(_parse(["--n-train", "10"]))
+        privacy_cli.run(_parse(["--n-train", "10"]))
     with pytest.raises(SystemExit):
         _parse(["--target-epsilon", "1", "--noise-multiplier", "1"])
     capsys.readouterr()

@@ -22,13 +22,13 @@ from common.seg_data import (
     segmentation_view,
 )
 from common.segmentation import EMPTY_MASK_CONVENTION
-from common.training import (
-    evaluate,
-    make_loss,
+from common.training.local import train_local
+from common.training.losses import make_loss
+from common.training.prediction import evaluate
+from common.training.seg_inference import (
     per_sample_seg_loss,
     predict_masks,
     segmentation_logits,
-    train_local,
 )
 
 torch.set_num_threads(1)
@@ -260,7 +260,8 @@ def test_lesion_size_bins_are_tertiles_of_non_empty_masks():
 
 
 def test_lesion_partition_skews_lesion_sizes_and_shift_leaves_masks_alone():
-    from simulations.partition import build_federation, label_histograms
+    from common.partitions.federation import build_federation
+    from simulations.partition_report import label_histograms
 
     data = _data(n=240)
     cfg = RunConfig(task="segmentation", model="unet", sites=3, partition="lesion:0.1", seed=1)
@@ -291,8 +292,9 @@ def _seg_metrics(dice: float, hd95: float) -> dict:
 
 
 def test_report_compares_sites_on_dice_and_progress_shows_dice():
-    from server.recording import progress_line
-    from simulations.report import federation_helped, sites_table
+    from server.progress import progress_line
+    from common.report.comparison import federation_helped
+    from common.report.tables import sites_table
 
     summary = {
         "federated": {"sites": {"0": _seg_metrics(0.8, 2.0), "1": _seg_metrics(0.6, 5.0)},

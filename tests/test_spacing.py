@@ -10,10 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common.config import ConfigError, RunConfig, parse_spacing
-from common.datasets import dicom, msd
-from common.datasets.dicom import DicomFileError
-from tests.test_dicom import write_dicom
+from bench.dicom_files import write_dicom
+from common.config import ConfigError, RunConfig
+from common.spacing_spec import parse_spacing
+from common.datasets import msd
+from common.datasets.dicom import loader, sample
+from common.datasets.dicom.header import DicomFileError
 
 
 # --------------------------------------------------------------------------- parse
@@ -81,11 +83,11 @@ def _same_20mm_square(tmp_path: Path) -> Path:
 
 def test_spacing_keeps_physical_scale_where_stretching_does_not(tmp_path):
     _same_20mm_square(tmp_path)
-    kept = dicom.load(tmp_path / "data", _cfg(tmp_path, spacing="1.0")).train.images[:, 0]
+    kept = loader.load(tmp_path / "data", _cfg(tmp_path, spacing="1.0")).train.images[:, 0]
     assert kept.shape == (2, 28, 28)
     assert abs(_width(kept[0]) - 20) <= 1 and abs(_width(kept[1]) - 20) <= 1
     assert kept[:, 0, 0].max() == 0.0                     # padded with 0 about the centre
-    stretched = dicom.load(tmp_path / "data", _cfg(tmp_path)).train.images[:, 0]
+    stretched = loader.load(tmp_path / "data", _cfg(tmp_path)).train.images[:, 0]
     assert _width(stretched[0]) - _width(stretched[1]) >= 4   # 14 px vs ~9 px
 
 
@@ -96,7 +98,7 @@ def test_spacing_orders_3d_axes_slice_row_col(tmp_path):
              "WindowWidth": 2000}                          # every voxel > 0 after the window
     _folder(tmp_path / "data", [(volume, attrs), (volume, attrs)])
     cfg = _cfg(tmp_path, spatial_dims=3, spacing="1")
-    image = dicom.load(tmp_path / "data", cfg).train.images[0, 0]
+    image = loader.load(tmp_path / "data", cfg).train.images[0, 0]
     assert image.shape == (28, 28, 28)
     inside = np.argwhere(image > 0.1)
     extent = inside.max(0) - inside.min(0) + 1        # 8, 3 and 10 mm at 1 mm per voxel
@@ -106,13 +108,13 @@ def test_spacing_orders_3d_axes_slice_row_col(tmp_path):
 def test_cache_key_includes_spacing(tmp_path, monkeypatch):
     _same_20mm_square(tmp_path)
     calls = []
-    real = dicom.read_pixels
-    monkeypatch.setattr(dicom, "read_pixels", lambda p, w="": calls.append(p) or real(p, w))
-    plain = dicom.load(tmp_path / "data", _cfg(tmp_path)).train.images
-    at_1mm = dicom.load(tmp_path / "data", _cfg(tmp_path, spacing="1.0")).train.images
+    real = sample.read_pixels
+    monkeypatch.setattr(sample, "read_pixels", lambda p, w="": calls.append(p) or real(p, w))
+    plain = loader.load(tmp_path / "data", _cfg(tmp_path)).train.images
+    at_1mm = loader.load(tmp_path / "data", _cfg(tmp_path, spacing="1.0")).train.images
     assert len(calls) == 4 and not np.array_equal(plain, at_1mm)
-    again = dicom.load(tmp_path / "data", _cfg(tmp_path)).train.images
-    same = dicom.load(tmp_path / "data", _cfg(tmp_path, spacing="1,1")).train.images
+    again = loader.load(tmp_path / "data", _cfg(tmp_path)).train.images
+    same = loader.load(tmp_path / "data", _cfg(tmp_path, spacing="1,1")).train.images
     assert len(calls) == 4                                # both from the cache, neither stale
     np.testing.assert_array_equal(again, plain)
     np.testing.assert_array_equal(same, at_1mm)
@@ -121,10 +123,10 @@ def test_cache_key_includes_spacing(tmp_path, monkeypatch):
 def test_missing_pixel_spacing_is_an_error_naming_file_and_tag(tmp_path):
     _folder(tmp_path / "data", [(_square(40, 20), {"PixelSpacing": [1.0, 1.0]}),
                                 (_square(40, 20), {}), (_square(40, 20), {})])
-    assert len(dicom.load(tmp_path / "data", _cfg(tmp_path)).train) == 3   # off: 1 mm assumed
+    assert len(loader.load(tmp_path / "data", _cfg(tmp_path)).train) == 3   # off: 1 mm assumed
     with pytest.raises(DicomFileError, match=r"im1.dcm: no usable PixelSpacing \(0028,0030\)"):
-        dicom.load(tmp_path / "data", _cfg(tmp_path, spacing="1", strict=True))
-    lenient = dicom.load(tmp_path / "data", _cfg(tmp_path, spacing="1"))   # skipped, named
+        loader.load(tmp_path / "data", _cfg(tmp_path, spacing="1", strict=True))
+    lenient = loader.load(tmp_path / "data", _cfg(tmp_path, spacing="1"))   # skipped, named
     assert len(lenient.train) == 1
     assert [(Path(f).name, "PixelSpacing" in r) for f, r in lenient.skipped] == [
         ("im1.dcm", True), ("im2.dcm", True)]
@@ -134,7 +136,7 @@ def test_missing_slice_spacing_of_a_3d_volume_is_an_error(tmp_path):
     volume = np.full((3, 4, 4), 500, dtype=np.uint16)
     _folder(tmp_path / "data", [(volume, {"PixelSpacing": [1.0, 1.0]})] * 2)
     with pytest.raises(DicomFileError, match=r"im0.dcm: no usable SpacingBetweenSlices"):
-        dicom.load(tmp_path / "data", _cfg(tmp_path, spatial_dims=3, spacing="1", strict=True))
+        loader.load(tmp_path / "data", _cfg(tmp_path, spatial_dims=3, spacing="1", strict=True))
 
 
 # --------------------------------------------------------------------------- MSD (NIfTI)

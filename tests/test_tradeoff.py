@@ -11,6 +11,7 @@ import torch
 
 from common import rundir
 from common.config import ConfigError, RunConfig
+from fedclinic.cli import tradeoff as tradeoff_cli
 from simulations import tradeoff
 from simulations.simulate import SimulationOutcome
 from simulations.tradeoff import SweepSpec, parse_epsilons, parse_seeds, run_tradeoff
@@ -199,7 +200,7 @@ def test_bad_sweep_names_and_seeds_are_refused(tmp_path):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedclinic")
-    tradeoff.add_parser(parser.add_subparsers(dest="command"))
+    tradeoff_cli.add_parser(parser.add_subparsers(dest="command"))
     return parser
 
 
@@ -219,7 +220,7 @@ def test_one_real_dp_cell_end_to_end(tmp_path, capsys):
     for key, value in TINY.items():
         argv += ["--" + key.replace("_", "-"), str(value)]
     args = _parser().parse_args(argv)
-    assert tradeoff.run(args) == 0
+    assert tradeoff_cli.run(args) == 0
     sweep = tmp_path / "tradeoff-synthetic-iid-fedavg-cnn"
     assert "[tradeoff] cell 1/1 eps=4 seed=0: done" in capsys.readouterr().out
     summary = json.loads((sweep / "eps4-seed0" / rundir.SUMMARY).read_text())

@@ -12,16 +12,11 @@ from torch import nn
 from common.config import RunConfig
 from common.datasets.base import Split, TaskInfo
 from common.metrics import METRIC_NAMES
-from common.training import (
-    FocalLoss,
-    TrainResult,
-    evaluate,
-    make_loss,
-    make_optimizer,
-    predict_proba,
-    set_seed,
-    train_local,
-)
+from common.training.local import TrainResult, train_local
+from common.training.losses import FocalLoss, make_loss
+from common.training.optimiser import make_optimizer
+from common.training.prediction import evaluate, predict_proba
+from common.training.seeding import set_seed
 
 torch.set_num_threads(1)
 

@@ -15,11 +15,17 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from client.check import Check
 from client.phi import PHI_KEYWORDS, count_phi, phi_keywords_present
-from client.validate import (Check, ValidationReport, add_validate_arguments, reason_category,
-                             run_validate, spacing_bin, validate_site_data, write_manifest)
+from client.validate import validate_site_data
+from client.validation.manifest import reason_category, spacing_bin, write_manifest
+from client.validation.report import ValidationReport
 from common.config import ConfigError
 from common.datasets.base import DataError
+from common.datasets.dicom.loader import load_folder
+from common.datasets.dicom.options import DicomOptions
+from common.datasets.labels import KEY_COLUMNS
+from fedclinic.cli.site import add_validate_arguments, run_validate
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -222,6 +228,36 @@ def test_no_labelled_image_is_an_error(tmp_path):
     write_labels(tmp_path, [("elsewhere/a.dcm", "x"), ("elsewhere/b.dcm", "y")])
     report = validate_site_data(tmp_path, layout="dicom")
     assert check(report, "labelled images").status == "error" and not report.ok
+
+
+@pytest.mark.parametrize("key", KEY_COLUMNS)
+def test_sample_count_is_what_the_loader_trains_on(tmp_path, key):
+    """For every key column the loader supports, validate counts the samples it trains on."""
+    root = tmp_path / "site"
+    rows: dict[str, str] = {}                     # key value -> label
+    for s in range(6):                            # six studies, three per class
+        study, label = generate_uid(), "ab"[s % 2]
+        for series_no in range(2 if s == 0 else 1):   # study 0: a second, one-slice series
+            series = generate_uid()
+            for i in range(1 if series_no else 2):
+                rel = f"p{s}/se{series_no}/im{i}.dcm"
+                ds = write_dicom(root / rel, study=study, series=series,
+                                 tags={"InstanceNumber": i + 1})
+                rows[{"path": rel, "SOPInstanceUID": ds.SOPInstanceUID,
+                      "SeriesInstanceUID": series, "StudyInstanceUID": study}[key]] = label
+    write_dicom(root / "extra" / "unlabelled.dcm")    # no row: neither reads it
+    (root / "notes.dcm").write_text("not DICOM")
+    entries = list(rows.items())
+    if key == "path":                                 # spellings the loader accepts
+        entries[0] = (f"./{entries[0][0]}", entries[0][1])
+        entries[1] = (entries[1][0].replace("/", "\\"), entries[1][1])
+    write_labels(root, [*entries, ("gone.dcm" if key == "path" else "1.2.3.999", "a")], key=key)
+    report = validate_site_data(root, layout="dicom")
+    data = load_folder(root, DicomOptions(cache_dir=str(tmp_path / "cache")))
+    trained = sum(len(s) for s in (data.train, data.val, data.test) if s is not None)
+    assert report.manifest["samples"] == trained == len(rows)
+    assert check(report, "images without labels").detail.endswith("extra/unlabelled.dcm")
+    assert "(line " in check(report, "labels without images").detail
 
 
 PHI_VALUES = {"PatientName": "Doe^Jane", "PatientID": "MRN-448812",

@@ -15,7 +15,7 @@ from common.datasets import medmnist, synthetic
 from common.datasets.base import TASK_KINDS, Dataset, DataError, Split, TaskInfo
 
 if TYPE_CHECKING:  # imported lazily: pydicom / nibabel only load when a run uses them
-    from common.datasets.dicom import DicomOptions
+    from common.datasets.dicom.options import DicomOptions
     from common.datasets.msd import MsdOptions
 
 DATASET_NAMES = ("synthetic", "medmnist", "dicom", "msd")
@@ -40,9 +40,9 @@ def _load(cfg: RunConfig) -> Dataset:
     if cfg.dataset == "medmnist":
         return _medmnist(cfg.data_path)
     if cfg.dataset == "dicom":
-        from common.datasets import dicom
+        from common.datasets.dicom.options import DicomOptions
 
-        return _dicom(cfg.data_path, dicom.DicomOptions.from_config(cfg))
+        return _dicom(cfg.data_path, DicomOptions.from_config(cfg))
     if cfg.dataset == "msd":
         from common.datasets import msd
 
@@ -62,9 +62,9 @@ def _medmnist(data_path: str) -> Dataset:
 
 @lru_cache(maxsize=2)
 def _dicom(data_path: str, options: DicomOptions) -> Dataset:
-    from common.datasets import dicom
+    from common.datasets.dicom.loader import load_folder
 
-    return dicom.load_folder(Path(data_path), options)
+    return load_folder(Path(data_path), options)
 
 
 @lru_cache(maxsize=2)

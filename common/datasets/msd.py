@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common.config import parse_spacing
+from common.spacing_spec import parse_spacing
 from common.datasets.base import Dataset, DataError, Split, TaskInfo
 from common.datasets.cache import ArrayCache, array_cache
-from common.datasets.dicom import resize
+from common.datasets.resize import resize
 from common.datasets.spacing import resample
 
 if TYPE_CHECKING:

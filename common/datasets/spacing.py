@@ -1,12 +1,12 @@
 """Resampling to a common physical pixel spacing (the run setting ``spacing``).
 
-Stretching every image to the model's input size (`common.datasets.dicom.resize`) makes an object's
-size in pixels depend on the scanner's pixel spacing and field of view: two hospitals imaging the
-same 20 mm lesion at 0.5 mm and at 1 mm per pixel hand the model lesions of different sizes. Here
-an image is first resampled to one spacing in mm (MONAI ``Spacingd``: bilinear for images, nearest
-for masks; images are smoothed first along axes that shrink, as MONAI's anti-aliased ``Resize``
-does), then padded with 0 or cropped about its centre to the input size, never stretched, so one
-pixel means the same distance at every site.
+Stretching every image to the model's input size (`common.datasets.resize.resize`) makes an
+object's size in pixels depend on the scanner's pixel spacing and field of view: two hospitals
+imaging the same 20 mm lesion at 0.5 mm and at 1 mm per pixel hand the model lesions of different
+sizes. Here an image is first resampled to one spacing in mm (MONAI ``Spacingd``: bilinear for
+images, nearest for masks; images are smoothed first along axes that shrink, as MONAI's
+anti-aliased ``Resize`` does), then padded with 0 or cropped about its centre to the input size,
+never stretched, so one pixel means the same distance at every site.
 """
 
 from __future__ import annotations

@@ -14,12 +14,11 @@ import json
 
 from flwr.cli.build import build_fab_from_files
 
-from common.config import describe_fields
-from fedclinic import __version__
+from common.config import RunConfig
+from common.version import __version__
 
 PUBLISHER = "fedclinic"
 APP_NAME = "fedclinic-app"
-FAB_ID = f"{PUBLISHER}/{APP_NAME}"
 SERVER_MODULE = "fedclinic_server_app"
 CLIENT_MODULE = "fedclinic_client_app"
 
@@ -40,7 +39,7 @@ def _toml_value(value: object) -> str:
 def pyproject(version: str = __version__) -> str:
     """The bundle's pyproject.toml: identity, components, and RunConfig defaults."""
     config = "\n".join(f"{name.replace('_', '-')} = {_toml_value(default)}"
-                       for name, default, _, _ in describe_fields())
+                       for name, default in RunConfig().to_dict().items())
     return (
         "[build-system]\nrequires = [\"setuptools>=68\"]\nbuild-backend = \"setuptools.build_meta\"\n\n"
         f"[project]\nname = \"{APP_NAME}\"\nversion = \"{version}\"\n"

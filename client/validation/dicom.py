@@ -1,0 +1,218 @@
+"""Validating a DICOM folder with labels.csv: every file decoded and every row matched the way
+the loader (`common.datasets.dicom`) will, PHI counted, and the aggregate statistics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from client.check import Check
+from client.phi import count_phi
+from client.validation.checks import (
+    bad_files_check, class_balance, histogram, names, relative, uniform_check,
+)
+from client.validation.manifest import reason_category, spacing_bin
+from common.datasets.base import DataError
+
+
+@dataclass(frozen=True)
+class _Image:
+    """What validation keeps of one decodable DICOM file: no pixels; the UIDs only to count
+    studies and series (they never reach the manifest)."""
+
+    modality: str
+    manufacturer: str
+    size: str
+    spacing_mm: float | None
+    study_uid: str
+    series_uid: str
+
+
+def validate_dicom(root: Path, window: str, strict: bool
+                   ) -> tuple[list[Check], dict, dict[str, int]]:
+    """(checks, manifest statistics, PHI counts) of a DICOM site's folder."""
+    from common.datasets.dicom.scan import scan_headers
+    from common.datasets.labels import LABELS_FILE
+
+    if not root.is_dir():
+        return [Check("data folder", "error", f"{root} is not a folder; a DICOM site needs a "
+                                              f"folder of DICOM files with {LABELS_FILE}")], {}, {}
+    labels, labels_check = _read_labels(root)
+    headers, unread = scan_headers(root)
+    images, undecodable = _decode_all(headers, window)
+    bad = unread + undecodable
+    n_files = len(headers) + len(unread)
+    bad_rel = [(relative(p, root), reason) for p, reason in bad]
+    checks = [labels_check, _files_check(len(images), n_files),
+              bad_files_check(bad_rel, n_files, strict)]
+    class_counts: dict[str, int] = {}
+    used = images                # the images training reads: the labelled ones, if labels load
+    if labels is not None:
+        matching, class_counts, used = _match_labels(labels, images, headers, root, strict)
+        checks += matching
+    checks += [_modality_check(used), _size_check(used)]
+    if labels is not None:
+        checks.append(class_balance(class_counts, "labelled, readable"))
+    phi = count_phi(headers.values())
+    checks.append(_phi_check(phi, len(headers)))
+    return checks, _dicom_stats(used, len(images), bad, class_counts, labels, n_files), phi
+
+
+def _read_labels(root: Path):
+    from common.datasets.labels import LABELS_FILE, read_labels
+
+    path = root / LABELS_FILE
+    if not path.is_file():
+        return None, Check("labels file", "error",
+                           f"{path} not found; a DICOM site needs {LABELS_FILE} with a key column "
+                           f"(path | SOPInstanceUID | SeriesInstanceUID | StudyInstanceUID) and a "
+                           f"'label' column")
+    try:
+        labels = read_labels(path)
+    except DataError as exc:
+        return None, Check("labels file", "error", str(exc))
+    splits = f", splits {histogram(Counter(labels.splits))}" if labels.splits else ""
+    return labels, Check("labels file", "ok",
+                         f"{len(labels)} row(s) keyed by {labels.key_column}, "
+                         f"{len(labels.class_names)} class(es){splits}")
+
+
+def _decode_all(headers: dict, window: str
+                ) -> tuple[dict[Path, _Image], list[tuple[Path, str]]]:
+    """Decode every file's pixels as training will: the images, and the files that fail."""
+    from common.datasets.dicom.header import DicomFileError
+    from common.datasets.dicom.pixels import read_pixels
+
+    images: dict[Path, _Image] = {}
+    bad: list[tuple[Path, str]] = []
+    for path, header in headers.items():
+        try:
+            _, meta = read_pixels(path, window)
+        except DicomFileError as exc:
+            bad.append((path, exc.reason))
+            continue
+        images[path] = _image(header, meta)
+    return images, bad
+
+
+def _image(header, meta: dict) -> _Image:
+    size = f"{meta['rows']}x{meta['cols']}"
+    if meta["frames"] > 1:
+        size += f"x{meta['frames']} frames"
+    has_spacing = any(k in header for k in ("PixelSpacing", "ImagerPixelSpacing",
+                                            "SharedFunctionalGroupsSequence"))
+    spacing = float(np.mean(meta["spacing"][:2])) if has_spacing else None
+    return _Image(meta["modality"] or "unknown", meta["manufacturer"].strip() or "unknown", size,
+                  spacing, meta["study_uid"], meta["series_uid"])
+
+
+def _files_check(n_images: int, total: int) -> Check:
+    if n_images == 0:
+        return Check("DICOM images", "error",
+                     f"no readable DICOM image among {total} file(s)")
+    return Check("DICOM images", "ok", f"{n_images} of {total} file(s) decode as DICOM images")
+
+
+def _match_labels(labels, images: dict[Path, _Image], headers: dict, root: Path,
+                  strict: bool) -> tuple[list[Check], dict[str, int], dict[Path, _Image]]:
+    """Orphan images, orphan label rows (fatal to a strict training run), per-class counts of
+    the usable rows, and the images those rows select: by the loader's own key rules."""
+    from common.datasets.dicom.keys import file_key, lookup_key, relative_path
+
+    column = labels.key_column
+    wanted = {lookup_key(k, column): i for i, k in enumerate(labels.keys)}
+    file_keys = {p: file_key(column, p, headers[p], root) for p in images}
+    unlabelled = sorted(relative_path(p, root) for p, key in file_keys.items()
+                        if key not in wanted)
+    found = set(file_keys.values())
+    missing = [(labels.lines[i] if labels.lines else i + 2, k)
+               for k, i in wanted.items() if k not in found]
+    skip = "strict: training would stop" if strict else "training skips them"
+    checks = [_orphans("images without labels", unlabelled, len(images),
+                       f"readable image(s) have no row in labels.csv (by {column}); training "
+                       f"ignores them"),
+              _orphans("labels without images", [f"{k} (line {line})" for line, k in missing],
+                       len(labels), f"labels.csv row(s) match no readable image ({skip})",
+                       "error" if strict else "warning")]
+    usable = [i for k, i in wanted.items() if k in found]
+    checks.append(_usable_check(labels, usable))
+    counts = Counter(labels.labels[i] for i in usable)
+    used = {p: images[p] for p, key in file_keys.items() if key in wanted}
+    return checks, {name: counts.get(name, 0) for name in _class_order(labels)}, used
+
+
+def _class_order(labels) -> list[str]:
+    """Class names as labels.csv spells them (integer classes: '1' and '01' are one class)."""
+    if labels.integer_labels:
+        spelled = {int(lab): lab for lab in labels.labels}
+        return [spelled[int(name)] for name in labels.class_names]
+    return list(labels.class_names)
+
+
+def _usable_check(labels, usable: list[int]) -> Check:
+    """Errors the DICOM loader would stop on: no usable row, one class, no training row."""
+    name, column = "labelled images", labels.key_column
+    if not usable:
+        return Check(name, "error", f"none of the {len(labels)} labels.csv row(s) matches a "
+                                    f"readable image by {column}; check the key column")
+    if len(labels.class_names) < 2:
+        return Check(name, "error", f"labels.csv has one class ({labels.class_names[0]!r}); "
+                                    f"classification needs at least two")
+    if labels.splits is not None and not any(labels.splits[i] == "train" for i in usable):
+        return Check(name, "error", f"no usable row has split 'train' (usable rows: "
+                                    f"{histogram(Counter(labels.splits[i] for i in usable))})")
+    return Check(name, "ok", f"{len(usable)} sample(s) to train on")
+
+
+def _orphans(name: str, items: list[str], total: int, what: str,
+             status: str = "warning") -> Check:
+    if not items:
+        return Check(name, "ok", f"none (of {total})")
+    return Check(name, status, f"{len(items)} of {total} {what}: {names(items)}")
+
+
+def _modality_check(images: dict[Path, _Image]) -> Check:
+    return uniform_check("modalities", Counter(im.modality for im in images.values()),
+                         "mixed modalities ({histogram}); a model usually needs one; keep one "
+                         "modality per site, or check the labels.csv rows")
+
+
+def _size_check(images: dict[Path, _Image]) -> Check:
+    return uniform_check("image sizes", Counter(im.size for im in images.values()),
+                         "{n} different sizes ({histogram}); images are resized to one size for "
+                         "training, which distorts differing aspect ratios")
+
+
+def _phi_check(phi: dict[str, int], n_files: int) -> Check:
+    if not phi:
+        return Check("patient identifiers", "ok",
+                     f"no PHI attributes with a value in {n_files} header(s)")
+    files = max(phi.values())
+    return Check("patient identifiers", "warning",
+                 f"{len(phi)} PHI attribute(s) present in up to {files} of {n_files} file(s) "
+                 f"(table below); they stay at this site")
+
+
+def _dicom_stats(used: dict[Path, _Image], n_images: int, bad: list[tuple[Path, str]],
+                 class_counts: dict[str, int], labels, n_files: int) -> dict:
+    """The shareable aggregate statistics of a DICOM site (no UIDs, names or header values
+    beyond modality / manufacturer); image statistics cover the images training uses."""
+    values = list(used.values())
+    return {
+        "files": {"total": n_files, "images": n_images, "used": len(values),
+                  "skipped": len(bad),
+                  "skipped_by_reason": dict(Counter(reason_category(r) for _, r in bad))},
+        "studies": len({im.study_uid for im in values if im.study_uid}),
+        "series": len({im.series_uid for im in values if im.series_uid}),
+        "samples": sum(class_counts.values()),
+        "label_key": labels.key_column if labels is not None else None,
+        "labels": class_counts,
+        "splits": dict(Counter(labels.splits)) if labels is not None and labels.splits else {},
+        "modalities": dict(Counter(im.modality for im in values)),
+        "manufacturers": dict(Counter(im.manufacturer for im in values)),
+        "image_sizes": dict(Counter(im.size for im in values)),
+        "pixel_spacing_mm": dict(Counter(spacing_bin(im.spacing_mm) for im in values)),
+    }

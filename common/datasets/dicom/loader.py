@@ -1,0 +1,137 @@
+"""A labelled DICOM folder as a classification `Dataset` (see the package docstring)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pydicom
+
+from common.spacing_spec import parse_spacing
+from common.datasets.base import Dataset, DataError, Split, TaskInfo
+from common.datasets.cache import array_cache
+from common.datasets.dicom.header import DicomFileError
+from common.datasets.dicom.keys import group_by_key, lookup_key, relative_path
+from common.datasets.dicom.options import DEFAULT_TAGS, DicomOptions
+from common.datasets.dicom.pixels import parse_window
+from common.datasets.dicom.sample import read_sample
+from common.datasets.dicom.scan import scan_headers
+from common.datasets.labels import LABELS_FILE, Labels, read_labels
+
+if TYPE_CHECKING:
+    from common.config import RunConfig
+
+
+def load(data_path: str | Path, cfg: RunConfig) -> Dataset:
+    """A labelled DICOM folder as a classification `Dataset` (see the package docstring)."""
+    return load_folder(Path(data_path), DicomOptions.from_config(cfg))
+
+
+def load_folder(root: Path, opts: DicomOptions) -> Dataset:
+    root = Path(root).expanduser()
+    if not str(root) or not root.is_dir():
+        raise DataError(f"dicom data_path={str(root)!r}: not a folder; expected a folder of "
+                        f"DICOM files with a {LABELS_FILE}")
+    _check_tags(opts.tags)
+    parse_window(opts.window)
+    parse_spacing(opts.spacing, opts.spatial_dims)
+    labels = read_labels(root / LABELS_FILE)
+    headers, bad = scan_headers(root)
+    if opts.strict and bad:
+        raise DicomFileError(*bad[0])
+    skipped: list[tuple[str, str]] = [(str(p), reason) for p, reason in bad]
+    groups = group_by_key(labels.key_column, headers, root)
+    cache = array_cache(opts.cache_dir)
+    ids = labels.class_ids()
+    kept, images, tag_values = [], [], []
+    for row, key in enumerate(labels.keys):
+        try:
+            files = _files_for(key, row, labels, groups, bad, root)
+            images.append(read_sample(files, headers, opts, cache))
+        except DataError as exc:
+            if opts.strict:
+                raise
+            where = exc.path if isinstance(exc, DicomFileError) else key
+            skipped.append((str(where), exc.reason if isinstance(exc, DicomFileError)
+                            else str(exc)))
+            continue
+        kept.append(row)
+        tag_values.append([_tag_value(headers[files[0]], t) for t in opts.tags])
+    if not kept:
+        first = "; ".join(f"{w}: {r}" for w, r in skipped[:3])
+        raise DataError(f"{root}: none of the {len(labels)} rows of {LABELS_FILE} gave an image "
+                        f"(first problems: {first or 'none'})")
+    return _dataset(root, labels, np.array(kept), np.stack(images), ids,
+                    np.array(tag_values, dtype=str).reshape(len(kept), len(opts.tags)), opts,
+                    tuple(skipped))
+
+
+def _check_tags(tags: tuple[str, ...]) -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    for tag in tags:
+        if tag_for_keyword(tag) is None:
+            raise DataError(f"by-tag:{tag}: {tag!r} is not a DICOM keyword; use one such as "
+                            f"{', '.join(DEFAULT_TAGS)}")
+
+
+def _tag_value(header: pydicom.Dataset, keyword: str) -> str:
+    value = header.get(keyword, "")
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return str(value if value is not None else "").strip()
+
+
+def _files_for(key: str, row: int, labels: Labels, groups: dict[str, list[Path]],
+               bad: list[tuple[Path, str]], root: Path) -> list[Path]:
+    column = labels.key_column
+    lookup = lookup_key(key, column)
+    files = groups.get(lookup)
+    if files:
+        return files
+    line = labels.lines[row] if labels.lines else row + 2
+    for path, reason in bad:
+        if column == "path" and relative_path(path, root) == lookup:
+            raise DicomFileError(path, reason)
+    raise DataError(f"{LABELS_FILE} line {line}: no readable DICOM file under {root} has "
+                    f"{column} {key!r}")
+
+
+def _dataset(root: Path, labels: Labels, kept: np.ndarray, images: np.ndarray, ids: np.ndarray,
+             tag_values: np.ndarray, opts: DicomOptions,
+             skipped: tuple[tuple[str, str], ...]) -> Dataset:
+    y = ids[kept]
+    tags = {t: tag_values[:, i] for i, t in enumerate(opts.tags)}
+    if labels.splits is not None:
+        names = np.array(labels.splits)[kept]
+    else:
+        names = np.where(stratified_test(y, opts.test_fraction, opts.seed), "test", "train")
+    parts = {}
+    for name in ("train", "val", "test"):
+        idx = np.flatnonzero(names == name)
+        parts[name] = (Split(images[idx], y[idx], tags={t: v[idx] for t, v in tags.items()})
+                       if len(idx) else None)
+    if parts["train"] is None:
+        raise DataError(f"{root / LABELS_FILE}: no usable 'train' rows (split column)")
+    if len(labels.class_names) < 2:
+        raise DataError(f"{root / LABELS_FILE}: only one class ({labels.class_names[0]!r}); "
+                        f"classification needs at least two")
+    n_classes = len(labels.class_names)
+    task = TaskInfo(kind="binary" if n_classes == 2 else "multiclass", num_classes=n_classes,
+                    spatial_dims=opts.spatial_dims, channels=1, size=opts.size,
+                    class_names=labels.class_names)
+    return Dataset(f"dicom:{root.name}", task, parts["train"], parts["test"], parts["val"],
+                   skipped=skipped)
+
+
+def stratified_test(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean test mask: round(n_c * fraction) random samples of each class c (seeded)."""
+    rng = np.random.default_rng([seed, 0xD1C0])
+    test = np.zeros(len(labels), dtype=bool)
+    for cls in np.unique(labels):
+        where = np.flatnonzero(labels == cls)
+        n_test = math.floor(len(where) * fraction + 0.5)
+        test[rng.permutation(where)[:n_test]] = True
+    return test

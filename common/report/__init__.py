@@ -1,0 +1,7 @@
+"""The run report, shared by the simulator and a deployed server: one typed `record.RunRecord`
+in, summary.json (scripts), sites.md and report.md (people) and a learning-curve PNG out.
+
+`record` (the run record), `privacy` (its privacy outcome: each site's own ledger and budget),
+`comparison` (which metrics a run is compared on, did federation help), `tables` (markdown
+tables), `markdown` (report.md), `plots` (learning curve), `writer` (writes it all).
+"""

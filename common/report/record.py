@@ -1,0 +1,128 @@
+"""`RunRecord`: everything one run's report says, typed; `to_json` is summary.json.
+
+The server fills the federated part (history, privacy, early stop) for a deployed run; the
+simulator adds what only it knows (baselines, partition heterogeneity, site sizes, the audit,
+overlays) with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from common.config import RunConfig
+from common.datasets.base import TaskInfo
+from common.report.comparison import federation_helped, is_segmentation
+from common.report.privacy import ClientPrivacy, SamplePrivacy, SpentPrivacy
+
+Metrics = dict[str, float]     # one model on one test split: accuracy, auc, dice, hd95, loss ...
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model scored on each site's own test split and on the global test split."""
+
+    sites: dict[str, Metrics]            # site id -> metrics
+    overall: Metrics                     # the global test split ("global" in summary.json)
+
+    def to_json(self) -> dict:
+        return {"global": self.overall, "sites": self.sites}
+
+
+@dataclass(frozen=True)
+class BaselineScores(Scores):
+    """A baseline (local or pooled) and, trained under DP-SGD, what it spent."""
+
+    note: str = ""                                  # how ``overall`` was formed, if not plainly
+    site_privacy: dict[str, SpentPrivacy] = field(default_factory=dict)   # local: per site
+    privacy: SpentPrivacy | None = None                                   # pooled: one model
+
+    def to_json(self) -> dict:
+        out: dict = {"sites": self.sites, "global": self.overall}
+        if self.note:
+            out["global_note"] = self.note
+        if self.site_privacy:
+            out["privacy"] = {site: asdict(p) for site, p in self.site_privacy.items()}
+        elif self.privacy is not None:
+            out["privacy"] = asdict(self.privacy)
+        return out
+
+
+@dataclass(frozen=True)
+class SiteSize:
+    train: int
+    val: int
+    test: int
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A data file left out of the run (unreadable, wrong shape, ...) and why."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run: config, per-round history, and every outcome the report shows."""
+
+    config: RunConfig
+    history: list[dict]                  # metrics.jsonl lines, round 0 (initial model) first
+    wall_seconds: float
+    heterogeneity: float | None = None   # label skew of the partition; None: a deployed run
+    site_sizes: dict[str, SiteSize] = field(default_factory=dict)   # simulated sites only
+    baselines: dict[str, BaselineScores] = field(default_factory=dict)   # "local", "pooled"
+    privacy: SamplePrivacy | ClientPrivacy | None = None                  # None: dp='off'
+    stopped_early: str = ""              # why the run ended before its last round
+    run_dir: str = ""
+    task: TaskInfo | None = None
+    skipped_files: tuple[SkippedFile, ...] = ()
+    audit: dict | None = None            # `common.mia.audit` of the final global model
+    audit_note: str = ""
+    overlays: dict[str, list[str]] = field(default_factory=dict)   # site -> PNGs (run-relative)
+
+    @property
+    def rounds(self) -> int:
+        return self.history[-1]["round"]
+
+    @property
+    def federated(self) -> Scores:
+        """The final global model, scored by each site on its test split and on the global test."""
+        last = self.history[-1]
+        return Scores(sites={s: v["test"] for s, v in last["sites"].items()},
+                      overall=last["global"])
+
+    @property
+    def is_segmentation(self) -> bool:
+        fed = self.federated
+        return is_segmentation([fed.overall, *fed.sites.values()])
+
+    def federation_helped(self) -> dict[str, dict] | None:
+        """`comparison.federation_helped` against the local baseline; None without one."""
+        if "local" not in self.baselines:
+            return None
+        return federation_helped(self.federated.sites, self.baselines["local"].sites)
+
+    def to_json(self) -> dict:
+        """summary.json: the record as plain JSON values (optional parts only when present)."""
+        out = {"config": self.config.to_dict(), "rounds": self.rounds,
+               "wall_seconds": round(self.wall_seconds, 2), "heterogeneity": self.heterogeneity,
+               "site_counts": {site: asdict(size) for site, size in self.site_sizes.items()},
+               "initial": {"global": self.history[0]["global"]},
+               "federated": self.federated.to_json(),
+               **{name: scores.to_json() for name, scores in self.baselines.items()}}
+        helped = self.federation_helped()
+        if helped is not None:
+            out["federation_helped"] = helped
+        return {**out, **self._optional_json()}
+
+    def _optional_json(self) -> dict:
+        audit = None if self.audit is None else {
+            "federated": self.audit, **({"note": self.audit_note} if self.audit_note else {})}
+        optional = {"run_dir": self.run_dir,
+                    "skipped_files": [asdict(s) for s in self.skipped_files],
+                    "task": None if self.task is None else asdict(self.task),
+                    "stopped_early": self.stopped_early,
+                    "privacy": None if self.privacy is None else self.privacy.to_json(),
+                    "audit": audit, "overlays": self.overlays}
+        return {key: value for key, value in optional.items() if value}

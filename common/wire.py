@@ -1,0 +1,26 @@
+"""What travels between the server and the sites besides the weights: config keys and reply
+codes. Flower-free, so that both sides (and tests) name them from one place."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+# Config-record key the server adds next to the run config: the run directory's name, so a site
+# keeps one privacy ledger per run, across a resume.
+RUN_KEY = "fedclinic-run"
+
+# Keys in a site's config record that are not RunConfig fields: Flower strategies add the first
+# two, the server the run key.
+EXTRA_CONFIG_KEYS = ("server-round", "proximal-mu", RUN_KEY)
+
+# Human text a budget refusal's reason starts with (the code, not this text, is what the server
+# reads).
+BUDGET_EXHAUSTED_REASON = "budget-exhausted"
+
+
+class ReplyCode(IntEnum):
+    """Error codes of a site's error replies (Flower `Error.code`); the reason is the text."""
+
+    BUDGET_EXHAUSTED = 4030   # the site refused the round: it would spend past its budget
+    APP_REFUSED = 4031        # the task's app bundle is not one this site's operator approved
+    LEAKY_REPLY = 4032        # the reply held something other than weights and scalar metrics

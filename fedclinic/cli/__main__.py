@@ -1,0 +1,7 @@
+"""`python -m fedclinic.cli ...`, as the deployment harness starts the command."""
+
+import sys
+
+from fedclinic.cli import main
+
+sys.exit(main())

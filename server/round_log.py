@@ -1,0 +1,179 @@
+"""One round at a time: per-site replies, failures, global evaluation, metrics.jsonl, checkpoints
+and the run's privacy ledger.
+
+`RoundLog.evaluate` is the strategy's `evaluate_fn`: Flower calls it once the round's training
+and site evaluation are done, so it writes the round's complete line and checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from common import rundir
+from common.datasets import Split, TaskInfo
+from common.packing import PACKED_KEY, unpack_state
+from common.training.prediction import evaluate
+from common.wire import ReplyCode
+from server.progress import progress_line
+
+PRIVACY_LEDGER = "privacy_ledger.json"
+PRIVACY_KEYS = ("epsilon", "target_epsilon", "delta", "noise_multiplier", "sample_rate",
+                "dp_steps")
+
+
+def node_of(msg: Message, sent: dict[str, int]) -> int:
+    """The node a reply answers for. An error the SuperLink writes for a node that went away
+    (e.g. 'Node Unavailable') does not carry that node's id as its source; the message it
+    replies to does."""
+    return sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+
+
+def is_budget_refusal(msg: Message) -> bool:
+    """A site's refusal to train because the round would spend past its privacy budget: read
+    from the reply's error code (the reason is text for people)."""
+    return msg.has_error() and msg.error.code == ReplyCode.BUDGET_EXHAUSTED
+
+
+def site_metrics(replies: list[Message], names: dict[int, int] | None = None,
+                 sent: dict[str, int] | None = None) -> tuple[dict[int, dict], dict[int, str]]:
+    """Metrics per site of the successful replies, and the error reason per node of the others.
+    `names` learns node id -> site id from successful replies (to name a site that fails later)."""
+    ok: dict[int, dict] = {}
+    failed: dict[int, str] = {}
+    for msg in replies:
+        node = node_of(msg, sent or {})
+        if msg.has_error():
+            failed[node] = msg.error.reason
+            continue
+        record = next(iter(msg.content.metric_records.values()))
+        metrics = {k: v for k, v in record.items()}
+        site = int(metrics.get("site", node))
+        ok[site] = metrics
+        if names is not None:
+            names[node] = site
+    return ok, failed
+
+
+@dataclass
+class RoundLog:
+    """Collects one round at a time and writes it to the run directory."""
+
+    run_dir: Path
+    num_rounds: int
+    task: TaskInfo
+    make_model: Callable[[], torch.nn.Module]
+    global_test: Split | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    echo: Callable[[str], None] = lambda line: print(line, file=sys.stdout, flush=True)
+    train: dict[int, dict] = field(default_factory=dict)
+    test: dict[int, dict] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    exhausted: dict[int, dict] = field(default_factory=dict)     # node id -> round, reason
+    privacy: dict[str, list[dict]] = field(default_factory=dict)  # site -> per-round ledger rows
+    stopped: str = ""                                             # why the run ended early
+    central: Any = None          # client-level DP wrapper (has privacy_spent()), if any
+    central_plan: dict = field(default_factory=dict)
+    sites_of_nodes: dict[int, int] = field(default_factory=dict)  # node id -> site id
+    quorum: Callable[[int], int] = lambda asked: 1       # successful replies a round needs
+    skipped: str = ""               # why this round was not aggregated (quorum missed)
+    timing: dict[str, float] = field(default_factory=dict)  # this round's phases, seconds
+    sent: dict[str, int] = field(default_factory=dict)      # message id -> node, this phase
+    checkpoint_state: Callable[[], dict] = dict   # strategy + RNG state saved with each round
+    _t0: float = field(default_factory=time.perf_counter)
+
+    def node_name(self, node: int) -> str:
+        site = self.sites_of_nodes.get(node)
+        return f"node {node}" if site is None else f"site {site} (node {node})"
+
+    def record_missing(self, stage: str, sent: dict[str, int], replies: list[Message],
+                       timeout: float) -> None:
+        """Name each site that was asked but sent nothing back before the round timed out."""
+        answered = {node_of(m, sent) for m in replies}
+        for node in sent.values():
+            if node not in answered:
+                self.failures[f"{self.node_name(node)} ({stage})"] = (
+                    f"no reply within the round timeout of {timeout:g} s (site down, "
+                    f"disconnected or too slow); excluded from this round")
+
+    def record_train(self, server_round: int, replies: list[Message]) -> None:
+        self.train, failed = site_metrics(replies, self.sites_of_nodes, self.sent)
+        self.failures.update({f"{self.node_name(n)} (train)": reason
+                              for n, reason in failed.items()})
+        refusals = {node_of(m, self.sent) for m in replies if is_budget_refusal(m)}
+        for node in refusals:
+            self.exhausted.setdefault(node, {"round": server_round, "reason": failed[node]})
+        for site, metrics in self.train.items():
+            if "epsilon" in metrics:
+                row = {"round": server_round, **{k: metrics[k] for k in PRIVACY_KEYS}}
+                self.privacy.setdefault(str(site), []).append(row)
+        refused = set(failed) <= refusals
+        if failed and not self.train and not refused and len(replies) == len(failed):
+            detail = "; ".join(f"{k}: {v}" for k, v in self.failures.items())
+            raise RuntimeError(f"round {server_round}: every site failed to train: {detail}")
+
+    def quorum_missed(self, asked: int) -> str:
+        """'' if enough sites trained this round, else the reason the round is skipped."""
+        need = self.quorum(asked)
+        if len(self.train) >= need:
+            return ""
+        return (f"quorum not met: {len(self.train)} of {asked} sites trained successfully, "
+                f"{need} needed; the global model is unchanged this round")
+
+    def record_evaluate(self, server_round: int, replies: list[Message]) -> None:
+        self.test, failed = site_metrics(replies, self.sites_of_nodes, self.sent)
+        self.failures.update({f"{self.node_name(n)} (evaluate)": r for n, r in failed.items()})
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Strategy evaluate_fn: global test metrics, then the round's line and checkpoint."""
+        model = self.make_model()
+        state = unpack_state(arrays[PACKED_KEY].numpy(), model.state_dict())
+        model.load_state_dict(state)
+        glob = evaluate(model, self.global_test, self.task) if self.global_test is not None else {}
+        line = self.round_line(server_round, glob)
+        rundir.append_jsonl(self.run_dir / rundir.METRICS, line)
+        if self.privacy or self.exhausted:
+            self.write_privacy_ledger()
+        rundir.save_model(self.run_dir / rundir.CHECKPOINT, state,
+                          {"round": server_round, **self.meta, **self.checkpoint_state(),
+                           "privacy": {"sites": self.privacy, "exhausted": self.exhausted}})
+        self.history.append(line)
+        self.echo(progress_line(line, self.num_rounds))
+        self.train, self.test, self.failures, self.skipped = {}, {}, {}, ""
+        self.timing = {}
+        return MetricRecord({k: float(v) for k, v in glob.items()}) if glob else None
+
+    def round_line(self, server_round: int, glob: dict) -> dict:
+        """The round's line of metrics.jsonl."""
+        line = {
+            "round": server_round,
+            "seconds": round(time.perf_counter() - self._t0, 3),
+            "global": glob,
+            "sites": {str(s): {"train": self.train.get(s, {}), "test": self.test.get(s, {})}
+                      for s in sorted(set(self.train) | set(self.test))},
+            "failures": self.failures,
+        }
+        if self.skipped:
+            line["skipped"] = self.skipped
+        if self.timing:
+            line["timing"] = {k: round(v, 4) for k, v in self.timing.items()}
+        spent = self.central.privacy_spent() if self.central is not None else None
+        if spent is not None:
+            line["central_dp"] = {"epsilon": spent.epsilon, "delta": spent.delta,
+                                  "releases": spent.num_releases}
+        return line
+
+    def write_privacy_ledger(self) -> None:
+        """Run-level ledger: every site's cumulative epsilon after each round, and refusals."""
+        rundir.write_json(self.run_dir / PRIVACY_LEDGER, {
+            "sites": self.privacy,
+            "exhausted": {str(node): info for node, info in self.exhausted.items()},
+        })
