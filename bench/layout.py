@@ -1,6 +1,6 @@
 """Layout metrics: lines per package, the largest files and the longest functions.
 
-    python -m bench.layout [--out bench/layout.json]
+    python -m bench.layout [--out bench/results/layout.json]
 
 Writes JSON and prints a one-line summary. Used to report a refactor's before/after; it measures
 the source tree (not tests) as text and with the AST, and runs nothing.
@@ -68,10 +68,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), metavar="PATH",
                         help="the project's root (default: .)")
-    parser.add_argument("--out", type=Path, default=Path("bench/layout.json"), metavar="PATH",
-                        help="where the JSON goes (default: bench/layout.json)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/layout.json"), metavar="PATH",
+                        help="where the JSON goes (default: bench/results/layout.json)")
     args = parser.parse_args()
     result = measure(args.root)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     biggest = result["largest_files"][0]
     longest = result["longest_functions"][0]
