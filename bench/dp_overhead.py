@@ -2,13 +2,14 @@
 
 One step = forward, backward and optimiser step on a fixed batch (default 64) of random images,
 on the CPU with a fixed number of torch threads. The DP step is the one `train_local_dp` takes
-(`common.dp_training.dp_wrapped`: per-sample gradients, clipping, noise, SGD). Cases: ResNet-18
-(GroupNorm) at 28x28 and 64x64 with CE, the 2D U-Net at 64x64 with a per-pixel CE.
+(`common.training.dp_wrapping.dp_wrapped`: per-sample gradients, clipping, noise, SGD). Cases:
+ResNet-18 (GroupNorm) at 28x28 and 64x64 with CE, the 2D U-Net at 64x64 with a per-pixel CE.
 
 The machine may be shared, so the configurations of a case are timed round-robin (one step of
 each per repetition) after warm-up, and both wall time and process CPU time are recorded; the
 ratios use medians. Each mode's per-sample gradients are also compared with the hook mode's on
-two samples (`common.dp_training.mode_deviation`). A mode that fails is recorded with its error.
+two samples (`common.training.dp_model.mode_deviation`). A mode that fails is recorded with its
+error.
 Like `train_local_dp`, the process first calls `retain_freed_memory` (glibc malloc tuning), which
 applies to the DP and the non-DP steps alike.
 
@@ -33,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.dp_training import AUTO_MODE, dp_wrapped, mode_deviation, retain_freed_memory
+from common.training.dp_model import AUTO_MODE, mode_deviation
+from common.training.dp_wrapping import dp_wrapped
+from common.training.memory import retain_freed_memory
 from common.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -20,7 +20,7 @@ from client.ledger import ledger_file, load_ledger, save_ledger
 from client.replay import CachedReply, load_reply, request_digest, save_reply
 from client.site import LocalSite, load_site, site_privacy
 from common.config import ConfigError, RunConfig
-from common.dp_training import DPTrainResult, train_local_dp
+from common.training.dp_local import DPTrainResult, train_local_dp
 from common.models import build_model
 from common.packing import PACKED_KEY, pack_state, unpack_state
 from common.privacy.ledger import BudgetExhausted

@@ -17,11 +17,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.config import ConfigError
 from runtime.environment import flower_env
 from runtime.ports import wait_for_port
 from runtime.processes import stop_process
+
+if TYPE_CHECKING:
+    from client.executor import SiteExecutor
 
 DEFAULT_STATE = "fedclinic-site"
 ACTIVATION_REFUSED = "Failed to activate SuperNode"   # the SuperNode's log line when refused
@@ -97,22 +101,62 @@ def validate_before_joining(data: Path, echo) -> None:
 
 
 def run_site(options: SiteOptions) -> int:
+    """Validate the data, then serve the consortium's tasks until stopped: 0 when stopped or the
+    SuperNode ended cleanly, 130 on Ctrl-C, 1 when the SuperNode failed. A SuperNode the server
+    did not activate (yet) is restarted until --activation-wait runs out."""
+    check_files(options)
+    if not options.skip_validation:
+        validate_before_joining(Path(options.data), print)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _set_client_threads(options.threads)
+    executor = _executor(options)
+    stopping = _stop_on_sigterm(executor)
+    deadline = time.monotonic() + options.activation_wait
+    log_file = Path(options.state).resolve() / "supernode.log"   # as start_supernode writes it
+    while True:
+        offset = log_file.stat().st_size if log_file.exists() else 0
+        code = _serve_once(options, executor, stopping)
+        if code is not None:
+            return code
+        left = deadline - time.monotonic()
+        if not _activation_refused(log_file, offset) or left <= 0:
+            break
+        if _wait_to_retry(left, stopping):
+            return 0
+        executor.stop_event.clear()
+        executor.supernode_died = False
+    print(f"fedclinic site: error: {explain_supernode_exit(log_file, options, offset)}",
+          file=sys.stderr)
+    return 1
+
+
+def _set_client_threads(threads: int) -> None:
+    """$FEDCLINIC_CLIENT_THREADS, which the ClientApp reads per task: --threads, else the value
+    already set, else all cores."""
+    threads = threads or int(os.environ.get("FEDCLINIC_CLIENT_THREADS") or 0) or os.cpu_count()
+    os.environ["FEDCLINIC_CLIENT_THREADS"] = str(threads)
+
+
+def _credentials(options: SiteOptions) -> tuple[Path | None, Path | None]:
+    """(CA certificate, site key), both None with --insecure."""
+    if options.insecure:
+        return None, None
+    return Path(options.ca_cert), Path(options.site_key)
+
+
+def _executor(options: SiteOptions) -> SiteExecutor:
+    """The resident executor: approved bundles only, every reply audited to audit.jsonl."""
     from client.audit import AuditLog
     from client.executor import SiteExecutor
 
-    check_files(options)
-    data, state = Path(options.data), Path(options.state)
-    if not options.skip_validation:
-        validate_before_joining(data, print)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    threads = (options.threads or int(os.environ.get("FEDCLINIC_CLIENT_THREADS") or 0)
-               or os.cpu_count())
-    os.environ["FEDCLINIC_CLIENT_THREADS"] = str(threads)   # read by the ClientApp per task
-    ca = None if options.insecure else Path(options.ca_cert)
-    key = None if options.insecure else Path(options.site_key)
-    executor = SiteExecutor(f"127.0.0.1:{options.runtime_port}", AuditLog(state / "audit.jsonl"),
-                            allowed_hashes=frozenset(options.allow_app_hash),
-                            flwr_home=state / "flwr-home")
+    state = Path(options.state)
+    return SiteExecutor(f"127.0.0.1:{options.runtime_port}", AuditLog(state / "audit.jsonl"),
+                        allowed_hashes=frozenset(options.allow_app_hash),
+                        flwr_home=state / "flwr-home")
+
+
+def _stop_on_sigterm(executor: SiteExecutor) -> threading.Event:
+    """SIGTERM stops the executor; the event it sets tells the restart loop not to go on."""
     stopping = threading.Event()
 
     def on_term(*_) -> None:
@@ -120,34 +164,35 @@ def run_site(options: SiteOptions) -> int:
         executor.stop()
 
     signal.signal(signal.SIGTERM, on_term)
-    deadline = time.monotonic() + options.activation_wait
-    log_file = state / "supernode.log"
-    while True:
-        offset = log_file.stat().st_size if log_file.exists() else 0
-        process, log_file = start_supernode(options.server, ca, key, data, options.site_id,
-                                            state, options.runtime_port)
-        try:
-            _serve(process, executor, options, ca, state, log_file)
-        except KeyboardInterrupt:
-            return 130
-        finally:
-            stop_process(process)
-        if stopping.is_set() or process.returncode in (0, -signal.SIGTERM) or \
-                not executor.supernode_died:
-            return 0
-        left = deadline - time.monotonic()
-        if not _activation_refused(log_file, offset) or left <= 0:
-            break
-        print(f"fedclinic site: the server did not activate this site yet: after a restart the "
-              f"server counts its previous session as online until two heartbeats are missed "
-              f"(up to 60 s). Retrying for another {left:.0f} s (--activation-wait)", flush=True)
-        if stopping.wait(min(5.0, left)):
-            return 0
-        executor.stop_event.clear()
-        executor.supernode_died = False
-    print(f"fedclinic site: error: {explain_supernode_exit(log_file, options, offset)}",
-          file=sys.stderr)
-    return 1
+    return stopping
+
+
+def _serve_once(options: SiteOptions, executor: SiteExecutor,
+                stopping: threading.Event) -> int | None:
+    """Start a SuperNode and serve its tasks until it exits; the exit code when the site is done
+    (stopped, Ctrl-C, or the SuperNode ended cleanly), None when the SuperNode died."""
+    ca, key = _credentials(options)
+    state = Path(options.state)
+    process, log_file = start_supernode(options.server, ca, key, Path(options.data),
+                                        options.site_id, state, options.runtime_port)
+    try:
+        _serve(process, executor, options, ca, state, log_file)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop_process(process)
+    if stopping.is_set() or process.returncode in (0, -signal.SIGTERM) or \
+            not executor.supernode_died:
+        return 0
+    return None
+
+
+def _wait_to_retry(left: float, stopping: threading.Event) -> bool:
+    """Say why the site retries and wait up to 5 s; True if the site was stopped meanwhile."""
+    print(f"fedclinic site: the server did not activate this site yet: after a restart the "
+          f"server counts its previous session as online until two heartbeats are missed "
+          f"(up to 60 s). Retrying for another {left:.0f} s (--activation-wait)", flush=True)
+    return stopping.wait(min(5.0, left))
 
 
 def _serve(process: subprocess.Popen, executor, options: SiteOptions, ca: Path | None,

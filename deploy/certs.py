@@ -27,11 +27,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.keys import NIST_CURVES
+
 SITE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 DNS_NAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 KEY_CURVE = ec.SECP384R1
-NIST_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 CA_DAYS = 3650        # the CA outlives several server certificates (re-issued every `days`)
 CLOCK_SKEW = dt.timedelta(minutes=5)   # valid a little before "now": hosts' clocks differ
 ORGANIZATION = "fedclinic consortium"

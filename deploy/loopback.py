@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,15 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout:.0f} s for {what}")
         time.sleep(interval)
+
+
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_LEVEL = re.compile(r"^\s*(?:DEBUG|INFO|WARNING|ERROR)\s*:")
+
+
+def _log_text(line: str) -> str:
+    """What a Flower log line says, without its colour codes and level."""
+    return _LEVEL.sub("", _COLOUR.sub("", line)).strip()
 
 
 @dataclass
@@ -115,10 +125,19 @@ class Loopback:
         return not self._dead(name)
 
     def train_messages_received(self, i: int) -> int:
-        """How many train messages site i's SuperNode has received so far (from its log)."""
+        """How many train messages site i's SuperNode has received so far (from its log): a
+        "Receiving: train message" line counts once the next line says the receipt completed.
+
+        Counting the "Receiving" line alone let a test kill the server while a pull was still
+        under way; Flower 1.41's SuperNode then keeps that task's reply and sends it in place of
+        the next run's reply (it pairs one pull with one push), so a resumed round waits for a
+        reply that never comes."""
         path = self.site_state(i) / "supernode.log"
         text = path.read_text(errors="replace") if path.exists() else ""
-        return text.count("Receiving: train message")
+        lines = [said for said in map(_log_text, text.splitlines()) if said]
+        return sum(1 for line, after in zip(lines, lines[1:])
+                   if line.startswith("Receiving: train message")
+                   and after == "Received successfully")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         kill_group(self.processes[name], sig)

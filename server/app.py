@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
-from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy import Result, Strategy
 
 from common import rundir
 from common.packing import PACKED_KEY, pack_state, unpack_state
@@ -60,6 +60,21 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
                    echo: Callable[[str], None] | None = None) -> tuple[Result | None, RoundLog]:
     """Train cfg.rounds rounds over the sites on `grid`; write metrics, checkpoints, final model.
     If `run_dir` holds a checkpoint and cfg.resume names it, continue after its last round."""
+    log, initial = _round_log(cfg, run_dir, echo)
+    strategy = _recording_strategy(cfg, log)
+    first_round = 1
+    if cfg.resume:
+        initial, first_round = _resume(strategy, log, cfg.rounds)
+    _wait_for_sites(grid, cfg, log)
+    result, final, final_round = _train(grid, strategy, cfg, log, initial, first_round)
+    rundir.save_model(run_dir / rundir.FINAL_MODEL, final, {"round": final_round, **log.meta})
+    return result, log
+
+
+def _round_log(cfg: RunConfig, run_dir: Path, echo: Callable[[str], None] | None
+               ) -> tuple[RoundLog, dict]:
+    """The run's RoundLog (global test split, model factory, metadata) and the initial weights
+    (seeded by cfg.seed)."""
     dataset = load_dataset(cfg)
     task = dataset.task
     make_model = partial(build_model, cfg.model, spatial_dims=task.spatial_dims,
@@ -67,49 +82,67 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
                          norm=cfg.norm, width=cfg.width)
     torch.manual_seed(cfg.seed)
     initial = make_model().state_dict()
-    meta = {"config": cfg.to_dict(), "task": task.__dict__}
     log = RoundLog(run_dir=run_dir, num_rounds=cfg.rounds, task=task, make_model=make_model,
-                   global_test=dataset.test, meta=meta)
+                   global_test=dataset.test, meta={"config": cfg.to_dict(), "task": task.__dict__})
     if echo is not None:
         log.echo = echo
+    return log, initial
+
+
+def _recording_strategy(cfg: RunConfig, log: RoundLog) -> RecordingStrategy:
+    """The configured strategy (under client-level DP inside Flower's clipping-and-noise
+    wrapper), wrapped to record every round in `log` and checkpoint its state."""
     base = build_strategy(cfg, cfg.sites)
     if cfg.dp == "client":
-        base, plan = wrap_client_dp(base, cfg, cfg.sites, sampled_sites(cfg, cfg.sites))
-        log.central, log.central_plan = base, plan
-        log.echo(f"client-level DP: sigma {plan['noise_multiplier']:.3f}, clip "
-                 f"{plan['clipping_norm']:g}, planned epsilon {plan['planned_epsilon']:.2f} at "
-                 f"delta {plan['delta']:.2e}. Note: {plan['warning']}")
+        base = _with_client_dp(base, cfg, log)
     strategy = RecordingStrategy(base, log)
     log.quorum = partial(quorum, cfg)
     log.checkpoint_state = lambda: {"strategy": strategy_state(strategy), "rng": rng_state()}
-    first_round = 1
-    if cfg.resume:
-        point = load_resume_point(run_dir)
-        restore_strategy_state(strategy, point.strategy)
-        set_rng_state(point.rng)
-        initial, first_round = point.state_dict, point.round + 1
-        log.history = point.history
-        log.privacy = point.privacy.get("sites", {})
-        log.exhausted = {int(k): v for k, v in point.privacy.get("exhausted", {}).items()}
-        log.echo(f"fedclinic: resuming {run_dir.name} after round {point.round}; "
-                 f"rounds {first_round}..{cfg.rounds} follow")
-    config = ConfigRecord({**cfg.to_dict(), RUN_KEY: run_dir.name})
-    _wait_for_sites(grid, cfg, log)
+    return strategy
+
+
+def _with_client_dp(base: Strategy, cfg: RunConfig, log: RoundLog) -> Strategy:
+    """Wrap `base` for client-level DP; `log` keeps the wrapper (for the epsilon spent) and the
+    plan, which is printed with its caveat."""
+    wrapper, plan = wrap_client_dp(base, cfg, cfg.sites, sampled_sites(cfg, cfg.sites))
+    log.central, log.central_plan = wrapper, plan
+    log.echo(f"client-level DP: sigma {plan.noise_multiplier:.3f}, clip "
+             f"{plan.clipping_norm:g}, planned epsilon {plan.planned_epsilon:.2f} at "
+             f"delta {plan.delta:.2e}. Note: {plan.warning}")
+    return wrapper
+
+
+def _resume(strategy: RecordingStrategy, log: RoundLog, rounds: int) -> tuple[dict, int]:
+    """Restore the strategy, RNG, history and privacy ledgers from the run's last checkpoint;
+    return its weights and the first round still to train."""
+    point = load_resume_point(log.run_dir)
+    restore_strategy_state(strategy, point.strategy)
+    set_rng_state(point.rng)
+    log.history = point.history
+    log.privacy = point.privacy.get("sites", {})
+    log.exhausted = {int(k): v for k, v in point.privacy.get("exhausted", {}).items()}
+    log.echo(f"fedclinic: resuming {log.run_dir.name} after round {point.round}; "
+             f"rounds {point.round + 1}..{rounds} follow")
+    return point.state_dict, point.round + 1
+
+
+def _train(grid: Grid, strategy: RecordingStrategy, cfg: RunConfig, log: RoundLog,
+           initial: dict, first_round: int) -> tuple[Result | None, dict, int]:
+    """Flower's round loop from `first_round` on; the result, the final weights and their round.
+    A spent privacy budget or a lost quorum ends the run early at its last checkpoint."""
+    config = ConfigRecord({**cfg.to_dict(), RUN_KEY: log.run_dir.name})
     try:
         packed = ArrayRecord({PACKED_KEY: pack_state(initial)})
         result = strategy.start(grid=grid, initial_arrays=packed,
                                 num_rounds=cfg.rounds, timeout=cfg.round_timeout,
                                 train_config=config, evaluate_config=config,
                                 evaluate_fn=log.evaluate, first_round=first_round)
-        final = unpack_state(result.arrays[PACKED_KEY].numpy(), initial)
-        final_round = cfg.rounds
     except (PrivacyBudgetSpent, PrivacyBudgetExhausted, QuorumLost) as stop:
         log.echo(f"fedclinic: {stop}")
-        latest = torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)
-        result, final, final_round = None, latest["state_dict"], latest["round"]
+        latest = torch.load(log.run_dir / rundir.CHECKPOINT, weights_only=False)
         log.stopped = str(stop)
-    rundir.save_model(run_dir / rundir.FINAL_MODEL, final, {"round": final_round, **meta})
-    return result, log
+        return None, latest["state_dict"], latest["round"]
+    return result, unpack_state(result.arrays[PACKED_KEY].numpy(), initial), cfg.rounds
 
 
 def deployment_run_dir(cfg: RunConfig) -> Path:

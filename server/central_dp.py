@@ -19,6 +19,7 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from common.config import ConfigError, RunConfig
 from common.privacy.calibration import calibrate_sigma as calibrate_noise
+from common.privacy.central import ClientDPPlan
 from common.privacy.ledger import BUDGET_RTOL
 from common.privacy.planner import given_delta, given_noise_multiplier
 
@@ -56,7 +57,7 @@ def calibrate_sigma(target: float, rounds: int, sampled: int, num_sites: int,
 
 
 def wrap_client_dp(strategy: Strategy, cfg: RunConfig, num_sites: int, sampled: int
-                   ) -> tuple[DifferentialPrivacyServerSideFixedClipping, dict]:
+                   ) -> tuple[DifferentialPrivacyServerSideFixedClipping, ClientDPPlan]:
     """Wrap a FedAvg/FedProx strategy; return the wrapper and the privacy plan it follows."""
     if type(strategy) not in (FedAvg, FedProx):
         raise ConfigError(f"dp='client' needs strategy fedavg or fedprox (uniform averaging of "
@@ -70,10 +71,9 @@ def wrap_client_dp(strategy: Strategy, cfg: RunConfig, num_sites: int, sampled: 
         strategy, noise_multiplier=sigma, clipping_norm=cfg.max_grad_norm,
         num_sampled_clients=sampled,
         accountant=_accountant(delta, num_sites, cfg.target_epsilon * (1 + BUDGET_RTOL)))
-    plan = {"mode": "client", "noise_multiplier": sigma, "delta": delta, "clipping_norm":
-            cfg.max_grad_norm, "rounds": cfg.rounds, "sites": num_sites,
-            "planned_epsilon": epsilon, "target_epsilon": cfg.target_epsilon,
-            "warning": weakness(epsilon, num_sites)}
+    plan = ClientDPPlan(noise_multiplier=sigma, delta=delta, clipping_norm=cfg.max_grad_norm,
+                        rounds=cfg.rounds, sites=num_sites, planned_epsilon=epsilon,
+                        target_epsilon=cfg.target_epsilon, warning=weakness(epsilon, num_sites))
     return wrapper, plan
 
 

@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from common import rundir
 from common.datasets import Split, TaskInfo
 from common.packing import PACKED_KEY, unpack_state
+from common.privacy.central import ClientDPPlan
 from common.training.prediction import evaluate
 from common.wire import ReplyCode
 from server.progress import progress_line
@@ -81,7 +82,7 @@ class RoundLog:
     privacy: dict[str, list[dict]] = field(default_factory=dict)  # site -> per-round ledger rows
     stopped: str = ""                                             # why the run ended early
     central: Any = None          # client-level DP wrapper (has privacy_spent()), if any
-    central_plan: dict = field(default_factory=dict)
+    central_plan: ClientDPPlan | None = None                    # its plan, if any
     sites_of_nodes: dict[int, int] = field(default_factory=dict)  # node id -> site id
     quorum: Callable[[int], int] = lambda asked: 1       # successful replies a round needs
     skipped: str = ""               # why this round was not aggregated (quorum missed)

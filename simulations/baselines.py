@@ -17,7 +17,7 @@ from common.config import RunConfig
 from common.datasets import Split
 from common.metrics import mean_metrics
 from common.models import build_model
-from common.dp_training import train_local_dp
+from common.training.dp_local import train_local_dp
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.planner import plan_from_config
 from common.training.local import train_local

@@ -181,7 +181,7 @@ def test_every_option_of_every_command_ends_with_its_default():
 def test_run_options_come_from_one_helper_with_the_same_flags_everywhere():
     """simulate, run and demo-data take every RunConfig field; tradeoff all but the swept ones."""
     from fedclinic.cli.options import describe_fields
-    from simulations.tradeoff import SWEPT
+    from simulations.tradeoff.spec import SWEPT
 
     top = next(a for a in build_parser()._actions
                if isinstance(a, argparse._SubParsersAction)).choices

@@ -19,6 +19,7 @@ from client.audit import AuditLog, check_outgoing, payload_digest
 from common import rundir
 from common.config import ConfigError, RunConfig
 from common.version import __version__
+from deploy.loopback import Loopback
 from server.app import resumed_config
 from runtime.bundle import CLIENT_SHIM, SERVER_SHIM, build_bundle
 from server.checkpoint import (load_resume_point, restore_strategy_state, rng_state,
@@ -214,3 +215,20 @@ def test_quorum_is_the_larger_of_count_and_fraction():
 def test_config_files_stay_json(tmp_path):
     RunConfig(resume="x").save(tmp_path / "c.json")
     assert json.loads((tmp_path / "c.json").read_text())["resume"] == "x"
+
+
+def test_a_train_message_counts_as_received_only_once_its_pull_completed(tmp_path):
+    """The resume fault test kills the server once every site *received* round 2; a pull cut off
+    by the kill (Flower then keeps the task's reply and sends it in place of the next one) must
+    not count."""
+    lb = Loopback(root=tmp_path, certs=tmp_path / "certs", data=[], port=1)
+    (tmp_path / "site-0").mkdir()
+    info = "\x1b[92mINFO \x1b[0m:      "
+    (tmp_path / "site-0" / "supernode.log").write_text("\n".join([
+        info, info + "[RUN 1, ROUND 1]", info + "Receiving: train message (ID: a1)",
+        info + "Received successfully", info + "Sending: train message (ID: b1)",
+        info + "Receiving: evaluate message (ID: c1)", info + "Received successfully",
+        info + "Receiving: train message (ID: a2)",
+        "\x1b[93mWARNING \x1b[0m:   Connection attempt failed, retrying in 0.89 seconds",
+        info + "Run ID 1 is not in `RUNNING` status. Ignoring message a2."]) + "\n")
+    assert lb.train_messages_received(0) == 1

@@ -1,4 +1,4 @@
-"""Sample-level DP-SGD at a site (common/dp_training.py) on tiny models and images."""
+"""Sample-level DP-SGD at a site (common/training/dp_*.py) on tiny models and images."""
 
 import copy
 import io
@@ -11,17 +11,11 @@ from torch import nn
 
 from common.config import ConfigError, RunConfig
 from common.datasets.base import Split, TaskInfo
-from common.dp_training import (
-    AUTO_MODE,
-    DPTrainResult,
-    check_dp_model,
-    default_steps,
-    dp_wrapped,
-    mode_deviation,
-    pick_grad_sample_mode,
-    retain_freed_memory,
-    train_local_dp,
-)
+from common.training.dp_local import DPTrainResult, default_steps, train_local_dp
+from common.training.dp_model import (AUTO_MODE, check_dp_model, mode_deviation,
+                                      pick_grad_sample_mode)
+from common.training.dp_wrapping import dp_wrapped
+from common.training.memory import retain_freed_memory
 from common.models import build_model
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.planner import plan

@@ -8,7 +8,7 @@ import torch
 from opacus import GradSampleModule
 from torch import nn
 
-from common.dp_training import check_dp_model
+from common.training.dp_model import check_dp_model
 from common.models import MODEL_NAMES, PaddedUNet, build_model, count_parameters, \
     is_segmentation_model
 from common.segmentation import make_seg_loss

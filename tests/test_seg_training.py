@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from common.config import ConfigError, RunConfig
 from common.datasets import synthetic
 from common.datasets.base import DataError, Dataset, Split, TaskInfo
-from common.dp_training import dp_wrapped, train_local_dp
+from common.training.dp_local import train_local_dp
+from common.training.dp_wrapping import dp_wrapped
 from common.models import build_model
 from common.seg_data import (
     LESION_BINS,
@@ -320,7 +321,9 @@ def test_report_compares_sites_on_dice_and_progress_shows_dice():
 
 
 def test_tradeoff_table_uses_dice(tmp_path):
-    from simulations.tradeoff import SweepSpec, markdown_table, summary_rows
+    from simulations.tradeoff.outputs import markdown_table
+    from simulations.tradeoff.rows import summary_rows
+    from simulations.tradeoff.spec import SweepSpec
 
     base = RunConfig(task="segmentation", model="unet", width=4, sites=2, rounds=1,
                      baselines="", output_dir=str(tmp_path))

@@ -12,9 +12,10 @@ import torch
 from common import rundir
 from common.config import ConfigError, RunConfig
 from fedclinic.cli import tradeoff as tradeoff_cli
-from simulations import tradeoff
 from simulations.simulate import SimulationOutcome
-from simulations.tradeoff import SweepSpec, parse_epsilons, parse_seeds, run_tradeoff
+from simulations.tradeoff import cells as tradeoff_cells
+from simulations.tradeoff.spec import SweepSpec, parse_epsilons, parse_seeds
+from simulations.tradeoff.sweep import run_tradeoff
 
 TINY = dict(model="cnn", width=8, num_samples=200, sites=2, rounds=1, local_epochs=1,
             batch_size=16)
@@ -101,7 +102,7 @@ def test_epsilon_and_seed_lists_are_parsed_or_refused():
 
 def test_sweep_writes_rows_table_and_plot_then_resumes_without_simulating(tmp_path, monkeypatch):
     fake, lines = FakeSimulate(), []
-    monkeypatch.setattr(tradeoff, "simulate", fake)
+    monkeypatch.setattr(tradeoff_cells, "simulate", fake)
     spec = _spec(tmp_path)
     out = run_tradeoff(spec, echo=lines.append)
     assert (out.ran, out.skipped) == (4, 0)
@@ -145,7 +146,7 @@ def test_sweep_writes_rows_table_and_plot_then_resumes_without_simulating(tmp_pa
     assert len(progress) == 8 and "start" in progress[0] and "ETA" in progress[1]
 
     before = {name: (sweep / name).read_bytes() for name in ("tradeoff.csv", "tradeoff.md")}
-    monkeypatch.setattr(tradeoff, "simulate", _refuse)
+    monkeypatch.setattr(tradeoff_cells, "simulate", _refuse)
     again = run_tradeoff(spec, echo=lines.append)
     assert (again.ran, again.skipped) == (0, 4)
     for name, data in before.items():
@@ -154,7 +155,7 @@ def test_sweep_writes_rows_table_and_plot_then_resumes_without_simulating(tmp_pa
     # A cell stopped mid-run (folder without summary.json) is the only one run again.
     (sweep / "eps4-seed1" / rundir.SUMMARY).unlink()
     fake = FakeSimulate()
-    monkeypatch.setattr(tradeoff, "simulate", fake)
+    monkeypatch.setattr(tradeoff_cells, "simulate", fake)
     third = run_tradeoff(spec, echo=lines.append)
     assert fake.calls == [("sample", 4.0, 1)] and (third.ran, third.skipped) == (1, 3)
     assert not (sweep / "eps4-seed1-2").exists()
@@ -163,9 +164,9 @@ def test_sweep_writes_rows_table_and_plot_then_resumes_without_simulating(tmp_pa
 
 
 def test_restart_with_other_arguments_names_what_differs(tmp_path, monkeypatch):
-    monkeypatch.setattr(tradeoff, "simulate", FakeSimulate())
+    monkeypatch.setattr(tradeoff_cells, "simulate", FakeSimulate())
     run_tradeoff(_spec(tmp_path, seeds="1"), echo=lambda line: None)
-    monkeypatch.setattr(tradeoff, "simulate", _refuse)
+    monkeypatch.setattr(tradeoff_cells, "simulate", _refuse)
     with pytest.raises(ConfigError, match=r"sweep.json.*rounds: recorded 1, now 3"):
         run_tradeoff(_spec(tmp_path, seeds="1", rounds=3), echo=lambda line: None)
     with pytest.raises(ConfigError, match=r"epsilons: recorded \['inf', '4'\], now \['inf', '2'\]"):
@@ -175,7 +176,7 @@ def test_restart_with_other_arguments_names_what_differs(tmp_path, monkeypatch):
 
 
 def test_membership_inference_audit_fills_its_columns(tmp_path, monkeypatch):
-    monkeypatch.setattr(tradeoff, "simulate", FakeSimulate(audit=True))
+    monkeypatch.setattr(tradeoff_cells, "simulate", FakeSimulate(audit=True))
     out = run_tradeoff(_spec(tmp_path, eps="2", seeds="1"), echo=lambda line: None)
     rows = _read_csv(out.sweep_dir / "tradeoff.csv")
     fed = [r for r in rows if r["model"] == "federated"]

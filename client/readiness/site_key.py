@@ -11,8 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.check import Check
-
-NIST_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+from common.keys import NIST_CURVES
 
 
 def ssh_fingerprint(key: ec.EllipticCurvePublicKey) -> str:

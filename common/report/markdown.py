@@ -95,10 +95,11 @@ def audit_section(record: RunRecord) -> list[str]:
 def client_privacy_section(p: ClientPrivacy) -> list[str]:
     curve = ", ".join(f"r{r}: {e:.2f}" for r, e in p.per_round.items())
     return ["## Privacy", "",
-            f"Client-level DP (Flower's server-side fixed clipping, clip {p.clipping_norm:g}, "
-            f"sigma {p.noise_multiplier:.3f}, Flower's RDP accountant, no sampling "
-            f"amplification): epsilon {p.epsilon:.2f} at delta {p.delta:.2e} for the whole run "
-            f"({curve}). {p.warning}. The local and pooled baselines are not private.", ""]
+            f"Client-level DP (Flower's server-side fixed clipping, clip "
+            f"{p.plan.clipping_norm:g}, sigma {p.plan.noise_multiplier:.3f}, Flower's RDP "
+            f"accountant, no sampling amplification): epsilon {p.epsilon:.2f} at delta "
+            f"{p.plan.delta:.2e} for the whole run ({curve}). {p.plan.warning}. The local and "
+            f"pooled baselines are not private.", ""]
 
 
 def sample_privacy_section(p: SamplePrivacy) -> list[str]:

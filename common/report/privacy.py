@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from common.config import RunConfig
+from common.privacy.central import ClientDPPlan
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,10 @@ class SamplePrivacy:
 
 @dataclass(frozen=True)
 class ClientPrivacy:
-    """dp='client': Flower's server-side clipping and noise, the run's client-level epsilon."""
+    """dp='client': Flower's server-side clipping and noise (the plan it followed), the run's
+    client-level epsilon."""
 
-    noise_multiplier: float
-    delta: float
-    clipping_norm: float
-    rounds: int
-    sites: int
-    planned_epsilon: float
-    target_epsilon: float
-    warning: str
+    plan: ClientDPPlan
     epsilon: float                      # spent by the whole run (Flower's accountant)
     per_round: dict[str, float]         # round -> epsilon spent up to it
     mode: ClassVar[str] = "client"
@@ -91,7 +86,9 @@ class ClientPrivacy:
         return self.epsilon
 
     def to_json(self) -> dict:
-        return {"mode": self.mode, **asdict(self), "max_epsilon": self.max_epsilon}
+        """The plan's fields flat beside what was spent, as summary.json has always had them."""
+        return {"mode": self.mode, **asdict(self.plan), "epsilon": self.epsilon,
+                "per_round": dict(self.per_round), "max_epsilon": self.max_epsilon}
 
 
 @dataclass(frozen=True)
@@ -116,21 +113,23 @@ def sample_privacy(cfg: RunConfig, ledgers: dict[str, list[dict]],
                                     for node, info in exhausted.items()})
 
 
-def client_privacy(plan: dict, history: list[dict]) -> ClientPrivacy:
+def client_privacy(plan: ClientDPPlan, history: list[dict]) -> ClientPrivacy:
     """From the client-level DP plan (`server.central_dp.wrap_client_dp`) and the rounds'
     ``central_dp`` entries."""
     spent = [h for h in history if "central_dp" in h]
     last = spent[-1]["central_dp"]["epsilon"] if spent else 0.0
     per_round = {str(h["round"]): h["central_dp"]["epsilon"] for h in spent if h["round"] > 0}
-    fields = {k: v for k, v in plan.items() if k != "mode"}
-    return ClientPrivacy(**fields, epsilon=last, per_round=per_round)
+    return ClientPrivacy(plan=plan, epsilon=last, per_round=per_round)
 
 
 def privacy_outcome(cfg: RunConfig, history: list[dict], ledgers: dict[str, list[dict]],
                     exhausted: dict[int, dict],
-                    central_plan: dict) -> SamplePrivacy | ClientPrivacy | None:
-    """The run's privacy outcome for its dp mode; None without DP."""
+                    central_plan: ClientDPPlan | None) -> SamplePrivacy | ClientPrivacy | None:
+    """The run's privacy outcome for its dp mode; None without DP. dp='client' needs the plan
+    it followed."""
     if cfg.dp == "client":
+        if central_plan is None:
+            raise ValueError("dp='client': no client-level DP plan was recorded for this run")
         return client_privacy(central_plan, history)
     if cfg.dp == "off":
         return None

@@ -3,7 +3,9 @@
 One concept per module: `losses` (which loss a run trains with), `optimiser`, `seeding`,
 `checks` (what a split must look like), `batches` (items -> tensors on the model's device),
 `local` (the local training loop, FedProx term), `prediction` (classification logits,
-probabilities, `evaluate`) and `seg_inference` (segmentation logits, masks, losses, metrics).
+probabilities, `evaluate`), `seg_inference` (segmentation logits, masks, losses, metrics), and
+sample-level DP-SGD: `dp_local` (the DP-SGD loop), `dp_model` (Opacus compatibility, grad-sample
+mode), `dp_wrapping` (Opacus wrapping), `poisson_sampling` and `memory` (malloc tuning).
 
 Data stay numpy arrays until a batch is cut: each batch is converted to a tensor on the model's
 device, so no DataLoader workers (and no extra processes) are involved. Nothing is printed here;

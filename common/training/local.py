@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from common.config import ConfigError, RunConfig
 from common.datasets.base import Split, TaskInfo
-from common.training.batches import batch_source, model_device
+from common.training.batches import BatchFn, batch_source, model_device
 from common.training.checks import check_split
 from common.training.losses import training_loss
 from common.training.optimiser import make_optimizer
@@ -50,6 +51,84 @@ def prepare_global(model: nn.Module, global_params: list[torch.Tensor]) -> list[
     return out
 
 
+def fedprox_anchor(model: nn.Module, proximal_mu: float,
+                   global_params: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+    """The FedProx anchor (`prepare_global`) when ``proximal_mu > 0`` and ``global_params`` are
+    given, else None (no proximal term)."""
+    use_prox = proximal_mu > 0 and global_params is not None
+    return prepare_global(model, global_params) if use_prox else None
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """The fixed parts of one `train_local` call."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    fetch: BatchFn
+    items: int                               # training items per epoch
+    batch_size: int
+    skip_single: bool                        # drop a final batch of one item (BatchNorm)
+    proximal_mu: float
+    anchor: list[torch.Tensor] | None        # FedProx global weights, None without FedProx
+    lr: float                                # named in the error when the loss diverges
+
+
+def _check_args(split: Split, task: TaskInfo, epochs: int, proximal_mu: float) -> None:
+    check_split(split, task, "train_local")
+    if epochs < 1:
+        raise ValueError(f"train_local: epochs={epochs}; expected >= 1")
+    if proximal_mu < 0:
+        raise ValueError(f"train_local: proximal_mu={proximal_mu}; expected >= 0")
+
+
+def _setup(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, *, seed: int,
+           proximal_mu: float, global_params: list[torch.Tensor] | None) -> _Loop:
+    """Batches, loss, optimiser and FedProx anchor of one call (ConfigError for a BatchNorm
+    model on a single item)."""
+    device = model_device(model)
+    items, fetch = batch_source(split, task, cfg, device, seed)
+    skip_single = _has_batchnorm(model) and items % cfg.batch_size == 1
+    if skip_single and items == 1:
+        raise ConfigError("train_local: the split has 1 sample and the model has BatchNorm, which "
+                          "cannot train on a batch of one; use norm='group' or 'instance'")
+    anchor = fedprox_anchor(model, proximal_mu, global_params)
+    loss_fn = training_loss(cfg, task, split).to(device)
+    optimizer = make_optimizer(cfg, model.parameters())
+    return _Loop(model, optimizer, loss_fn, fetch, items, cfg.batch_size, skip_single,
+                 proximal_mu, anchor, cfg.lr)
+
+
+def _step(loop: _Loop, index: np.ndarray, epoch: int, steps: int) -> float:
+    """One optimiser step on the items ``index``; returns the batch's mean data loss."""
+    inputs, targets = loop.fetch(index)
+    data_loss = loop.loss_fn(loop.model(inputs), targets)
+    loss = data_loss
+    if loop.anchor is not None:
+        prox = _proximal_term(list(loop.model.parameters()), loop.anchor)
+        loss = loss + 0.5 * loop.proximal_mu * prox
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"train_local: loss became {loss.item()} at epoch "
+                                 f"{epoch + 1}, step {steps + 1}; lower lr={loop.lr}")
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    loop.optimizer.step()
+    return data_loss.item()
+
+
+def _epoch(loop: _Loop, order: np.ndarray, epoch: int, steps: int) -> tuple[int, float]:
+    """One pass over the items in ``order``; ``(steps taken so far, mean item loss)``."""
+    total, seen = 0.0, 0
+    for lo in range(0, loop.items, loop.batch_size):
+        index = order[lo:lo + loop.batch_size]
+        if loop.skip_single and len(index) == 1:
+            continue
+        total += _step(loop, index, epoch, steps) * len(index)
+        steps += 1
+        seen += len(index)
+    return steps, total / seen
+
+
 def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, *, epochs: int,
                 seed: int, proximal_mu: float = 0.0,
                 global_params: list[torch.Tensor] | None = None) -> TrainResult:
@@ -67,49 +146,16 @@ def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, 
     ``model.parameters()`` entry) are given, ``(mu / 2) * ||w - w_global||^2`` is added to every
     batch loss; otherwise no proximal term is used.
     """
-    check_split(split, task, "train_local")
-    if epochs < 1:
-        raise ValueError(f"train_local: epochs={epochs}; expected >= 1")
-    if proximal_mu < 0:
-        raise ValueError(f"train_local: proximal_mu={proximal_mu}; expected >= 0")
-    n, batch_size = len(split), cfg.batch_size
-    device = model_device(model)
-    items, fetch = batch_source(split, task, cfg, device, seed)
-    skip_single = _has_batchnorm(model) and items % batch_size == 1
-    if skip_single and items == 1:
-        raise ConfigError("train_local: the split has 1 sample and the model has BatchNorm, which "
-                          "cannot train on a batch of one; use norm='group' or 'instance'")
-    use_prox = proximal_mu > 0 and global_params is not None
-    anchor = prepare_global(model, global_params) if use_prox else []
-    loss_fn = training_loss(cfg, task, split).to(device)
-    optimizer = make_optimizer(cfg, model.parameters())
-    generator = torch.Generator().manual_seed(seed)
-    fork_devices = [device] if device.type == "cuda" else []
+    _check_args(split, task, epochs, proximal_mu)
+    loop = _setup(model, split, task, cfg, seed=seed, proximal_mu=proximal_mu,
+                  global_params=global_params)
+    generator, device = torch.Generator().manual_seed(seed), model_device(model)
     start, steps, epoch_loss = time.perf_counter(), 0, 0.0
     model.train()
-    with torch.random.fork_rng(devices=fork_devices):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for epoch in range(epochs):
-            order = torch.randperm(items, generator=generator).numpy()
-            total, seen = 0.0, 0
-            for lo in range(0, items, batch_size):
-                index = order[lo:lo + batch_size]
-                if skip_single and len(index) == 1:
-                    continue
-                inputs, targets = fetch(index)
-                data_loss = loss_fn(model(inputs), targets)
-                loss = data_loss
-                if use_prox:
-                    loss = loss + 0.5 * proximal_mu * _proximal_term(list(model.parameters()), anchor)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"train_local: loss became {loss.item()} at epoch "
-                                             f"{epoch + 1}, step {steps + 1}; lower lr={cfg.lr}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                steps += 1
-                total += data_loss.item() * len(index)
-                seen += len(index)
-            epoch_loss = total / seen
-    return TrainResult(loss=float(epoch_loss), num_samples=n, steps=steps,
+            order = torch.randperm(loop.items, generator=generator).numpy()
+            steps, epoch_loss = _epoch(loop, order, epoch, steps)
+    return TrainResult(loss=float(epoch_loss), num_samples=len(split), steps=steps,
                        seconds=time.perf_counter() - start)

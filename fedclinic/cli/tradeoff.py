@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from fedclinic.cli.options import add_debug, add_run_options, add_verbose, config_from_args
-from simulations.tradeoff import (DEFAULT_EPSILONS, DEFAULT_SEEDS, SWEPT, SweepSpec,
-                                  default_sweep_name, parse_epsilons, parse_seeds, run_tradeoff)
+from simulations.tradeoff.spec import (DEFAULT_EPSILONS, DEFAULT_SEEDS, SWEPT, SweepSpec,
+                                       default_sweep_name, parse_epsilons, parse_seeds)
+from simulations.tradeoff.sweep import run_tradeoff
 
 
 def add_parser(sub: Any) -> None:
