@@ -6,6 +6,7 @@ Every import counts, those inside functions too. A failure names the file, the l
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -86,3 +87,25 @@ def test_the_rule_checker_sees_nested_and_relative_imports(tmp_path, monkeypatch
     assert imported_modules(pkg / "x.py") == [(2, "server.app"), (3, "client")]
     assert violations("client") == [
         "client/x.py:2 imports server.app (client may not import server)"]
+
+
+def test_common_runs_without_flower():
+    """Beyond the AST: importing every common module, and partitioning with Flower Datasets'
+    partitioners (imported lazily), loads no `flwr` module."""
+    script = """
+import importlib, pkgutil, sys
+import numpy as np
+import common
+for info in pkgutil.walk_packages(common.__path__, "common."):
+    importlib.import_module(info.name)
+from common.partition_spec import parse_partition
+from common.partitions.label_skew import partition_indices
+parts = partition_indices(np.arange(60) % 3, 3, parse_partition("dirichlet:0.5"), 0)
+assert sum(len(p) for p in parts) == 60, parts
+loaded = sorted(m for m in sys.modules if m == "flwr" or m.startswith("flwr."))
+print("flwr modules:", loaded)
+sys.exit(1 if loaded else 0)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
