@@ -1,153 +1,26 @@
 """The ClientApp a site runs: E local epochs on its data, evaluation on its own test split.
 
 The same app runs under Flower's simulation engine and on a real SuperNode. The server sends the
-whole run config in each message (ConfigRecord "config"), so a site needs no copy of it.
+whole run config in each message (ConfigRecord "config"), so a site needs no copy of it. The
+tasks themselves live in `client.train_task` and `client.evaluate_task`.
 """
 
 from __future__ import annotations
 
-import os
-import time
-import zlib
-from pathlib import Path
-
-import numpy as np
-import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.ledger import ledger_file, load_ledger, save_ledger
-from client.replay import CachedReply, load_reply, request_digest, save_reply
-from client.site import LocalSite, load_site, site_privacy
-from common.config import ConfigError, RunConfig
-from common.training.dp_local import DPTrainResult, train_local_dp
-from common.models import build_model
-from common.packing import PACKED_KEY, pack_state, unpack_state
-from common.privacy.ledger import BudgetExhausted
-from common.privacy.planner import plan_from_config
-from common.training.local import train_local
-from common.training.prediction import evaluate
-from common.wire import BUDGET_EXHAUSTED_REASON, EXTRA_CONFIG_KEYS, RUN_KEY, ReplyCode
+from client.evaluate_task import evaluate_reply
+from client.train_task import train_reply
 
 app = ClientApp()
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, LocalSite, torch.nn.Module, int]:
-    torch.set_num_threads(int(os.environ.get("FEDCLINIC_CLIENT_THREADS", "1")))
-    config = dict(msg.content["config"])
-    server_round = int(config.get("server-round", 0))
-    run_config = {k: v for k, v in config.items() if k not in EXTRA_CONFIG_KEYS}
-    cfg = RunConfig.from_dict(run_config)
-    site = load_site(cfg, context.node_config)
-    model = build_model(cfg.model, spatial_dims=site.task.spatial_dims,
-                        in_channels=site.task.channels, num_classes=site.task.num_classes,
-                        norm=cfg.norm, width=cfg.width)
-    packed = msg.content["arrays"][PACKED_KEY].numpy()
-    model.load_state_dict(unpack_state(packed, model.state_dict()))
-    return cfg, site, model, server_round
-
-
-def _train_private(msg: Message, context: Context, cfg: RunConfig, site: LocalSite,
-                   model: torch.nn.Module, server_round: int, seed: int, mu: float,
-                   global_params: list[torch.Tensor] | None
-                   ) -> Message | tuple[DPTrainResult, dict[str, float]]:
-    """DP-SGD for one round, charged to the site's ledger; refuse if it would break the budget."""
-    cfg = site_privacy(cfg, context.node_config)
-    plan = plan_from_config(cfg, len(site.train))
-    run_key = str(msg.content["config"].get(RUN_KEY, ""))
-    ledger = load_ledger(context, cfg.accountant, run_key)
-    try:
-        ledger.check_budget(cfg.target_epsilon, plan.noise_multiplier, plan.sample_rate,
-                            plan.steps_per_round, plan.delta, site=site.site)
-    except BudgetExhausted as refused:
-        reason = (f"{BUDGET_EXHAUSTED_REASON}: site {site.site} has spent epsilon "
-                  f"{refused.spent:.3f} of its budget {cfg.target_epsilon:g} (delta "
-                  f"{plan.delta:.2e}); round {server_round} would bring it to "
-                  f"{refused.epsilon:.3f}")
-        return Message(Error(code=int(ReplyCode.BUDGET_EXHAUSTED), reason=reason), reply_to=msg)
-    result = train_local_dp(model, site.train, site.task, cfg, epochs=cfg.local_epochs,
-                            seed=seed, noise_multiplier=plan.noise_multiplier,
-                            sample_rate=plan.sample_rate, steps=plan.steps_per_round,
-                            proximal_mu=mu, global_params=global_params)
-    ledger.record(result.noise_multiplier, result.sample_rate, result.steps)
-    save_ledger(context, ledger, run_key)
-    return result, {
-        "epsilon": ledger.epsilon(plan.delta),   # cumulative: the whole run so far
-        "target_epsilon": cfg.target_epsilon,   # the site's own budget (it may be lower)
-        "delta": plan.delta,
-        "noise_multiplier": result.noise_multiplier,
-        "sample_rate": result.sample_rate,
-        "dp_steps": ledger.steps,
-    }
-
-
-def local_seed(seed: int, server_round: int, site: int) -> int:
-    """A distinct, reproducible seed per (run seed, round, site)."""
-    return zlib.crc32(f"{seed}/{server_round}/{site}".encode())
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, site, model, server_round = _setup(msg, context)
-    mu = float(msg.content["config"].get("proximal-mu", 0.0))
-    global_params = [p.detach().clone() for p in model.parameters()] if mu > 0 else None
-    seed = local_seed(cfg.seed, server_round, site.site)
-    start = time.perf_counter()
-    privacy: dict[str, float] = {}
-    if cfg.dp == "sample":
-        cache, digest = _replay_key(msg, context, server_round)
-        cached = load_reply(cache, digest)
-        if cached is not None:        # asked again (the server resumed): same answer, no new cost
-            return _reply(msg, cached.packed, {**cached.metrics, "replayed": 1.0})
-        outcome = _train_private(msg, context, cfg, site, model, server_round, seed, mu,
-                                 global_params)
-        if isinstance(outcome, Message):
-            return outcome                      # the round was refused: budget exhausted
-        result, privacy = outcome
-        privacy["replayed"] = 0.0
-    elif cfg.dp in ("off", "client"):   # client-level DP clips and noises at the server
-        result = train_local(model, site.train, site.task, cfg, epochs=cfg.local_epochs,
-                             seed=seed, proximal_mu=mu, global_params=global_params)
-    else:  # fail closed: never train without the privacy that was asked for
-        raise ConfigError(f"dp={cfg.dp!r} is not supported by this site's fedclinic version")
-    metrics = {
-        **privacy,
-        "num-examples": len(site.train),   # FedAvg weights by training samples, not batches
-        "dp-weight": 1.0,                  # ... except under client-level DP: equal weights
-        "train_loss": result.loss,
-        "train_seconds": result.seconds,
-        "client_seconds": time.perf_counter() - start,
-        "steps": result.steps,
-        "proximal_mu": mu,
-        "site": site.site,
-        "skipped_files": site.skipped,     # bad files the site left out (a count, no names)
-    }
-    packed = pack_state(model.state_dict())
-    if cfg.dp == "sample":   # kept until the next round: a resumed server may ask this one again
-        save_reply(cache, CachedReply(digest, server_round, packed.numpy(), metrics))
-    return _reply(msg, packed, metrics)
-
-
-def _replay_key(msg: Message, context: Context, server_round: int) -> tuple[Path | None, str]:
-    """Where this site keeps its last DP reply of the run (next to its ledger), and the digest
-    of this request (client.replay): a resumed server asking the same again gets the same."""
-    config = msg.content["config"]
-    run_key = str(config.get(RUN_KEY, ""))
-    digest = request_digest(run_key, server_round, msg.content["arrays"][PACKED_KEY].numpy(),
-                            dict(config))
-    return ledger_file(context, run_key), digest
-
-
-def _reply(msg: Message, packed: torch.Tensor | np.ndarray, metrics: dict[str, float]) -> Message:
-    content = RecordDict({"arrays": ArrayRecord({PACKED_KEY: torch.as_tensor(packed)}),
-                          "metrics": MetricRecord(metrics)})
-    return Message(content=content, reply_to=msg)
+    return train_reply(msg, context)
 
 
 @app.evaluate()
 def evaluate_site(msg: Message, context: Context) -> Message:
-    cfg, site, model, _ = _setup(msg, context)
-    result = evaluate(model, site.test, site.task, batch_size=max(cfg.batch_size, 128))
-    metrics = {k: float(v) for k, v in result.items() if k != "num_examples"}
-    metrics.update({"num-examples": len(site.test), "dp-weight": 1.0, "site": site.site})
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return evaluate_reply(msg, context)
