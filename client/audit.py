@@ -18,6 +18,9 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from common.private_files import PRIVATE_FILE, private_dir
+from common.releases import EVALUATE, TRAIN, allowed_metric_keys
+
 ALLOWED_RECORDS = (ArrayRecord, MetricRecord)
 
 
@@ -37,10 +40,15 @@ def payload_digest(message: Message) -> tuple[int, str]:
     return total, digest.hexdigest()
 
 
-def check_outgoing(reply: Message) -> str:
-    """'' if the reply holds only model weights and scalar metrics, else what is wrong."""
+def check_outgoing(reply: Message, request: Message | None = None) -> str:
+    """'' if the reply holds only model weights and scalar metrics whose keys the table of
+    what leaves a site (common.releases) lists for its message type, else what is wrong.
+
+    The DP mode is the request's (config ``dp``): under dp='sample' only the DP keys pass;
+    without a request, or without DP, every listed key does (`allowed_metric_keys`)."""
     if reply.has_error():
         return ""
+    allowed = _allowed_keys(reply, request)
     for name, record in reply.content.items():
         if not isinstance(record, ALLOWED_RECORDS):
             return (f"reply record {name!r} is a {type(record).__name__}; a site sends only model "
@@ -50,7 +58,28 @@ def check_outgoing(reply: Message) -> str:
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
                     return (f"metric {name}.{key} is a {type(value).__name__}; a site sends only "
                             f"scalar metrics")
+                if key not in allowed:
+                    return (f"metric {name}.{key} is not one a {_kind(reply)} reply may carry "
+                            f"{'under DP ' if _is_dp(request) else ''}(docs/what-leaves.md)")
     return ""
+
+
+def _kind(reply: Message) -> str:
+    """'train' for 'train' and 'train.<action>' message types."""
+    return reply.metadata.message_type.split(".", 1)[0]
+
+
+def _is_dp(request: Message | None) -> bool:
+    if request is None or request.has_error() or "config" not in request.content:
+        return False
+    return request.content["config"].get("dp") == "sample"
+
+
+def _allowed_keys(reply: Message, request: Message | None) -> frozenset[str]:
+    """The metric keys the reply may carry; none for message types other than train/evaluate."""
+    if _kind(reply) not in (TRAIN, EVALUATE):
+        return frozenset()
+    return allowed_metric_keys(_kind(reply), _is_dp(request))
 
 
 def _round_of(message: Message) -> int | None:
@@ -67,10 +96,11 @@ class AuditLog:
     path: Path
 
     def _append(self, entry: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)    # a folder it creates is 0700
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry})
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
         try:
+            os.fchmod(fd, PRIVATE_FILE)   # 0600 whatever the umask or an older file's mode
             os.write(fd, (line + "\n").encode())
             os.fsync(fd)
         finally:

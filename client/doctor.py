@@ -3,7 +3,8 @@
 Each check answers one question a hospital's IT person would otherwise debug from a Flower
 traceback: is the CA certificate the right one and still valid, can this machine reach the
 server's port, does the server's certificate verify and match the address dialled, is the
-site key usable by Flower and private, is the data readable, and is there room for the state.
+site key usable by Flower and private, is the data readable, is there room for the state, and
+(with a policy file) which privacy policy the site enforces and how much budget it has left.
 The checks live in `client.readiness`; here they run in order and are rendered.
 """
 
@@ -18,6 +19,7 @@ from client.readiness.address import parse_address
 from client.readiness.certificates import check_ca_cert, check_server_cert
 from client.readiness.data import check_data, check_validation
 from client.readiness.network import check_reachable, check_tls
+from client.readiness.policy import check_budget, check_policy
 from client.readiness.site_key import check_site_key
 from client.readiness.storage import check_disk, check_state_dir
 
@@ -42,9 +44,10 @@ def _network_checks(server: str, ca_cert: Path, ca_ok: bool, timeout: float,
 
 def run_doctor(server: str, ca_cert: Path, site_key: Path | None, data_dir: Path | None,
                state_dir: Path | None, min_free_gb: float = 5.0,
-               timeout: float = 5.0) -> list[Check]:
+               timeout: float = 5.0, policy: Path | None = None) -> list[Check]:
     """Every check for one site, in the order a person would fix them. Checks that depend on a
-    failed one (TLS after an unreachable server) are left out; None skips that input's checks."""
+    failed one (TLS after an unreachable server) are left out; None skips that input's checks
+    (a policy file also brings the budget left in the state folder's ledgers)."""
     now = dt.datetime.now(dt.timezone.utc)
     ca = check_ca_cert(Path(ca_cert), now)
     checks = [ca, *_network_checks(server, Path(ca_cert), ca.status != "error", timeout, now)]
@@ -58,6 +61,11 @@ def run_doctor(server: str, ca_cert: Path, site_key: Path | None, data_dir: Path
     if state_dir is not None:
         state = check_state_dir(Path(state_dir))
         checks += [state, check_disk(Path(state_dir), min_free_gb)]
+    if policy is not None:
+        policy_check, site_policy = check_policy(Path(policy))
+        checks.append(policy_check)
+        if site_policy is not None and state_dir is not None:
+            checks.append(check_budget(Path(state_dir), site_policy))
     return checks
 
 

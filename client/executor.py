@@ -143,7 +143,7 @@ class SiteExecutor:
             pulled = time.perf_counter()
             reply = self._call_app(app, message, context)
             app_seconds = time.perf_counter() - pulled
-            problem = check_outgoing(reply)
+            problem = check_outgoing(reply, message)   # keys per type and DP mode
             if problem:
                 self.audit.record_refusal(message, run.run_id, approval.describe(), problem)
                 reply = Message(Error(code=int(ReplyCode.LEAKY_REPLY), reason=problem),

@@ -8,8 +8,9 @@ already computed costs nothing more: it is the same output, so no new informatio
 
 The cached reply is used only if the request is the same: same run, same round and the same
 incoming global weights and config (a sha256 over all three). Anything else trains and is charged
-as usual. The cache lives next to the site's ledger file, so only sites that keep a ledger on disk
-(`fedclinic site`, or a `ledger-path` node config) have it.
+as usual. The cache lives in the site's ledger folder, ``<ledger-dir>/replies/<run>.last-reply.npz``
+(files 0600, folder 0700), so only sites that keep a ledger on disk (`fedclinic site`, or a
+`ledger-path` node config) have it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from common import rundir
+from client.ledger import ledger_dir
 from common.config import RESUMABLE_CHANGES
+from common.private_files import private_dir, write_private
+
+REPLIES = "replies"            # <ledger-dir>/replies/
+SUFFIX = ".last-reply.npz"
 
 
 @dataclass(frozen=True)
@@ -46,17 +52,38 @@ def request_digest(run_key: str, server_round: int, packed: np.ndarray, config: 
     return digest.hexdigest()
 
 
-def reply_file(ledger_path: Path) -> Path:
-    return ledger_path.with_name(ledger_path.stem + ".last-reply.npz")
+def reply_path(node_config: Mapping[str, object], run_key: str) -> Path | None:
+    """Where this site keeps the last DP reply of a run: ``<ledger folder>/replies/<run>
+    .last-reply.npz`` (client.ledger.ledger_dir), or None when the site keeps no ledger folder."""
+    directory = ledger_dir(node_config)
+    return None if directory is None else directory / REPLIES / f"{safe_name(run_key)}{SUFFIX}"
 
 
-def load_reply(ledger_path: Path | None, digest: str) -> CachedReply | None:
+def safe_name(run_key: str) -> str:
+    """A file name for a server-chosen run key: other characters become "_", and a key that
+    had any (or is long) gets a digest of itself, so two keys never share a file."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key)
+    if safe == run_key and 0 < len(safe) <= 100:
+        return safe
+    return f"{safe[:64]}-{hashlib.sha256(run_key.encode()).hexdigest()[:16]}"
+
+
+def reply_file(path: Path) -> Path:
+    """The cache file: ``path`` itself (from `reply_path`), or, from the per-run ledger path
+    that client/train_task.py passed before the lifetime ledger (``<dir>/<run>.json``), the
+    file of that run under ``<dir>/replies/``."""
+    if path.name.endswith(SUFFIX):
+        return path
+    return path.parent / REPLIES / f"{path.stem}{SUFFIX}"
+
+
+def load_reply(path: Path | None, digest: str) -> CachedReply | None:
     """The cached reply to exactly this request, or None (no cache, another request, unreadable:
     an unreadable cache only means training again, which the ledger charges)."""
-    if ledger_path is None or not reply_file(ledger_path).exists():
+    if path is None or not reply_file(path).exists():
         return None
     try:
-        with np.load(reply_file(ledger_path), allow_pickle=False) as arrays:
+        with np.load(reply_file(path), allow_pickle=False) as arrays:
             if str(arrays["digest"]) != digest:
                 return None
             return CachedReply(digest=digest, server_round=int(arrays["round"]),
@@ -66,11 +93,14 @@ def load_reply(ledger_path: Path | None, digest: str) -> CachedReply | None:
         return None
 
 
-def save_reply(ledger_path: Path | None, reply: CachedReply) -> None:
-    """Keep only the latest round's reply of this run (a resume asks again for that one only)."""
-    if ledger_path is None:
+def save_reply(path: Path | None, reply: CachedReply) -> None:
+    """Keep only the latest round's reply of this run (a resume asks again for that one only);
+    written atomically, 0600, in a 0700 folder."""
+    if path is None:
         return
     buffer = io.BytesIO()
     np.savez(buffer, digest=np.array(reply.digest), round=np.array(reply.server_round),
              packed=reply.packed, metrics=np.array(json.dumps(reply.metrics)))
-    rundir.atomic_write_bytes(reply_file(ledger_path), buffer.getvalue())
+    target = reply_file(path)
+    private_dir(target.parent, tighten=True)
+    write_private(target, buffer.getvalue())

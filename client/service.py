@@ -1,6 +1,7 @@
 """`fedclinic site`: one hospital's SuperNode plus its resident executor, next to the data.
 
-The site validates its data first and refuses to start on errors. It then starts a Flower
+The site loads its privacy policy (`--policy`, client.policy) and validates its data first, and
+refuses to start on errors. It then starts a Flower
 SuperNode that dials out to the server over TLS, authenticated with the site's key, and runs the
 ClientApp tasks itself (`client.executor`): only approved code runs, every reply is audited, and
 its privacy ledgers live under --state, so they survive restarts of the site or of the server.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from client.policy import POLICY_PATH, SitePolicy, load_policy
 from common.config import ConfigError
 from runtime.environment import flower_env
 from runtime.ports import wait_for_port
@@ -31,6 +33,7 @@ DEFAULT_STATE = "fedclinic-site"
 ACTIVATION_REFUSED = "Failed to activate SuperNode"   # the SuperNode's log line when refused
 DEFAULT_RUNTIME_PORT = 9094
 DEFAULT_ACTIVATION_WAIT = 75.0
+LEDGERS = "ledgers"          # <state>/ledgers: the site's lifetime privacy ledgers
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class SiteOptions:
     site_id: int = 0                      # this site's number in reports
     data: Path = Path("data")
     state: Path = Path(DEFAULT_STATE)     # privacy ledgers, audit.jsonl, logs
+    policy: Path | None = None            # the site's privacy policy (None: the default one)
     allow_app_hash: tuple[str, ...] = ()  # bundle hashes allowed besides the installed one
     runtime_port: int = DEFAULT_RUNTIME_PORT
     activation_wait: float = DEFAULT_ACTIVATION_WAIT   # seconds to retry a refused activation
@@ -51,14 +55,17 @@ class SiteOptions:
     insecure: bool = False                # no TLS, no key
 
 
-def node_config(data: Path, site_id: int, state: Path) -> str:
-    """Flower --node-config string: where the data and the per-run privacy ledgers are."""
-    return (f'data-path="{data.resolve()}" site-id={site_id} '
-            f'ledger-dir="{(state / "ledgers").resolve()}"')
+def node_config(data: Path, site_id: int, state: Path, policy: Path | None = None) -> str:
+    """Flower --node-config string: where the data, the privacy ledgers and the site's policy
+    are (no policy: fedclinic's default, DP required)."""
+    text = (f'data-path="{data.resolve()}" site-id={site_id} '
+            f'ledger-dir="{(state / LEDGERS).resolve()}"')
+    return text + (f' {POLICY_PATH}="{Path(policy).resolve()}"' if policy else "")
 
 
 def start_supernode(server: str, ca_cert: Path | None, site_key: Path | None, data: Path,
-                    site_id: int, state: Path, runtime_port: int) -> tuple[subprocess.Popen, Path]:
+                    site_id: int, state: Path, runtime_port: int, policy: Path | None = None
+                    ) -> tuple[subprocess.Popen, Path]:
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     ca_cert = ca_cert.resolve() if ca_cert else None
@@ -66,7 +73,7 @@ def start_supernode(server: str, ca_cert: Path | None, site_key: Path | None, da
     command = [sys.executable, "-m", "client.supernode",
                "--superlink", server, "--isolation", "process",
                "--host", "127.0.0.1", "--port", str(runtime_port),
-               "--node-config", node_config(data, site_id, state)]
+               "--node-config", node_config(data, site_id, state, policy)]
     if ca_cert is None:
         command.append("--insecure")
     else:
@@ -89,6 +96,17 @@ def check_files(options: SiteOptions) -> None:
             raise ConfigError(f"{flag} {path}: not found")
 
 
+def check_policy(options: SiteOptions, echo) -> SitePolicy:
+    """The site's policy, loaded before joining: a missing or invalid file is a ConfigError
+    (the site does not start), not a refusal of every task later."""
+    try:
+        policy = load_policy(options.policy)
+    except ConfigError as exc:
+        raise ConfigError(f"--policy: {exc}") from None
+    echo(f"fedclinic site: {policy.render()}")
+    return policy
+
+
 def validate_before_joining(data: Path, echo) -> None:
     from client.validate import validate_site_data
 
@@ -105,6 +123,7 @@ def run_site(options: SiteOptions) -> int:
     SuperNode ended cleanly, 130 on Ctrl-C, 1 when the SuperNode failed. A SuperNode the server
     did not activate (yet) is restarted until --activation-wait runs out."""
     check_files(options)
+    check_policy(options, print)
     if not options.skip_validation:
         validate_before_joining(Path(options.data), print)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -174,7 +193,8 @@ def _serve_once(options: SiteOptions, executor: SiteExecutor,
     ca, key = _credentials(options)
     state = Path(options.state)
     process, log_file = start_supernode(options.server, ca, key, Path(options.data),
-                                        options.site_id, state, options.runtime_port)
+                                        options.site_id, state, options.runtime_port,
+                                        options.policy)
     try:
         _serve(process, executor, options, ca, state, log_file)
     except KeyboardInterrupt:

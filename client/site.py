@@ -16,16 +16,40 @@ SITE_ID = "site-id"
 
 
 # Privacy settings a site's operator may set for the site alone (`--node-config`), e.g. a
-# hospital whose ethics board allows a smaller epsilon than the consortium's default.
+# hospital whose ethics board allows a smaller epsilon than the consortium's default. They may
+# only tighten what the server sent (the site's policy, client.policy, sets its floor).
 SITE_PRIVACY_KEYS = ("target-epsilon", "noise-multiplier", "delta", "max-grad-norm")
+
+# field -> True when a larger value is the tighter one; 0 (sigma, delta) is "not given".
+_TIGHTER_IS_LARGER = {"target_epsilon": False, "noise_multiplier": True, "delta": False,
+                      "max_grad_norm": False}
 
 
 def site_privacy(cfg: RunConfig, node_config: Mapping[str, object]) -> RunConfig:
-    """The run config with this site's own privacy overrides applied (validated like the rest)."""
+    """The run config with this site's own privacy overrides applied (validated like the rest).
+    An override looser than the server's value (higher epsilon, delta or clipping norm, lower
+    noise multiplier) is a ConfigError naming the node config key."""
     overrides = {k: node_config[k] for k in SITE_PRIVACY_KEYS if k in node_config}
     if not overrides:
         return cfg
-    return RunConfig.from_dict({**cfg.to_dict(), **overrides})
+    mine = RunConfig.from_dict({**cfg.to_dict(), **overrides})
+    for key in overrides:
+        name = key.replace("-", "_")
+        _check_tighter(key, getattr(cfg, name), getattr(mine, name),
+                       _TIGHTER_IS_LARGER[name])
+    return mine
+
+
+def _check_tighter(key: str, sent: float, own: float, larger_is_tighter: bool) -> None:
+    if sent == 0 or own == sent:          # the server left it to the site, or no change
+        return
+    looser = own < sent if larger_is_tighter else (own > sent or own == 0)  # 0: the default
+    if looser:
+        way = "at least" if larger_is_tighter else "at most"
+        raise ConfigError(f"node config {key}={own:g} is looser than the run's {sent:g}: a "
+                          f"site's own privacy settings may only tighten the run's ({key} "
+                          f"{way} {sent:g}); lower epsilon, delta or clipping norm, or raise "
+                          f"the noise multiplier")
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ class RunConfig:
                                        "mask; on the command line segmentation also brings its "
                                        "own defaults for options not given: --model unet "
                                        "--optimizer adam --lr 0.01 --batch-size 8 --loss "
-                                       "dice_ce (weighted_ce with --spatial-dims 3)",
+                                       "dice_ce (weighted_ce with --spatial-dims 3, "
+                                       "dice_ce with --dp sample)",
                      choices=TASKS)
     dicom_window: str = _opt("", "DICOM VOI window 'CENTER,WIDTH' in stored units after rescale "
                                  "(HU for CT), e.g. '40,400'; '' = the file's own window, else "

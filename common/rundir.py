@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from common.config import RunConfig
+from common.private_files import PRIVATE_FILE, write_private  # noqa: F401 (re-exported)
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -67,8 +68,14 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(clean_json(data), indent=2) + "\n").encode())
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file then rename: readers see the old or the new file, never half."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write to a temporary file then rename: readers see the old or the new file, never half.
+
+    With ``mode`` (`PRIVATE_FILE` for a site's state files) the file has exactly that mode
+    whatever the umask and the write is durable (`common.private_files.write_private`)."""
+    if mode is not None:
+        write_private(path, data, mode)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:

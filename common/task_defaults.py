@@ -3,7 +3,9 @@
 With the classification defaults (ResNet, SGD at lr 0.02, plain cross-entropy, batch 16) a U-Net
 settles on "all background" when lesions cover a few percent of the pixels; these settings learn
 on the synthetic data (README, Segmentation). 3D lesions are about 1% of a volume, where
-class-weighted CE learns and Dice+CE was not measured.
+class-weighted CE learns and Dice+CE was not measured. Under sample-level DP class weights would
+come from the site's private voxel counts (`common.training.losses.check_dp_loss` refuses them),
+so there the 3D default is Dice+CE, whose Dice term copes with the imbalance without them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
                      "loss": "dice_ce"},
 }
 TASK_DEFAULTS_3D: dict[str, dict[str, Any]] = {"segmentation": {"loss": "weighted_ce"}}
+TASK_DEFAULTS_3D_DP: dict[str, dict[str, Any]] = {"segmentation": {"loss": "dice_ce"}}
 
 
 def with_task_defaults(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -25,7 +28,8 @@ def with_task_defaults(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     task = given.get("task", RunConfig.task)
     preset = dict(TASK_DEFAULTS.get(str(task), {}))
     if int(given.get("spatial_dims", RunConfig.spatial_dims)) == 3:
-        preset.update(TASK_DEFAULTS_3D.get(str(task), {}))
+        private = str(given.get("dp", RunConfig.dp)) == "sample"
+        preset.update((TASK_DEFAULTS_3D_DP if private else TASK_DEFAULTS_3D).get(str(task), {}))
     filled = {k: v for k, v in preset.items() if k not in given}
     return {**given, **filled}, filled
 

@@ -53,6 +53,7 @@ class Loopback:
     certs: Path                       # output of `fedclinic certs init`
     data: list[Path]                  # one data path per site
     port: int = field(default_factory=free_port)
+    policy: Path | None = None        # every site's --policy file unless start_site names one
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _seen: dict[str, int] = field(default_factory=dict)   # output length when each was started
 
@@ -101,14 +102,18 @@ class Loopback:
             raise RuntimeError(f"the server exited:\n{self.output('server')}")
 
     def start_site(self, i: int, *, ca_cert: Path | None = None, key: Path | None = None,
-                   extra: list[str] | None = None, name: str | None = None) -> subprocess.Popen:
+                   extra: list[str] | None = None, name: str | None = None,
+                   policy: Path | None = None) -> subprocess.Popen:
+        """`fedclinic site` for site i; `policy` is its --policy file (default: `self.policy`,
+        else none, i.e. fedclinic's default policy: DP required)."""
         site_dir = self.certs / "sites" / f"site-{i}"
+        policy = policy or self.policy
         args = ["site", "--server", self.address,
                 "--ca-cert", str(ca_cert or site_dir / "ca.crt"),
                 "--site-key", str(key or site_dir / f"site-{i}.key"),
                 "--site-id", str(i), "--data", str(self.data[i]),
                 "--state", str(self.site_state(i)), "--runtime-port", str(free_port()),
-                *(extra or [])]
+                *(["--policy", str(policy)] if policy else []), *(extra or [])]
         return self._spawn(name or f"site-{i}", args)
 
     def wait_site_connected(self, i: int, timeout: float = 180) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from common.packing import PACKED_KEY, pack_state, unpack_state
 from common.config import RESUMABLE_CHANGES, ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
+from common.training.losses import check_dp_loss
 from common.report.privacy import privacy_outcome
 from common.report.record import RunRecord
 from common.report.writer import write_report
@@ -57,16 +58,21 @@ def _wait_for_sites(grid: Grid, cfg: RunConfig, log: RoundLog) -> None:
 
 
 def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
-                   echo: Callable[[str], None] | None = None) -> tuple[Result | None, RoundLog]:
+                   echo: Callable[[str], None] | None = None,
+                   site_config: Mapping[str, str] | None = None) -> tuple[Result | None, RoundLog]:
     """Train cfg.rounds rounds over the sites on `grid`; write metrics, checkpoints, final model.
-    If `run_dir` holds a checkpoint and cfg.resume names it, continue after its last round."""
+    If `run_dir` holds a checkpoint and cfg.resume names it, continue after its last round.
+    ``site_config``: extra keys sent to every site with the run config (simulation: the site
+    policy the simulated sites enforce; `common.wire.EXTRA_CONFIG_KEYS`)."""
+    check_dp_loss(cfg)      # class weights from private labels: refused under DP, before any round
     log, initial = _round_log(cfg, run_dir, echo)
     strategy = _recording_strategy(cfg, log)
     first_round = 1
     if cfg.resume:
         initial, first_round = _resume(strategy, log, cfg.rounds)
     _wait_for_sites(grid, cfg, log)
-    result, final, final_round = _train(grid, strategy, cfg, log, initial, first_round)
+    result, final, final_round = _train(grid, strategy, cfg, log, initial, first_round,
+                                        site_config)
     rundir.save_model(run_dir / rundir.FINAL_MODEL, final, {"round": final_round, **log.meta})
     return result, log
 
@@ -121,16 +127,18 @@ def _resume(strategy: RecordingStrategy, log: RoundLog, rounds: int) -> tuple[di
     log.history = point.history
     log.privacy = point.privacy.get("sites", {})
     log.exhausted = {int(k): v for k, v in point.privacy.get("exhausted", {}).items()}
+    log.refused = {int(k): v for k, v in point.privacy.get("refused", {}).items()}
     log.echo(f"fedclinic: resuming {log.run_dir.name} after round {point.round}; "
              f"rounds {point.round + 1}..{rounds} follow")
     return point.state_dict, point.round + 1
 
 
 def _train(grid: Grid, strategy: RecordingStrategy, cfg: RunConfig, log: RoundLog,
-           initial: dict, first_round: int) -> tuple[Result | None, dict, int]:
+           initial: dict, first_round: int, site_config: Mapping[str, str] | None = None
+           ) -> tuple[Result | None, dict, int]:
     """Flower's round loop from `first_round` on; the result, the final weights and their round.
     A spent privacy budget or a lost quorum ends the run early at its last checkpoint."""
-    config = ConfigRecord({**cfg.to_dict(), RUN_KEY: log.run_dir.name})
+    config = ConfigRecord({**cfg.to_dict(), RUN_KEY: log.run_dir.name, **(site_config or {})})
     try:
         packed = ArrayRecord({PACKED_KEY: pack_state(initial)})
         result = strategy.start(grid=grid, initial_arrays=packed,
@@ -179,7 +187,8 @@ def resumed_config(requested: RunConfig, run_dir: Path) -> RunConfig:
 def run_record(cfg: RunConfig, log: RoundLog, wall_seconds: float) -> RunRecord:
     """What the server knows of the run: its rounds, privacy outcome (each site's own ledger
     and budget, or the client-level epsilon) and why it stopped early, if it did."""
-    privacy = privacy_outcome(cfg, log.history, log.privacy, log.exhausted, log.central_plan)
+    privacy = privacy_outcome(cfg, log.history, log.privacy, log.exhausted, log.central_plan,
+                              refused=log.refused)
     return RunRecord(config=cfg, history=log.history, wall_seconds=wall_seconds,
                      privacy=privacy, stopped_early=log.stopped)
 
@@ -193,7 +202,8 @@ def write_deployment_report(record: RunRecord, run_dir: Path) -> None:
 
 def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
                     echo: Callable[[str], None] | None = None,
-                    on_record: Callable[[RunRecord], None] | None = None) -> ServerApp:
+                    on_record: Callable[[RunRecord], None] | None = None,
+                    site_config: Mapping[str, str] | None = None) -> ServerApp:
     """A ServerApp bound to a config and run dir (simulation), or reading Flower's run config
     (`[tool.flwr.app.config]` plus overrides) and creating its run dir (deployment). Once the
     run is done, a deployed ServerApp writes the report; ``on_record`` gets the run record."""
@@ -210,7 +220,7 @@ def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
                 run_cfg = resumed_config(run_cfg, directory)
             print(f"fedclinic: run directory {directory}", flush=True)
         started = time.perf_counter()
-        _, log = run_federation(grid, run_cfg, directory, echo)
+        _, log = run_federation(grid, run_cfg, directory, echo, site_config)
         record = run_record(run_cfg, log, time.perf_counter() - started)
         if cfg is None:                        # deployment: the ServerApp writes the report
             write_deployment_report(record, directory)

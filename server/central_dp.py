@@ -19,7 +19,7 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from common.config import ConfigError, RunConfig
 from common.privacy.calibration import calibrate_sigma as calibrate_noise
-from common.privacy.central import ClientDPPlan
+from common.privacy.central import ClientDPPlan, client_delta_default
 from common.privacy.ledger import BUDGET_RTOL
 from common.privacy.planner import given_delta, given_noise_multiplier
 
@@ -27,9 +27,9 @@ WEAK_EPSILON = 10.0
 
 
 def central_delta(cfg: RunConfig, num_sites: int) -> float:
-    """cfg.delta, or 1/(10 x sites): below 1/population as the definition needs."""
+    """cfg.delta, or `client_delta_default`: min(1e-5, 1/(10 x sites))."""
     delta = given_delta(cfg.delta)
-    return delta if delta is not None else 1.0 / (10 * num_sites)
+    return delta if delta is not None else client_delta_default(num_sites)
 
 
 def _accountant(delta: float, num_sites: int, max_epsilon: float | None) -> RdpAccountant:
@@ -56,10 +56,16 @@ def calibrate_sigma(target: float, rounds: int, sampled: int, num_sites: int,
         advice="Raise target_epsilon or use fewer rounds")
 
 
+def _flower_strategy(strategy: Strategy) -> type:
+    """The Flower strategy class a (possibly fedclinic-subclassed) strategy is: the first class
+    of its MRO defined by Flower (FedMedian subclasses FedAvg, so isinstance would not do)."""
+    return next((c for c in type(strategy).__mro__ if c.__module__.startswith("flwr.")), object)
+
+
 def wrap_client_dp(strategy: Strategy, cfg: RunConfig, num_sites: int, sampled: int
                    ) -> tuple[DifferentialPrivacyServerSideFixedClipping, ClientDPPlan]:
     """Wrap a FedAvg/FedProx strategy; return the wrapper and the privacy plan it follows."""
-    if type(strategy) not in (FedAvg, FedProx):
+    if _flower_strategy(strategy) not in (FedAvg, FedProx):
         raise ConfigError(f"dp='client' needs strategy fedavg or fedprox (uniform averaging of "
                           f"clipped updates); got {cfg.strategy!r}")
     delta = central_delta(cfg, num_sites)
@@ -73,7 +79,8 @@ def wrap_client_dp(strategy: Strategy, cfg: RunConfig, num_sites: int, sampled: 
         accountant=_accountant(delta, num_sites, cfg.target_epsilon * (1 + BUDGET_RTOL)))
     plan = ClientDPPlan(noise_multiplier=sigma, delta=delta, clipping_norm=cfg.max_grad_norm,
                         rounds=cfg.rounds, sites=num_sites, planned_epsilon=epsilon,
-                        target_epsilon=cfg.target_epsilon, warning=weakness(epsilon, num_sites))
+                        target_epsilon=cfg.target_epsilon, warning=weakness(epsilon, num_sites),
+                        delta_given=given_delta(cfg.delta) is not None)
     return wrapper, plan
 
 

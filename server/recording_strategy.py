@@ -20,7 +20,8 @@ EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
 class PrivacyBudgetSpent(Exception):
-    """Every site has refused to train because its privacy budget is spent: end the run cleanly."""
+    """Every site has refused to train, because its privacy budget is spent or the run is
+    outside its own privacy policy: end the run cleanly (the message names the rules)."""
 
 
 class QuorumLost(Exception):
@@ -30,11 +31,12 @@ class QuorumLost(Exception):
 class RecordingStrategy(Strategy):
     """Delegates every hook to `inner`, showing the replies to a RoundLog first.
 
-    Through Flower's hooks it adds: sites that spent their privacy budget are not asked again
-    (configure_train); the sites asked but silent until the timeout are named, each phase is
-    timed, and a round short of the quorum is not aggregated (aggregate_*); three such rounds
-    in a row stop the run (after the round's evaluate_fn, so its line and checkpoint are
-    written first).
+    Through Flower's hooks it adds: sites that spent their privacy budget, or refused the run
+    by their own policy, are not asked again (configure_train; refusing sites neither to
+    evaluate), and once none is left the run ends after that round's line; the sites asked
+    but silent until the timeout are named, each phase is timed, and a round short of the
+    quorum is not aggregated (aggregate_*); three such rounds in a row stop the run (after the
+    round's evaluate_fn, so its line and checkpoint are written first).
     """
 
     def __init__(self, inner: Strategy, log: RoundLog) -> None:
@@ -78,6 +80,7 @@ class RecordingStrategy(Strategy):
             if current_round == 0 and self._offset:
                 return None                  # the first start evaluated the initial model
             glob = evaluate_fn(current_round + self._offset, arrays) if evaluate_fn else None
+            self._stop_if_nobody_left(current_round + self._offset)
             if self._missed >= MAX_ROUNDS_WITHOUT_QUORUM:
                 raise QuorumLost(f"{self._missed} rounds in a row missed the quorum (last: "
                                  f"round {current_round + self._offset}); the run stops with "
@@ -85,6 +88,13 @@ class RecordingStrategy(Strategy):
                                  f"back")
             return glob
         return end_of_round
+
+    def _stop_if_nobody_left(self, last_round: int) -> None:
+        """Every connected site has refused (budget or policy): end the run now, naming why."""
+        out = self.log.out_of_run()
+        nodes = set(self._grid.get_node_ids()) if self._grid is not None else set()
+        if out and nodes and nodes <= out:
+            raise PrivacyBudgetSpent(self.log.stop_reason(last_round))
 
     def _renumbered(self, result: Result, initial_arrays: ArrayRecord) -> Result:
         if len(result.arrays) == 0:
@@ -106,16 +116,16 @@ class RecordingStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """The inner strategy's messages, minus sites that have spent their privacy budget."""
+        """The inner strategy's messages, minus sites that have spent their privacy budget or
+        refused the run by their policy."""
         self._clock = time.perf_counter()
         self.log.timing = {}
         server_round += self._offset
-        exhausted = self.log.exhausted
-        if exhausted and set(grid.get_node_ids()) <= set(exhausted):
-            raise PrivacyBudgetSpent(f"every site has spent its privacy budget; the run stops "
-                                     f"after round {server_round - 1}")
+        out = self.log.out_of_run()
+        if out and set(grid.get_node_ids()) <= out:
+            raise PrivacyBudgetSpent(self.log.stop_reason(server_round - 1))
         messages = self.inner.configure_train(server_round, arrays, config, grid)
-        messages = [m for m in messages if m.metadata.dst_node_id not in exhausted]
+        messages = [m for m in messages if m.metadata.dst_node_id not in out]
         self._asked = len(messages)
         return messages
 
@@ -140,8 +150,11 @@ class RecordingStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        """The inner strategy's messages, minus sites that refused the run by their policy."""
         self._clock = time.perf_counter()
-        return self.inner.configure_evaluate(server_round + self._offset, arrays, config, grid)
+        messages = self.inner.configure_evaluate(server_round + self._offset, arrays, config,
+                                                 grid)
+        return [m for m in messages if m.metadata.dst_node_id not in self.log.refused]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:

@@ -22,12 +22,15 @@ from common.datasets import Split, TaskInfo
 from common.packing import PACKED_KEY, unpack_state
 from common.privacy.central import ClientDPPlan
 from common.training.prediction import evaluate
-from common.wire import ReplyCode
+from common.wire import ReplyCode, refused_rule
 from server.progress import progress_line
 
 PRIVACY_LEDGER = "privacy_ledger.json"
 PRIVACY_KEYS = ("epsilon", "target_epsilon", "delta", "noise_multiplier", "sample_rate",
                 "dp_steps")
+# ... and what a site that enforces its own policy adds (kept when present)
+POLICY_KEYS = ("lifetime_epsilon_spent", "lifetime_epsilon_budget", "policy_id", "count_noised",
+               "secure_randomness")
 
 
 def node_of(msg: Message, sent: dict[str, int]) -> int:
@@ -41,6 +44,11 @@ def is_budget_refusal(msg: Message) -> bool:
     """A site's refusal to train because the round would spend past its privacy budget: read
     from the reply's error code (the reason is text for people)."""
     return msg.has_error() and msg.error.code == ReplyCode.BUDGET_EXHAUSTED
+
+
+def is_policy_refusal(msg: Message) -> bool:
+    """A site's refusal because the request is outside its own privacy policy (code 4033)."""
+    return msg.has_error() and msg.error.code == ReplyCode.POLICY_REFUSED
 
 
 def site_metrics(replies: list[Message], names: dict[int, int] | None = None,
@@ -79,6 +87,7 @@ class RoundLog:
     failures: dict[str, str] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     exhausted: dict[int, dict] = field(default_factory=dict)     # node id -> round, reason
+    refused: dict[int, dict] = field(default_factory=dict)   # node id -> round, reason, rule
     privacy: dict[str, list[dict]] = field(default_factory=dict)  # site -> per-round ledger rows
     stopped: str = ""                                             # why the run ended early
     central: Any = None          # client-level DP wrapper (has privacy_spent()), if any
@@ -106,20 +115,46 @@ class RoundLog:
                     f"disconnected or too slow); excluded from this round")
 
     def record_train(self, server_round: int, replies: list[Message]) -> None:
+        """The round's replies: metrics and privacy rows of the sites that trained, failures
+        named; a site that refused (its budget is spent, or the run is outside its policy) is
+        not asked again in this run. Every site failing otherwise stops the run."""
         self.train, failed = site_metrics(replies, self.sites_of_nodes, self.sent)
         self.failures.update({f"{self.node_name(n)} (train)": reason
                               for n, reason in failed.items()})
-        refusals = {node_of(m, self.sent) for m in replies if is_budget_refusal(m)}
-        for node in refusals:
+        budget = {node_of(m, self.sent) for m in replies if is_budget_refusal(m)}
+        for node in budget:
             self.exhausted.setdefault(node, {"round": server_round, "reason": failed[node]})
+        policy = {node_of(m, self.sent) for m in replies if is_policy_refusal(m)}
+        for node in policy:
+            self.refused.setdefault(node, {"round": server_round, "reason": failed[node],
+                                           "rule": refused_rule(failed[node])})
         for site, metrics in self.train.items():
             if "epsilon" in metrics:
-                row = {"round": server_round, **{k: metrics[k] for k in PRIVACY_KEYS}}
+                row = {"round": server_round, **{k: metrics[k] for k in PRIVACY_KEYS},
+                       **{k: metrics[k] for k in POLICY_KEYS if k in metrics}}
                 self.privacy.setdefault(str(site), []).append(row)
-        refused = set(failed) <= refusals
+        refused = set(failed) <= budget | policy
         if failed and not self.train and not refused and len(replies) == len(failed):
             detail = "; ".join(f"{k}: {v}" for k, v in self.failures.items())
             raise RuntimeError(f"round {server_round}: every site failed to train: {detail}")
+
+    def out_of_run(self) -> set[int]:
+        """Nodes not asked again in this run: budget spent, or refused by their policy."""
+        return set(self.exhausted) | set(self.refused)
+
+    def stop_reason(self, last_round: int) -> str:
+        """Why the run ends when no site is left to train (each refusal's rule named)."""
+        if not self.refused:
+            return (f"every site has spent its privacy budget; the run stops after round "
+                    f"{last_round}")
+        said = [f"{self.node_name(node)}: {info['reason']}"
+                for node, info in sorted(self.refused.items())]
+        said += [f"{self.node_name(node)}: privacy budget spent"
+                 for node in sorted(self.exhausted)]
+        rules = sorted({info["rule"] for info in self.refused.values()})
+        return (f"no site is left to train: refused by the sites' privacy policy "
+                f"({', '.join(rules)}); {'; '.join(said)}. The run stops after round "
+                f"{last_round}")
 
     def quorum_missed(self, asked: int) -> str:
         """'' if enough sites trained this round, else the reason the round is skipped."""
@@ -141,11 +176,12 @@ class RoundLog:
         glob = evaluate(model, self.global_test, self.task) if self.global_test is not None else {}
         line = self.round_line(server_round, glob)
         rundir.append_jsonl(self.run_dir / rundir.METRICS, line)
-        if self.privacy or self.exhausted:
+        if self.privacy or self.exhausted or self.refused:
             self.write_privacy_ledger()
         rundir.save_model(self.run_dir / rundir.CHECKPOINT, state,
                           {"round": server_round, **self.meta, **self.checkpoint_state(),
-                           "privacy": {"sites": self.privacy, "exhausted": self.exhausted}})
+                           "privacy": {"sites": self.privacy, "exhausted": self.exhausted,
+                                       "refused": self.refused}})
         self.history.append(line)
         self.echo(progress_line(line, self.num_rounds))
         self.train, self.test, self.failures, self.skipped = {}, {}, {}, ""
@@ -173,8 +209,12 @@ class RoundLog:
         return line
 
     def write_privacy_ledger(self) -> None:
-        """Run-level ledger: every site's cumulative epsilon after each round, and refusals."""
-        rundir.write_json(self.run_dir / PRIVACY_LEDGER, {
+        """Run-level ledger: every site's cumulative epsilon after each round, and refusals
+        (budget spent: ``exhausted``; outside a site's policy: ``refused``, with the rule)."""
+        ledger = {
             "sites": self.privacy,
             "exhausted": {str(node): info for node, info in self.exhausted.items()},
-        })
+        }
+        if self.refused:
+            ledger["refused"] = {str(node): info for node, info in self.refused.items()}
+        rundir.write_json(self.run_dir / PRIVACY_LEDGER, ledger)

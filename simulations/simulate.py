@@ -4,6 +4,11 @@
 baselines report Dice/IoU/HD95/ASD, the membership-inference audit scores each image by its mean
 pixel/voxel cross-entropy, and overlay PNGs of the final model's predictions go to
 ``run_dir/overlays/``.
+
+Under sample-level DP the sites keep their test metrics local (`common.releases`), so the
+simulator scores the final global model on each site's test split itself, as it scores the
+baselines, and the report says so. The report also states the site policy every simulated site
+ran under (`client.policy.policy_for`: ``--site-policy`` text, else `SIMULATION_POLICY`).
 """
 
 from __future__ import annotations
@@ -18,16 +23,22 @@ from pathlib import Path
 
 import torch
 
+from client.policy import PARTITION_ID, policy_for
 from common import rundir
 from common.config import RunConfig
 from common.datasets import load_dataset
 from common.datasets.base import Dataset
 from common.mia import audit, per_sample_loss
 from common.partitions.federation import Federation, build_federation
+from common.report.policy import policy_summary
+from common.report.privacy import SamplePrivacy
 from common.report.record import RunRecord, SiteSize, SkippedFile
 from common.report.writer import write_report
 from common.seg_data import check_dp_volume_mode, check_task_model, for_task
+from common.training.losses import check_dp_loss
+from common.training.prediction import evaluate
 from common.training.seg_inference import per_sample_seg_loss
+from common.wire import SITE_POLICY_KEY
 from simulations.baselines import BASELINE_RUNNERS, initial_model
 from simulations.overlays import write_overlays
 from simulations.partition_report import write_partition_report
@@ -36,6 +47,10 @@ SEG_AUDIT_NOTE = ("Segmentation: the attacks score each image by its mean per-pi
                   "cross-entropy under the model, the image-level analogue of the per-sample "
                   "loss used for classifiers.")
 SHOWN_SKIPPED = 10
+SITE_SCORES_NOTE = ("Per-site federated scores: the final global model scored by the simulator on "
+                    "each site's test split, as the baselines are. Under DP the sites keep their "
+                    "test metrics local (or release them noised), so these values were computed "
+                    "by the simulator, not released by the sites.")
 
 
 @dataclass(frozen=True)
@@ -61,9 +76,11 @@ def backend_config(verbose: bool = False) -> dict:
 
 
 def run_flower_simulation(cfg: RunConfig, run_dir: Path, echo: Callable[[str], None],
-                          verbose: bool = False) -> RunRecord:
+                          verbose: bool = False, site_policy: str = "") -> RunRecord:
     """Run the real ServerApp and ClientApp on Flower's Ray simulation engine. Returns the run
-    record the ServerApp made: history (one entry per round), privacy outcome, early stop."""
+    record the ServerApp made: history (one entry per round), privacy outcome, early stop.
+    ``site_policy``: TOML text of the policy every simulated site enforces; it travels in the
+    config the sites receive (`common.wire.SITE_POLICY_KEY`; the server only forwards it)."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -75,7 +92,9 @@ def run_flower_simulation(cfg: RunConfig, run_dir: Path, echo: Callable[[str], N
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
     records: list[RunRecord] = []
-    server_app = make_server_app(cfg, run_dir, echo, on_record=records.append)
+    forwarded = {SITE_POLICY_KEY: site_policy} if site_policy else None
+    server_app = make_server_app(cfg, run_dir, echo, on_record=records.append,
+                                 site_config=forwarded)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.sites,
                    backend_config=backend_config(verbose), verbose_logging=verbose)
     record = records[-1] if records and records[-1].history else None
@@ -108,6 +127,7 @@ def load_checked_dataset(cfg: RunConfig, echo: Callable[[str], None]) -> tuple[R
     """The run's dataset for its task, after the checks that need no data; data_path absolute
     (sites may run in other processes, Ray workers, with another working directory)."""
     check_task_model(cfg)                         # a mask model for masks, a classifier for labels
+    check_dp_loss(cfg)                            # no class weights from private labels under DP
     if cfg.data_path and Path(cfg.data_path).exists():
         cfg = cfg.replace(data_path=str(Path(cfg.data_path).resolve()))
     dataset = for_task(load_dataset(cfg), cfg)
@@ -155,16 +175,48 @@ def with_audit(record: RunRecord, cfg: RunConfig, fed: Federation, run_dir: Path
     return dataclasses.replace(record, audit_note=SEG_AUDIT_NOTE, overlays=overlays)
 
 
+def sites_withheld(record: RunRecord) -> bool:
+    """True when the sites' own test metrics of the final model are not the exact scores: under
+    sample-level DP (kept local or noised), or any site's last evaluate reply withheld them."""
+    if record.config.dp == "sample":
+        return True
+    tests = [v.get("test") or {} for v in record.history[-1]["sites"].values()]
+    return any(not t or t.get("withheld") for t in tests)
+
+
+def with_site_scores(record: RunRecord, cfg: RunConfig, fed: Federation,
+                     run_dir: Path) -> RunRecord:
+    """The final global model scored by the simulator on each site's test split, as the
+    federated per-site scores, when the sites did not release theirs exactly."""
+    if not sites_withheld(record):
+        return record
+    model = final_model(cfg, fed, run_dir)
+    scores = {str(site.site): evaluate(model, site.test, fed.task) for site in fed.sites}
+    return dataclasses.replace(record, site_scores=scores, site_scores_note=SITE_SCORES_NOTE)
+
+
+def with_policy(record: RunRecord, site_policy: str) -> RunRecord:
+    """The site policy every simulated site ran under, chosen as each site chooses it."""
+    if not isinstance(record.privacy, SamplePrivacy):
+        return record
+    policy = policy_for({PARTITION_ID: 0}, {SITE_POLICY_KEY: site_policy} if site_policy else {})
+    summary = policy_summary(policy, dp=True)
+    return dataclasses.replace(record, privacy=dataclasses.replace(record.privacy, policy=summary))
+
+
 def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool = False,
-             run_name: str | None = None) -> SimulationOutcome:
-    """Partition, federate, run baselines, write the report. Returns the run dir and summary."""
+             run_name: str | None = None, site_policy: str = "") -> SimulationOutcome:
+    """Partition, federate, run baselines, write the report. Returns the run dir and summary.
+    ``site_policy``: TOML text of the policy every simulated site enforces ('' = the
+    simulation policy, `client.policy.SIMULATION_POLICY`)."""
     start = time.perf_counter()
     cfg, dataset = load_checked_dataset(cfg, echo)
     fed, run_dir, heterogeneity = prepare_run(cfg, dataset, run_name, echo)
-    record = run_flower_simulation(cfg, run_dir, echo, verbose)
+    record = run_flower_simulation(cfg, run_dir, echo, verbose, site_policy)
     baselines = {name: BASELINE_RUNNERS[name](cfg, fed, echo) for name in cfg.baseline_list}
     record = with_simulation_facts(record, dataset, fed, run_dir, heterogeneity, baselines,
                                    time.perf_counter() - start)
+    record = with_site_scores(with_policy(record, site_policy), cfg, fed, run_dir)
     record = with_audit(record, cfg, fed, run_dir)
     write_report(run_dir, record)
     echo(f"report: {run_dir / rundir.REPORT}  (summary: {run_dir / rundir.SUMMARY})")

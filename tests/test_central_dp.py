@@ -25,7 +25,7 @@ def test_wrapper_only_for_uniform_fedavg_and_says_when_weak():
         wrap_client_dp(build_strategy(cfg, 4), cfg, 4, 4)
     cfg = RunConfig(dp="client", sites=4, noise_multiplier=0.3)
     wrapper, plan = wrap_client_dp(build_strategy(cfg, 4), cfg, 4, 4)
-    assert plan.delta == central_delta(cfg, 4) == pytest.approx(0.025)
+    assert plan.delta == central_delta(cfg, 4) == pytest.approx(1e-5)   # min(1e-5, 1/(10 x 4))
     assert plan.planned_epsilon > 10 and "weak guarantee" in plan.warning
     assert wrapper.strategy.weighted_by_key == "dp-weight"
 

@@ -79,7 +79,7 @@ def test_a_site_runs_its_installed_bundle_or_an_allowed_hash_and_refuses_the_res
 
 
 def test_only_weights_and_scalar_metrics_may_leave():
-    ok = _reply(RecordDict({"arrays": _weights(0), "metrics": MetricRecord({"loss": 0.5})}))
+    ok = _reply(RecordDict({"arrays": _weights(0), "metrics": MetricRecord({"train_loss": 0.5})}))
     assert check_outgoing(ok) == ""
     leaky = _reply(RecordDict({"arrays": _weights(0),
                                "notes": ConfigRecord({"patient": "Doe^John"})}))

@@ -7,8 +7,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from client.ledger import load_ledger, save_ledger
-from common.config import ConfigError, RunConfig
+from common.config import RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
 from common.packing import PACKED_KEY, pack_state
@@ -25,23 +24,6 @@ BASE = dict(num_samples=240, sites=2, model="cnn", width=8, batch_size=16, local
 def _context(node_config: dict | None = None) -> Context:
     return Context(run_id=1, node_id=1, node_config=node_config or {}, state=RecordDict(),
                    run_config={})
-
-
-def test_ledger_survives_in_context_state_and_in_the_site_file(tmp_path):
-    ledger = PrivacyLedger("rdp")
-    ledger.record(1.1, 0.05, 40)
-    path = tmp_path / "ledger.json"
-    ctx = _context({"ledger-path": str(path)})
-    save_ledger(ctx, ledger)
-    again = load_ledger(_context({"ledger-path": str(path)}), "rdp")   # a restarted site
-    assert again.epsilon(1e-5) == pytest.approx(ledger.epsilon(1e-5))
-    in_state = load_ledger(ctx, "rdp")
-    assert in_state.steps == 40
-    with pytest.raises(ConfigError, match="accountant 'rdp'.*'prv'"):
-        load_ledger(ctx, "prv")
-    path.write_text("{broken")
-    with pytest.raises(ConfigError, match="ledger unreadable"):
-        load_ledger(_context({"ledger-path": str(path)}), "rdp")
 
 
 def test_calibrated_run_spends_its_budget_and_no_more(tmp_path):
@@ -115,9 +97,10 @@ def test_a_round_asked_again_gets_the_same_update_and_is_charged_once(tmp_path, 
     assert np.array_equal(sent, again.content["arrays"][PACKED_KEY].numpy())
     assert again.content["metrics"]["replayed"] == 1.0 and first.content["metrics"]["replayed"] == 0
     assert again.content["metrics"]["epsilon"] == first.content["metrics"]["epsilon"]
-    def steps_charged() -> int:
-        return sum(steps for *_, steps in json.loads((tmp_path / "run-a.json").read_text())
-                   ["history"])
+    def steps_charged() -> int:          # the site's lifetime ledger (one dataset here)
+        (path,) = tmp_path.glob("*.jsonl")
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        return sum(e["steps"] for e in entries if e["run"] == "run-a" and e["kind"] == "dp-sgd")
 
     one_round = first.content["metrics"]["dp_steps"]
     assert steps_charged() == one_round                      # charged once for round 2

@@ -76,6 +76,8 @@ def _epsilon(entries: tuple[tuple[float, float, int], ...], delta: float, accoun
     """Opacus' epsilon for validated entries (deterministic, so cached: PRV costs ~1 s)."""
     from opacus.accountants import create_accountant
 
+    if accountant == "rdp":
+        return _rdp_epsilon(entries, delta)
     acc = (_guarded_prv_class()() if accountant == "prv"
            else create_accountant(mechanism=accountant))
     acc.history = list(entries)
@@ -94,3 +96,31 @@ def _epsilon(entries: tuple[tuple[float, float, int], ...], delta: float, accoun
         raise ConfigError(f"accountant={accountant!r} returned no epsilon for "
                           f"{describe(entries)}; use accountant='rdp' or more noise")
     return eps
+
+
+def _rdp_epsilon(entries: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Opacus' RDPAccountant.get_epsilon for ``entries``: the same sums in the same order (so the
+    same float), with each (q, sigma)'s per-step RDP computed once per process (~90 ms each)
+    instead of once per call: a site's lifetime ledger of many runs is checked every round."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as analysis
+
+    rdp = sum([_rdp_per_step(q, sigma) * steps for sigma, q, steps in entries])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order")
+        eps, _ = analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp,
+                                            delta=delta)
+    if math.isnan(eps):
+        raise ConfigError(f"accountant='rdp' returned no epsilon for {describe(entries)}; "
+                          f"use more noise")
+    return float(eps)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_per_step(q: float, sigma: float) -> Any:
+    """Opacus' RDP of one step at sampling rate ``q`` and noise ``sigma``, per order."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as analysis
+
+    return analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1,
+                                orders=RDPAccountant.DEFAULT_ALPHAS)

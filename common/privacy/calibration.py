@@ -8,10 +8,10 @@ use of it.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 from common.config import ConfigError
-from common.privacy.accounting import PRVTooLarge, epsilon_of_history
+from common.privacy.accounting import PRVTooLarge, describe, epsilon_of_history
 from common.privacy.checks import check_accountant, check_delta, check_entry, positive
 
 MAX_NOISE_MULTIPLIER = 1e4        # RunConfig.noise_multiplier's upper bound
@@ -46,9 +46,12 @@ def calibrate_sigma(epsilon_of: EpsilonOfSigma, target: float, *, spent_over: st
 
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
-                               steps: int, accountant: str = "rdp") -> float:
+                               steps: int, accountant: str = "rdp",
+                               extra: Sequence[Sequence[float]] = ()) -> float:
     """Smallest sigma (to within CALIBRATION_RTOL in epsilon) whose ``steps``-step DP-SGD run at
-    ``sample_rate`` spends at most ``target_epsilon`` at ``delta`` with ``accountant``.
+    ``sample_rate``, composed with the fixed mechanisms ``extra`` (``(sigma, q, steps)`` entries,
+    e.g. a site's Gaussian count and metric releases, `common.privacy.mechanisms`), spends at
+    most ``target_epsilon`` at ``delta`` with ``accountant``.
 
     PRV starts from the (cheap) RDP sigma, an upper bound for it as PRV is the tighter
     accountant; PRV's sigma is typically 5-15 % below RDP's, so a narrow first bracket saves
@@ -58,12 +61,15 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     delta = check_delta(delta)
     q, steps = check_entry(1.0, sample_rate, steps)[1:]
     check_accountant(accountant)
+    fixed = tuple(check_entry(*entry) for entry in extra)
+    _check_extra_fits(fixed, target, delta, accountant)
 
-    hi_start = _rdp_sigma_or_max(target, delta, q, steps) if accountant == "prv" else 1.0
+    hi_start = (_rdp_sigma_or_max(target, delta, q, steps, fixed) if accountant == "prv"
+                else 1.0)
 
     def eps(sigma: float) -> float:
         try:
-            return epsilon_of_history([(sigma, q, steps)], delta, accountant)
+            return epsilon_of_history([(sigma, q, steps), *fixed], delta, accountant)
         except PRVTooLarge:
             if sigma >= hi_start:
                 raise
@@ -71,7 +77,8 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
 
     advice = ("Raise target_epsilon, use fewer rounds/local_epochs or a larger batch_size"
               + (", or accountant='prv' (tighter)" if accountant == "rdp" else ""))
-    return calibrate_sigma(eps, target, spent_over=f"over {steps} steps at q={q:.4g}, "
+    plus = f" plus {describe(fixed)}" if fixed else ""
+    return calibrate_sigma(eps, target, spent_over=f"over {steps} steps at q={q:.4g}{plus}, "
                            f"delta={delta:.3g} ({accountant})", advice=advice, start=hi_start,
                            narrow_first=accountant == "prv")
 
@@ -102,11 +109,26 @@ def _narrow(eps: EpsilonOfSigma, target: float, low: tuple[float, float],
     return hi
 
 
-def _rdp_sigma_or_max(target: float, delta: float, q: float, steps: int) -> float:
+def _check_extra_fits(extra: tuple[tuple[float, float, int], ...], target: float,
+                      delta: float, accountant: str) -> None:
+    """ConfigError when the fixed mechanisms alone spend the whole target: no sigma helps."""
+    if not extra:
+        return
+    alone = epsilon_of_history(extra, delta, accountant)
+    if alone >= target:
+        raise ConfigError(f"target_epsilon={target:g} is out of reach: the fixed releases "
+                          f"{describe(extra)} alone spend epsilon={alone:.4g} at "
+                          f"delta={delta:.3g} ({accountant}); raise target_epsilon or the "
+                          f"releases' noise (count_noise_multiplier, metric_noise_multiplier), "
+                          f"or release fewer values")
+
+
+def _rdp_sigma_or_max(target: float, delta: float, q: float, steps: int,
+                      extra: tuple[tuple[float, float, int], ...] = ()) -> float:
     """RDP's calibrated sigma (an upper bound for PRV's); the largest sigma when RDP's bound
     cannot reach ``target`` (PRV may still)."""
     try:
-        return calibrate_noise_multiplier(target, delta, q, steps, "rdp")
+        return calibrate_noise_multiplier(target, delta, q, steps, "rdp", extra)
     except ConfigError:
         return MAX_NOISE_MULTIPLIER
 

@@ -7,12 +7,17 @@ RunConfig spells "not given" as 0 for ``noise_multiplier`` (calibrate sigma for
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.config import ConfigError, RunConfig
 from common.privacy.accounting import epsilon_of_history
 from common.privacy.calibration import MAX_NOISE_MULTIPLIER, calibrate_noise_multiplier
-from common.privacy.checks import check_accountant, check_delta, int_arg, positive
+from common.privacy.checks import check_accountant, check_delta, check_entry, int_arg, positive
+
+# Fixed mechanisms a site plans besides DP-SGD, one ``(sigma, q, steps)`` ledger entry each
+# (e.g. `common.privacy.mechanisms.gaussian_entry` of a count or metric release).
+Extra = tuple[tuple[float, float, int], ...]
 
 
 def given_noise_multiplier(value: float) -> float | None:
@@ -78,21 +83,36 @@ class PrivacyPlan:
     noise_std_per_coordinate: float  # sigma * C / expected_batch_size: noise of the mean gradient
     local_epochs: int
     expected_batch_size: int        # Opacus' int(n * q), the divisor of the summed gradient
+    extra: Extra = ()               # planned fixed releases, composed into `epsilon`
+
+    def history(self, rounds_done: int) -> list[tuple[float, float, int]]:
+        """DP-SGD of ``rounds_done`` rounds, then every planned release (none after 0 rounds)."""
+        steps = int_arg("rounds_done", rounds_done, lo=0) * self.steps_per_round
+        if not steps:
+            return []
+        return [(self.noise_multiplier, self.sample_rate, steps), *self.extra]
 
     def epsilon_after(self, rounds_done: int) -> float:
-        """Epsilon a site's ledger reports after ``rounds_done`` planned rounds."""
-        steps = int_arg("rounds_done", rounds_done, lo=0) * self.steps_per_round
-        history = [(self.noise_multiplier, self.sample_rate, steps)] if steps else []
-        return epsilon_of_history(history, self.delta, self.accountant)
+        """Epsilon after ``rounds_done`` planned rounds, counting every planned release
+        (``extra``) from the first round on: what a site's ledger reports when it has released
+        them all, and an upper bound on it before (a release is made once, in some round).
+        Without extras it is exactly the ledger's epsilon; after the last round it is
+        `epsilon`."""
+        return epsilon_of_history(self.history(rounds_done), self.delta, self.accountant)
 
 
 def plan(n_train: int, batch_size: int, local_epochs: int, rounds: int, *,
          target_epsilon: float | None = None, noise_multiplier: float | None = None,
          delta: float | None = None, max_grad_norm: float = 1.0,
-         accountant: str = "rdp") -> PrivacyPlan:
+         accountant: str = "rdp", extra: Sequence[Sequence[float]] = ()) -> PrivacyPlan:
     """Plan DP-SGD for one site: give exactly one of ``target_epsilon`` (sigma is calibrated
     for the whole run) or ``noise_multiplier`` (its whole-run epsilon is computed).
-    ``delta=None`` means :func:`default_delta`."""
+    ``delta=None`` means :func:`default_delta`.
+
+    ``extra``: fixed mechanisms the site will also run, ``(sigma, q, steps)`` each (a Gaussian
+    count or metric release is ``(sigma, 1.0, 1)``). They are composed with the DP-SGD history
+    both when sigma is calibrated (training gets what the releases leave of the target) and in
+    the reported ``epsilon``."""
     n = int_arg("n_train", n_train)
     b = int_arg("batch_size", batch_size)
     if b > n:
@@ -106,27 +126,30 @@ def plan(n_train: int, batch_size: int, local_epochs: int, rounds: int, *,
                           f"{noise_multiplier!r}: give exactly one of them (a budget to "
                           f"calibrate sigma for, or a fixed sigma)")
     delta = default_delta(n) if delta is None else _check_site_delta(delta, n)
+    fixed: Extra = tuple(check_entry(*entry) for entry in extra)
     q, per_epoch = poisson_sampling(n, b)
     per_round = per_epoch * epochs
     total = per_round * rounds
     if noise_multiplier is None:
         target = positive("target_epsilon", target_epsilon)
-        sigma = calibrate_noise_multiplier(target, delta, q, total, accountant)
+        sigma = calibrate_noise_multiplier(target, delta, q, total, accountant, fixed)
     else:
         target = None
         sigma = positive("noise_multiplier", noise_multiplier, hi=MAX_NOISE_MULTIPLIER)
-    eps = epsilon_of_history([(sigma, q, total)], delta, accountant)
+    eps = epsilon_of_history([(sigma, q, total), *fixed], delta, accountant)
     expected = int(n * q)
     return PrivacyPlan(sample_rate=q, steps_per_round=per_round, rounds=rounds, total_steps=total,
                        noise_multiplier=sigma, target_epsilon=target, epsilon=eps, delta=delta,
                        max_grad_norm=clip, accountant=accountant, batch_size=b, n_train=n,
                        noise_std_per_coordinate=sigma * clip / expected, local_epochs=epochs,
-                       expected_batch_size=expected)
+                       expected_batch_size=expected, extra=fixed)
 
 
-def plan_from_config(cfg: RunConfig, n_train: int) -> PrivacyPlan:
+def plan_from_config(cfg: RunConfig, n_train: int,
+                     extra: Sequence[Sequence[float]] = ()) -> PrivacyPlan:
     """The DP-SGD plan of a site with ``n_train`` training samples under ``cfg`` (dp='sample'):
-    sigma calibrated for ``cfg.target_epsilon`` unless given, delta `default_delta` unless given.
+    sigma calibrated for ``cfg.target_epsilon`` unless given, delta `default_delta` unless given;
+    ``extra`` as in `plan`.
     """
     if cfg.dp != "sample":
         raise ConfigError(f"dp={cfg.dp!r}: a DP-SGD plan is for per-sample privacy, dp='sample'")
@@ -134,4 +157,4 @@ def plan_from_config(cfg: RunConfig, n_train: int) -> PrivacyPlan:
     return plan(n_train, cfg.batch_size, cfg.local_epochs, cfg.rounds,
                 target_epsilon=cfg.target_epsilon if sigma is None else None,
                 noise_multiplier=sigma, delta=given_delta(cfg.delta),
-                max_grad_norm=cfg.max_grad_norm, accountant=cfg.accountant)
+                max_grad_norm=cfg.max_grad_norm, accountant=cfg.accountant, extra=extra)

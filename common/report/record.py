@@ -2,7 +2,8 @@
 
 The server fills the federated part (history, privacy, early stop) for a deployed run; the
 simulator adds what only it knows (baselines, partition heterogeneity, site sizes, the audit,
-overlays) with `dataclasses.replace`.
+overlays, and under DP each site's score of the final model, which the sites keep local) with
+`dataclasses.replace`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from common.config import RunConfig
 from common.datasets.base import TaskInfo
 from common.report.comparison import federation_helped, is_segmentation
+from common.report.coverage import CoveredRelease, release_coverage
 from common.report.privacy import ClientPrivacy, SamplePrivacy, SpentPrivacy
 
 Metrics = dict[str, float]     # one model on one test split: accuracy, auc, dice, hd95, loss ...
@@ -23,9 +25,11 @@ class Scores:
 
     sites: dict[str, Metrics]            # site id -> metrics
     overall: Metrics                     # the global test split ("global" in summary.json)
+    sites_note: str = ""                 # who scored the sites, when not the sites themselves
 
     def to_json(self) -> dict:
-        return {"global": self.overall, "sites": self.sites}
+        out = {"global": self.overall, "sites": self.sites}
+        return {**out, "sites_note": self.sites_note} if self.sites_note else out
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class RunRecord:
     audit: dict | None = None            # `common.mia.audit` of the final global model
     audit_note: str = ""
     overlays: dict[str, list[str]] = field(default_factory=dict)   # site -> PNGs (run-relative)
+    site_scores: dict[str, Metrics] = field(default_factory=dict)  # simulator-scored, see below
+    site_scores_note: str = ""           # how ``site_scores`` were computed
 
     @property
     def rounds(self) -> int:
@@ -87,10 +93,20 @@ class RunRecord:
 
     @property
     def federated(self) -> Scores:
-        """The final global model, scored by each site on its test split and on the global test."""
+        """The final global model on each site's test split and on the global test: as each site
+        reported it in the last round, or, when the simulator scored the sites itself (under DP
+        the sites keep their test metrics local), ``site_scores``."""
         last = self.history[-1]
+        if self.site_scores:
+            return Scores(sites=dict(self.site_scores), overall=last["global"],
+                          sites_note=self.site_scores_note)
         return Scores(sites={s: v["test"] for s, v in last["sites"].items()},
                       overall=last["global"])
+
+    @property
+    def released(self) -> tuple[CoveredRelease, ...]:
+        """Every field the sites' replies carried, and whether the guarantee covers it."""
+        return release_coverage(self.history, self.config.dp)
 
     @property
     def is_segmentation(self) -> bool:
@@ -124,5 +140,6 @@ class RunRecord:
                     "task": None if self.task is None else asdict(self.task),
                     "stopped_early": self.stopped_early,
                     "privacy": None if self.privacy is None else self.privacy.to_json(),
-                    "audit": audit, "overlays": self.overlays}
+                    "audit": audit, "overlays": self.overlays,
+                    "released": [asdict(c) for c in self.released]}
         return {key: value for key, value in optional.items() if value}

@@ -1,9 +1,14 @@
-"""Markdown tables of the report: per-site scores, per-site privacy, the membership audit."""
+"""Markdown tables of the report: per-site scores, per-site privacy and what each site's
+guarantee came to, the values that left the sites, the membership audit."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from common.report.comparison import finite, table_metrics
-from common.report.privacy import SamplePrivacy
+from common.report.coverage import CoveredRelease
+from common.report.policy import policy_hex
+from common.report.privacy import SamplePrivacy, SiteGuarantee
 
 METRIC_LABELS = {"accuracy": "acc", "auc": "AUC", "dice": "Dice", "hd95": "HD95"}
 
@@ -65,15 +70,86 @@ def privacy_table(privacy: SamplePrivacy) -> str:
     return "\n".join(lines) + "\n"
 
 
-def audit_text(audit: dict) -> str:
-    """Markdown: membership-inference AUC and TPR at 1% FPR of the final global model."""
+def guarantee_table(privacy: SamplePrivacy) -> str:
+    """Markdown: per site, the run's epsilon at its delta and accountant, the lifetime budget
+    (every run on the site's dataset) spent and left, its policy id, its count and noise."""
+    head = ["site", "epsilon (run)", "delta", "accountant", "lifetime spent", "lifetime budget",
+            "lifetime left", "policy", "sample count", "noise"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    guarantees = privacy.guarantees()
+    for name in sorted(guarantees, key=int):
+        lines.append("| " + " | ".join([name, *_guarantee_cells(guarantees[name])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _guarantee_cells(g: SiteGuarantee) -> list[str]:
+    count = {None: "-", True: "noised (charged)", False: "not noised"}[g.count_noised]
+    noise = {None: "not reported", True: "OS CSPRNG", False: "seeded (reproducible)"}[
+        g.secure_randomness]
+    return [f"{g.epsilon:.3f}", f"{g.delta:.2e}", g.accountant.upper(), _number(g.lifetime_spent),
+            _number(g.lifetime_budget), _number(g.lifetime_left), policy_hex(g.policy_id), count,
+            noise]
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if finite(value) else "no limit"
+
+
+def coverage_table(released: Sequence[CoveredRelease]) -> str:
+    """Markdown: each field the sites sent, whether it depends on their data, how it was
+    protected, and whether the guarantee covers it."""
+    lines = ["| message | field | depends on private data | protection | covered | sites |",
+             "|---|---|---|---|---|---|"]
+    for r in released:
+        field = r.field if " " in r.field else f"`{r.field}`"
+        lines.append(f"| {r.message} | {field} | {r.private} | {r.protection} | "
+                     f"{'yes' if r.covered else '**no**'} | {r.sites} |")
+    return "\n".join(lines) + "\n"
+
+
+AUDIT_VALUES = (("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"))
+
+
+def _estimate(result: dict, key: str) -> str:
+    """``0.712 [0.650, 0.770]``: the value and its bootstrap interval when the audit has one."""
+    low, high = result.get(f"{key}_ci_low"), result.get(f"{key}_ci_high")
+    if low is None or high is None:
+        return f"{result[key]:.3f}"
+    return f"{result[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def audit_rows(audit: dict, pooled_label: str | None = "all sites") -> str:
+    """Markdown: per scope (each site, then the pooled row unless ``pooled_label`` is None),
+    members/non-members and each attack's AUC and TPR at 1% FPR."""
     attacks = [a for a in ("loss-threshold", "calibrated") if a in audit["pooled"]]
-    head = ["scope"] + [f"{a} {k}" for a in attacks for k in ("AUC", "TPR@1%FPR")]
+    head = ["scope", "members / non-members"] + [f"{a} {label}" for a in attacks
+                                                 for _, label in AUDIT_VALUES]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    scopes = [(f"site {s}", r) for s, r in audit["sites"].items()] + [("all sites", audit["pooled"])]
+    scopes = [(f"site {s}", r) for s, r in audit["sites"].items()]
+    if pooled_label is not None:
+        scopes.append((pooled_label, audit["pooled"]))
     for name, result in scopes:
-        cells = [name] + [f"{result[a][k]:.3f}" for a in attacks for k in ("auc", "tpr_at_1pct_fpr")]
+        first = result[attacks[0]]
+        cells = [name, f"{first['n_members']} / {first['n_nonmembers']}"]
+        cells += [_estimate(result[a], key) for a in attacks for key, _ in AUDIT_VALUES]
         rows.append("| " + " | ".join(cells) + " |")
-    return ("Membership inference on the final global model: each site's training samples "
+    return "\n".join(rows)
+
+
+def audit_text(audit: dict, pooled_label: str | None = "all sites",
+               model: str = "the final global model") -> str:
+    """Markdown: membership-inference AUC and TPR at 1% FPR of ``model``, with their bootstrap
+    confidence intervals (`audit_rows`)."""
+    first = next(iter(audit["pooled"].values()))
+    interval = ""
+    if "bootstrap_resamples" in first:
+        interval = (f" In brackets: the {first['ci_level']:.0%} percentile-bootstrap interval "
+                    f"({first['bootstrap_resamples']} seeded resamples of the members and of the "
+                    f"non-members); an interval that holds 0.5 (AUC) or 0.01 (TPR at 1% FPR) "
+                    f"shows no leakage this audit can tell from chance.")
+    return (f"Membership inference on {model}: each site's training samples "
             "(members) against its held-out test split (non-members), balanced. AUC 0.5 means "
-            "the attack cannot tell them apart.\n\n" + "\n".join(rows))
+            "the attack cannot tell them apart." + interval + "\n\n"
+            + audit_rows(audit, pooled_label))

@@ -3,6 +3,10 @@
 Speed (bench/dp_overhead.py): while a model is wrapped, Opacus' hook mode stores each layer's
 per-sample gradient through `_store_grad_sample`, which skips Opacus' zero-filled copy; the
 results are unchanged.
+
+Noise: from ``noise_generator`` (a seeded torch generator, Opacus' plain path: simulation), or
+from a `common.training.secure_random.CsprngSource` (`CsprngDPOptimizer`: ChaCha20 keyed by the
+OS CSPRNG, hardened like Opacus' ``secure_mode``: deployment).
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ import torch
 import opacus.grad_sample.grad_sample_module as _opacus_gsm
 from opacus.grad_sample.utils import prepare_module
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
+
+from common.training.secure_random import CsprngSource
 
 
 def _clear_dp_state(model: nn.Module) -> None:
@@ -85,10 +92,39 @@ def grad_sample_wrapped(model: nn.Module, mode: str) -> Iterator[nn.Module]:
         _clear_dp_state(model)
 
 
+class CsprngDPOptimizer(DPOptimizer):
+    """`DPOptimizer` whose Gaussian noise comes from a `CsprngSource` (cryptographic, and hardened
+    against the floating-point attack like Opacus' ``secure_mode``); everything else (clipping,
+    accumulation over physical batches, scaling) is Opacus' own."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, noise_source: CsprngSource,
+                 **kwargs) -> None:
+        super().__init__(optimizer, generator=None, secure_mode=True, **kwargs)
+        self.noise_source = noise_source
+
+    def add_noise(self) -> None:
+        """Opacus' `add_noise` with the noise drawn from ``noise_source``."""
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            p.grad = self.noise_source.add_noise(p.summed_grad, std).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+def _dp_optimizer(optimizer: torch.optim.Optimizer, noise_generator: torch.Generator | None,
+                  noise_source: CsprngSource | None, **kwargs) -> DPOptimizer:
+    if noise_source is not None:
+        if noise_generator is not None:
+            raise ValueError("dp_wrapped: pass noise_generator or noise_source, not both")
+        return CsprngDPOptimizer(optimizer, noise_source=noise_source, **kwargs)
+    return DPOptimizer(optimizer, generator=noise_generator, secure_mode=False, **kwargs)
+
+
 @contextmanager
 def dp_wrapped(model: nn.Module, optimizer: torch.optim.Optimizer, *, mode: str,
                noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
-               noise_generator: torch.Generator | None = None
+               noise_generator: torch.Generator | None = None,
+               noise_source: CsprngSource | None = None
                ) -> Iterator[tuple[nn.Module, DPOptimizer]]:
     """``(per-sample-gradient module, DPOptimizer)`` around ``model`` and ``optimizer``.
 
@@ -96,11 +132,13 @@ def dp_wrapped(model: nn.Module, optimizer: torch.optim.Optimizer, *, mode: str,
     ``max_grad_norm``, adds N(0, (noise_multiplier * max_grad_norm)^2) noise to their sum and
     divides by ``expected_batch_size``. On exit the caller's ``model`` object (whose parameters
     were trained in place) is left as a plain module: hooks and Opacus attributes removed, so its
-    ``state_dict`` keys are unchanged and it can be wrapped again.
+    ``state_dict`` keys are unchanged and it can be wrapped again. The noise comes from
+    ``noise_source`` when given (`CsprngDPOptimizer`), else from ``noise_generator`` (None:
+    torch's global generator).
     """
     with grad_sample_wrapped(model, mode) as wrapped:
-        yield wrapped, DPOptimizer(optimizer, noise_multiplier=noise_multiplier,
-                                   max_grad_norm=max_grad_norm,
-                                   expected_batch_size=expected_batch_size,
-                                   loss_reduction="mean", generator=noise_generator,
-                                   secure_mode=False)
+        yield wrapped, _dp_optimizer(optimizer, noise_generator, noise_source,
+                                     noise_multiplier=noise_multiplier,
+                                     max_grad_norm=max_grad_norm,
+                                     expected_batch_size=expected_batch_size,
+                                     loss_reduction="mean")

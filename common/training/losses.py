@@ -1,4 +1,10 @@
-"""The training loss a run asks for (``cfg.loss``), for classification and segmentation."""
+"""The training loss a run asks for (``cfg.loss``), for classification and segmentation.
+
+Under sample-level DP (dp='sample') a loss may depend on the private data only through the
+records it sums: ``weighted_ce`` computes its class weights from the site's labels (masks), an
+un-noised statistic of the whole training set that DP-SGD does not cover, so it is refused
+(`check_dp_loss`) both where a run is planned and where the weights would be computed.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,20 @@ from torch import nn
 from common.config import ConfigError, RunConfig
 from common.datasets.base import Split, TaskInfo
 from common.segmentation import make_seg_loss, seg_class_weights
+
+DP_SAFE_LOSSES = {"classification": ("ce", "focal"),
+                  "segmentation": ("dice_ce", "dice", "focal", "ce")}
+
+
+def check_dp_loss(cfg: RunConfig) -> None:
+    """Refuse ``loss='weighted_ce'`` under dp='sample' (see module doc); dp='off' and
+    dp='client' (which protects a site's whole contribution) keep it."""
+    if cfg.dp != "sample" or cfg.loss != "weighted_ce":
+        return
+    safe = "; ".join(f"{task}: {', '.join(losses)}" for task, losses in DP_SAFE_LOSSES.items())
+    raise ConfigError(f"loss='weighted_ce' with dp='sample': its class weights come from the "
+                      f"site's private label counts, which DP-SGD does not protect; choose a "
+                      f"DP-safe loss ({safe}), or dp='off'/'client'")
 
 
 class FocalLoss(nn.Module):
@@ -44,6 +64,7 @@ def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Mo
     * ``weighted_ce``: class weights ``1 / count`` normalised to average 1 over classes (a class
       absent from ``train_labels`` is weighted like a class seen once); multilabel uses
       ``pos_weight = negatives / positives`` per label (1 for a label with no positives).
+      Refused under dp='sample' (`check_dp_loss`).
     * ``focal``: `FocalLoss` with ``cfg.focal_gamma`` (sigmoid form for multilabel).
     """
     if task.kind == "segmentation":
@@ -52,6 +73,7 @@ def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Mo
     if cfg.loss in ("dice", "dice_ce"):
         raise ConfigError(f"loss={cfg.loss!r} is a segmentation loss; a {task.kind} task accepts "
                           f"ce, weighted_ce or focal")
+    check_dp_loss(cfg)
     multilabel = task.kind == "multilabel"
     if cfg.loss == "focal":
         return FocalLoss(cfg.focal_gamma, multilabel)
@@ -68,7 +90,8 @@ def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Mo
 def make_seg_training_loss(cfg: RunConfig, task: TaskInfo, masks: np.ndarray) -> nn.Module:
     """The segmentation loss named by ``cfg.loss`` (`common.segmentation.make_seg_loss`) on
     logits (N, classes, *spatial) and long targets (N, *spatial); ``weighted_ce`` weighs the
-    classes by `seg_class_weights` of the site's training ``masks``."""
+    classes by `seg_class_weights` of the site's training ``masks`` (refused under dp='sample')."""
+    check_dp_loss(cfg)
     weights = seg_class_weights(masks, task.num_classes) if cfg.loss == "weighted_ce" else None
     return make_seg_loss(cfg.loss, task.num_classes, class_weights=weights,
                          focal_gamma=cfg.focal_gamma)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError
@@ -19,9 +20,27 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--run-name", default=None, metavar="NAME",
                         help="name of the run directory (default: "
                              "time-dataset-partition-strategy-seed)")
+    parser.add_argument("--site-policy", default=None, metavar="FILE",
+                        help="a site privacy policy (TOML, as `fedclinic site --policy`) that "
+                             "every simulated site enforces: DP required, epsilon limits, what "
+                             "may leave (default: none: no floor, unlimited epsilon, exact "
+                             "values without DP, seeded noise)")
     add_verbose(parser, "show Flower's and Ray's own log lines")
     add_debug(parser)
     parser.set_defaults(func=run)
+
+
+def site_policy_text(path: str | None) -> str:
+    """The --site-policy file as canonical TOML ('' without one), checked here so that a
+    mistake is one error naming the file and key before anything runs."""
+    if not path:
+        return ""
+    from client.policy import load_policy
+
+    try:
+        return load_policy(Path(path)).to_toml()
+    except ConfigError as exc:
+        raise ConfigError(f"--site-policy: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
     if cfg.resume:
         raise ConfigError("--resume continues a deployed run (`fedclinic run --resume NAME`); "
                           "a simulation starts afresh")
-    simulate(cfg, verbose=args.verbose, run_name=args.run_name)
+    simulate(cfg, verbose=args.verbose, run_name=args.run_name,
+             site_policy=site_policy_text(args.site_policy))
     return 0

@@ -7,9 +7,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from client.service import DEFAULT_ACTIVATION_WAIT, DEFAULT_RUNTIME_PORT, DEFAULT_STATE, SiteOptions
+from client.service import (DEFAULT_ACTIVATION_WAIT, DEFAULT_RUNTIME_PORT, DEFAULT_STATE, LEDGERS,
+                            SiteOptions)
 from client.validate import DEFAULT_MANIFEST, LAYOUTS
 from common.datasets import DataError
+from common.mia_bootstrap import RESAMPLES
 from fedclinic.cli.options import add_debug
 
 DEFAULT_SERVER = "127.0.0.1:8000"
@@ -26,7 +28,8 @@ def add_parser(sub: Any) -> None:
         description="Without a subcommand: validate the data, then join the consortium server "
                     "and train when runs arrive (stop with Ctrl-C). `fedclinic site validate "
                     "DATA_DIR` checks data and writes a shareable manifest; `fedclinic site "
-                    "doctor` checks certificates, the server, the data and the disk.")
+                    "doctor` checks certificates, the server, the data and the disk; "
+                    "`fedclinic site status` prints the privacy budget spent and left.")
     add_site_arguments(site)
     site.set_defaults(func=run_site)
     site_sub = site.add_subparsers(dest="site_command", metavar="SUBCOMMAND")
@@ -40,6 +43,17 @@ def add_parser(sub: Any) -> None:
     add_doctor_arguments(doc)
     add_debug(doc)
     doc.set_defaults(func=run_doctor)
+    status = site_sub.add_parser("status", help="the privacy budget spent and left per dataset "
+                                                "(the site's lifetime ledgers)")
+    add_status_arguments(status)
+    add_debug(status)
+    status.set_defaults(func=run_status)
+    aud = site_sub.add_parser("audit", help="membership-inference audit of the consortium's "
+                                            "model on this site's own data, run here; nothing "
+                                            "leaves the site")
+    add_audit_arguments(aud)
+    add_debug(aud)
+    aud.set_defaults(func=run_audit)
 
 
 # ----------------------------------------------------------------------------- fedclinic site
@@ -61,6 +75,12 @@ def add_site_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", default=DEFAULT_STATE, metavar="DIR",
                    help="folder for the privacy ledgers, audit.jsonl and logs; keep it across "
                         f"restarts (default: {DEFAULT_STATE})")
+    p.add_argument("--policy", default=None, metavar="FILE",
+                   help="the site's privacy policy (TOML, reviewed by the hospital; example: "
+                        "deploy/site-policy.example.toml): DP required, epsilon per run and "
+                        "over the dataset's lifetime, delta, what may leave; checked before "
+                        "joining (default: fedclinic's default policy: DP-SGD required, "
+                        "epsilon at most 8 per run and 24 lifetime)")
     p.add_argument("--allow-app-hash", action="append", default=[], metavar="SHA256",
                    help="also run the app bundle with this sha256 (repeatable); by default only "
                         "the installed fedclinic's own bundle runs (default: none)")
@@ -90,6 +110,7 @@ def run_site(args: argparse.Namespace) -> int:
     return serve_site(SiteOptions(
         server=args.server, ca_cert=Path(args.ca_cert), site_key=Path(args.site_key),
         site_id=args.site_id, data=Path(args.data), state=Path(args.state),
+        policy=Path(args.policy) if args.policy else None,
         allow_app_hash=tuple(args.allow_app_hash), runtime_port=args.runtime_port,
         activation_wait=args.activation_wait, threads=args.threads,
         skip_validation=args.skip_validation, insecure=args.insecure))
@@ -162,13 +183,91 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="network timeout of each connection attempt "
                              f"(default: {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--policy", type=Path, default=None, metavar="FILE",
+                        help="the site's privacy policy file: checked and shown, with the "
+                             "budget left per dataset under it (default: not checked)")
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    """Print the checks; 0 when none failed (warnings allowed), 1 otherwise."""
+    """Print the checks (and the policy in force, with --policy); 0 when none failed (warnings
+    allowed), 1 otherwise."""
     from client.doctor import render, run_doctor as check_site
 
     checks = check_site(args.server, args.ca_cert, args.site_key, args.data, args.state,
-                        min_free_gb=args.min_free_gb, timeout=args.timeout)
+                        min_free_gb=args.min_free_gb, timeout=args.timeout, policy=args.policy)
     print(render(checks))
+    if args.policy is not None:
+        from client.policy import load_policy
+        from common.config import ConfigError
+
+        try:
+            print(f"\n{load_policy(args.policy).render()}")
+        except ConfigError:
+            pass                          # the policy check above says what is wrong
     return 1 if any(c.status == "error" for c in checks) else 0
+
+
+# ---------------------------------------------------------------------- fedclinic site status
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state", type=Path, default=DEFAULT_DOCTOR_STATE, metavar="DIR",
+                        help="the site's state folder, as given to `fedclinic site --state` "
+                             f"(default: ./{DEFAULT_DOCTOR_STATE})")
+    parser.add_argument("--policy", type=Path, default=None, metavar="FILE",
+                        help="the site's policy file, for its lifetime budget (default: "
+                             "fedclinic's default policy, lifetime epsilon 24)")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Per dataset in the site's ledgers: epsilon spent and left of the lifetime budget; 0, or
+    1 when a ledger fails verification (the site would refuse to train on it)."""
+    from client.ledger import format_status, ledger_status
+    from client.policy import load_policy
+
+    policy = load_policy(args.policy)
+    ledgers = Path(args.state) / LEDGERS
+    spends = ledger_status(ledgers, policy) if ledgers.is_dir() else []
+    print(f"privacy budget of the site at {args.state} under the policy from {policy.source} "
+          f"(lifetime epsilon {policy.lifetime_epsilon:g}):")
+    for line in format_status(spends):
+        print(f"  {line}")
+    return 1 if any(s.problem for s in spends) else 0
+
+
+# ----------------------------------------------------------------------- fedclinic site audit
+
+DEFAULT_AUDIT_SEED = 0
+DEFAULT_RESAMPLES = RESAMPLES    # common.mia_bootstrap
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=Path("data"), metavar="PATH",
+                        help="the site's data, as `fedclinic site --data`: its train split are "
+                             "the members, its test split the non-members (default: data)")
+    parser.add_argument("--state", type=Path, default=DEFAULT_DOCTOR_STATE, metavar="DIR",
+                        help="the site's state folder: the model is read from "
+                             "DIR/last-global.npz and the report written to "
+                             f"DIR/audit-report.md (0600) (default: ./{DEFAULT_DOCTOR_STATE})")
+    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
+                        help="audit this final_model.pt (from the consortium's run folder) "
+                             "instead of the last global model the site received (default: "
+                             "DIR/last-global.npz)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_AUDIT_SEED, metavar="N",
+                        help="seed of the member/non-member balancing and of the bootstrap "
+                             f"(default: {DEFAULT_AUDIT_SEED})")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+                        help="bootstrap resamples of the confidence intervals "
+                             f"(default: {DEFAULT_RESAMPLES})")
+    parser.add_argument("--site-id", type=int, default=0, metavar="N",
+                        help="this site's number, as in `fedclinic site` (default: 0)")
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """Print the audit table and where its report was written; 0 on success."""
+    from client.site_audit import run_site_audit
+
+    done = run_site_audit(args.data, args.state, model=args.model, seed=args.seed,
+                          resamples=args.resamples, site_id=args.site_id)
+    print(done.markdown)
+    print(f"audit report (kept at this site): {done.report_path}")
+    return 0

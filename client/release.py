@@ -1,0 +1,253 @@
+"""What a site's replies carry: the metrics of a train or an evaluate reply, as its policy allows.
+
+The table of every field and how it is protected is `common.releases` (docs/what-leaves.md);
+this module makes the replies match it. Under sample-level DP:
+
+* train: no training loss, no timings, no count of skipped files; the sample count leaves as the
+  policy says (``sample_count``): "noised" - a Gaussian release charged to the site's ledger
+  once per run (kind "count") and reused for the run's later rounds, or "equal" - the constant
+  1.0 (FedAvg then weights the sites equally);
+* evaluate: ``test_metrics`` "local" - only public fields (``withheld`` = 1.0); "noised" - the
+  confusion matrix plus Gaussian noise (L2 sensitivity 1), charged (kind "metrics"), and what
+  `common.privacy.mechanisms.derived_metrics` reads from it. A release is made only in the
+  last ``max_metric_releases_per_run`` rounds of the run (so it describes the final model),
+  only while the run has releases left, and only if the run's and the dataset's budgets allow
+  it (`client.admission.check_spend`); otherwise the metrics are withheld.
+
+The exact values stay at the site: in deployment they are appended to its local report,
+``<state>/local-report.jsonl`` (0600), ``<state>`` being the parent of the node config's
+``ledger-dir``. A simulated site keeps no report (the simulator scores the final model itself).
+
+Noise comes from the OS CSPRNG (`common.training.secure_random.CsprngSource`, hardened against
+the floating-point attack) when the policy asks for secure randomness in deployment, else from
+a torch generator seeded from the task's seed (simulation: reproducible).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from client.admission import check_spend
+from client.ledger import ledger_dir
+from client.policy import SitePolicy, is_simulated
+from client.site import LocalSite
+from common.config import ConfigError, RunConfig
+from common.privacy.ledger import BudgetExhausted, PrivacyLedger
+from common.privacy.mechanisms import (
+    Noise, confusion_counts, derived_metrics, gaussian_entry, matrix_sensitivity, release_count,
+    release_matrix,
+)
+from common.private_files import PRIVATE_FILE, private_dir
+from common.training.prediction import evaluate, predict_proba
+from common.training.secure_random import CsprngSource
+
+LOCAL_REPORT = "local-report.jsonl"       # next to it: the exact values that did not leave
+COUNT_KIND, METRICS_KIND = "count", "metrics"   # ledger entry kinds of the two releases
+
+
+class ReleaseLedger(Protocol):
+    """What releases read and write of the site's ledger (client.ledger.SiteLedger)."""
+
+    def run(self, run_key: str) -> PrivacyLedger: ...
+    def lifetime(self) -> PrivacyLedger: ...
+    def released(self, run_key: str, kind: str) -> float | None: ...
+    @property
+    def entries(self) -> tuple[Any, ...]: ...      # client.ledger_chain.LedgerEntry: .run, .kind
+    def append(self, *, run_key: str, server_round: int, kind: str, noise_multiplier: float,
+               sample_rate: float, steps: int, delta: float,
+               value: float | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Releases:
+    """What one task may release, and where its charges and exact values go."""
+
+    policy: SitePolicy
+    dp: bool                              # sample-level DP-SGD (cfg.dp == "sample")
+    run_key: str
+    server_round: int
+    ledger: ReleaseLedger | None = None   # needed for a charged release
+    delta: float | None = None            # the site's delta for the run (charged releases)
+    seed: int | None = None               # None: CSPRNG noise; an int: seeded (simulation)
+    report: Path | None = None            # the site's local report (deployment), or None
+
+    def noise(self, kind: str) -> Noise:
+        """The noise source of one release (``kind`` salts the simulation seed)."""
+        if self.seed is None:
+            return CsprngSource()
+        return torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{kind}".encode()))
+
+    def charge(self, kind: str, noise_multiplier: float, value: float | None = None) -> None:
+        """Append one Gaussian release ``(sigma, 1, 1)`` to the site's ledger."""
+        if self.ledger is None or self.delta is None:
+            raise ConfigError(f"a {kind} release under DP needs the site's ledger and delta")
+        sigma, q, steps = gaussian_entry(noise_multiplier)
+        self.ledger.append(run_key=self.run_key, server_round=self.server_round, kind=kind,
+                           noise_multiplier=sigma, sample_rate=q, steps=steps,
+                           delta=self.delta, value=value)
+
+
+def local_report_path(node_config: Mapping[str, Any]) -> Path | None:
+    """``<state>/local-report.jsonl`` of a deployed site (``<state>`` = the parent of its
+    ledger folder, `client.ledger.ledger_dir`); None for a simulated site or one without a
+    ledger folder."""
+    folder = ledger_dir(node_config)
+    if is_simulated(node_config) or folder is None:
+        return None
+    return folder.parent / LOCAL_REPORT
+
+
+def releases_for(node_config: Mapping[str, Any], policy: SitePolicy, *, dp: bool, run_key: str,
+                 server_round: int, seed: int, ledger: ReleaseLedger | None = None,
+                 delta: float | None = None) -> Releases:
+    """The `Releases` of one task: CSPRNG noise in deployment when the policy asks for secure
+    randomness (``seed`` then unused), else noise seeded from ``seed``."""
+    secure = policy.secure_randomness and not is_simulated(node_config)
+    return Releases(policy=policy, dp=dp, run_key=run_key, server_round=server_round,
+                    ledger=ledger, delta=delta, seed=None if secure else seed,
+                    report=local_report_path(node_config))
+
+
+def keep_local(rel: Releases, task: str, exact: Mapping[str, float],
+               sent: Mapping[str, float]) -> None:
+    """Append the task's exact values (and what was sent instead) to the local report."""
+    if rel.report is None:
+        return
+    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "run": rel.run_key, "round": rel.server_round, "task": task,
+                       "exact": dict(exact), "sent": dict(sent)}, allow_nan=True)
+    private_dir(rel.report.parent)
+    fd = os.open(rel.report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- train replies
+
+@dataclass(frozen=True)
+class SampleCount:
+    value: float          # the FedAvg weight that leaves ("num-examples")
+    noised: bool          # a Gaussian release (charged) rather than exact or equal
+
+
+def sample_count(rel: Releases, n_train: int) -> SampleCount:
+    """The training-sample count as the policy lets it leave. "noised": released and charged
+    the first time in the run (clamped to >= 1 and rounded, post-processing), then the cached
+    value; "equal": 1.0; "exact" (never under DP): ``n_train``. Call it after the round's
+    admission (`client.admission.admit` plans and checks the count's charge)."""
+    how = rel.policy.sample_count_release(rel.dp)
+    if how == "equal":
+        return SampleCount(1.0, False)
+    if how == "exact" and not rel.dp:
+        return SampleCount(float(n_train), False)
+    if rel.ledger is None:
+        raise ConfigError("a noised sample count needs the site's ledger")
+    cached = rel.ledger.released(rel.run_key, COUNT_KIND)
+    if cached is not None:
+        return SampleCount(float(cached), True)
+    sigma = rel.policy.count_noise_multiplier
+    noisy, _ = release_count(n_train, sigma, rel.noise(COUNT_KIND))
+    value = max(1.0, float(round(noisy)))
+    rel.charge(COUNT_KIND, sigma, value)
+    return SampleCount(value, True)
+
+
+def train_metrics(rel: Releases, result: Any, site: LocalSite, count: SampleCount, *,
+                  proximal_mu: float, client_seconds: float,
+                  privacy: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The train reply's metrics. ``result``: a TrainResult or DPTrainResult (``loss``,
+    ``steps``, ``seconds``); ``count``: `sample_count`'s; ``privacy``: the public DP fields
+    (epsilon, delta, ...). Under DP no loss, timing or skipped-file count leaves; without DP
+    the loss leaves if the policy's ``train_loss`` is "exact". The exact values go to the local
+    report."""
+    metrics: dict[str, float] = {
+        **(privacy or {}),
+        "num-examples": count.value,
+        "dp-weight": 1.0,              # client-level DP averages with equal weights
+        "steps": result.steps,         # public: local_epochs x ceil(n / batch_size)
+        "proximal_mu": proximal_mu,
+        "site": site.site,
+        "policy_id": rel.policy.policy_id,
+    }
+    exact = {"num-examples": len(site.train), "train_loss": result.loss,
+             "train_seconds": result.seconds, "client_seconds": client_seconds,
+             "skipped_files": site.skipped}
+    if rel.dp:
+        metrics["count_noised"] = 1.0 if count.noised else 0.0
+    else:
+        metrics.update({k: exact[k] for k in ("train_seconds", "client_seconds",
+                                              "skipped_files")})
+        if rel.policy.train_loss_release(False) == "exact":
+            metrics["train_loss"] = result.loss
+    keep_local(rel, "train", exact, metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------- evaluate replies
+
+def evaluate_metrics(rel: Releases, model: nn.Module, site: LocalSite, cfg: RunConfig
+                     ) -> dict[str, float]:
+    """The evaluate reply's metrics for the model on the site's test split (module docstring):
+    "exact" (no DP, the policy allows it) - every metric; "local" - public fields only;
+    "noised" - derived metrics of a charged noisy confusion matrix, or public fields only when
+    no release is due or allowed."""
+    how = rel.policy.test_metrics_release(rel.dp)
+    batch = max(cfg.batch_size, 128)
+    if how == "exact":
+        result = evaluate(model, site.test, site.task, batch_size=batch)
+        metrics = {k: float(v) for k, v in result.items() if k != "num_examples"}
+        return {**metrics, "num-examples": len(site.test), "dp-weight": 1.0, "site": site.site}
+    withheld = {"site": site.site, "num-examples": 1.0, "dp-weight": 1.0, "withheld": 1.0}
+    noised = _noised_metrics(rel, model, site, cfg, batch) if how == "noised" else None
+    sent = withheld if noised is None else {**withheld, "withheld": 0.0, **noised}
+    if rel.report is not None:
+        exact = evaluate(model, site.test, site.task, batch_size=batch)
+        keep_local(rel, "evaluate", {k: float(v) for k, v in exact.items()}, sent)
+    return sent
+
+
+def metric_release_due(rel: Releases, cfg: RunConfig) -> bool:
+    """A noised metric release is due in the run's last ``max_metric_releases_per_run`` rounds
+    while the run has made fewer than that many."""
+    k = rel.policy.max_metric_releases_per_run
+    if k < 1 or rel.server_round <= cfg.rounds - k or rel.ledger is None:
+        return False
+    made = sum(1 for e in rel.ledger.entries if e.run == rel.run_key and e.kind == METRICS_KIND)
+    return made < k
+
+
+def _noised_metrics(rel: Releases, model: nn.Module, site: LocalSite, cfg: RunConfig,
+                    batch: int) -> dict[str, float] | None:
+    """Charge and release a noisy confusion matrix; None when none is due, the task has no
+    confusion matrix (segmentation) or the budgets do not allow it."""
+    if site.task.kind == "segmentation" or not metric_release_due(rel, cfg):
+        return None
+    sigma = rel.policy.metric_noise_multiplier
+    try:
+        check_spend(rel.policy, rel.ledger, rel.run_key, [gaussian_entry(sigma)],
+                    delta=rel.delta, accountant=cfg.accountant,
+                    budget=min(cfg.target_epsilon, rel.policy.max_epsilon_per_run),
+                    target=cfg.target_epsilon, what=f"the test metrics of round "
+                                                    f"{rel.server_round}")
+    except (BudgetExhausted, ConfigError):   # PolicyRefused is a ConfigError
+        return None
+    probs = predict_proba(model, site.test.images, site.task, batch)
+    counts = confusion_counts(site.task.kind, np.asarray(site.test.labels), probs)
+    rel.charge(METRICS_KIND, sigma)           # charged before anything is released
+    noisy, _ = release_matrix(counts, sigma, rel.noise(METRICS_KIND),
+                              sensitivity=matrix_sensitivity(site.task.kind, counts))
+    return derived_metrics(site.task.kind, noisy)
