@@ -34,8 +34,6 @@ max_epsilon_per_run = 2.5
 lifetime_epsilon = 3.0
 """
 
-pytestmark = pytest.mark.slow   # a federation of real processes and three runs: ~2-3 min
-
 
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory):
