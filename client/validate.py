@@ -18,24 +18,32 @@ from client.validation.medmnist import validate_medmnist
 from client.validation.msd import validate_msd
 from client.validation.report import ValidationReport, build_report
 from common.datasets.base import DataError
+from common.datasets.reading import reading
 
 LAYOUTS = ("auto", "dicom", "msd", "medmnist")
 DEFAULT_MANIFEST = "manifest.json"
 
 
 def validate_site_data(data_dir: Path, layout: str = "auto", window: str = "",
-                       strict: bool = False) -> ValidationReport:
+                       strict: bool = False, spacing: str = "") -> ValidationReport:
     """Check the site's data folder (or MedMNIST ``.npz`` file) the way training will read it.
 
     ``layout``: one of `LAYOUTS` ("auto" detects it). ``window``: DICOM VOI window
     "CENTER,WIDTH" or "" (checked up front: a bad value raises ConfigError). ``strict``: bad
     image files become errors instead of warnings, as they would stop a strict training run.
+    ``spacing``: the run setting ``spacing`` (mm, "" = stretch): samples are preprocessed with
+    it, so files a resampling run refuses are counted as such.
+
+    One bad file is one named entry in the report, never an exception; an error no check
+    foresaw while reading a file escapes with a note naming the file (the CLI prints it).
     """
     if layout not in LAYOUTS:
         raise DataError(f"layout={layout!r}: unknown; expected one of {', '.join(LAYOUTS)}")
     from common.datasets.dicom.pixels import parse_window
+    from common.spacing_spec import parse_spacing
 
     parse_window(window)
+    parse_spacing(spacing)
     data_dir = Path(data_dir).expanduser()
     if not data_dir.exists():
         check = Check("data folder", "error", f"{data_dir} does not exist")
@@ -45,7 +53,8 @@ def validate_site_data(data_dir: Path, layout: str = "auto", window: str = "",
         return build_report(data_dir, layout, [check], {}, {})
     validator = {"dicom": validate_dicom, "msd": validate_msd,
                  "medmnist": validate_medmnist}[detected]
-    checks, stats, phi = validator(data_dir, window, strict)
+    with reading(data_dir):
+        checks, stats, phi = validator(data_dir, window, strict, spacing=spacing)
     return build_report(data_dir, detected, [check, *checks], stats, phi)
 
 

@@ -19,7 +19,7 @@ from common.datasets.cache import ArrayCache, TAG_FILE, cache_key
 from common.datasets.dicom import loader, sample
 from common.datasets.dicom.header import DicomFileError, read_header
 from common.datasets.dicom.pixels import _decode_failure, read_pixels
-from common.datasets.dicom.scan import scan
+from common.datasets.dicom.scan import scan, scan_headers
 from common.datasets.dicom.series import assemble_series
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"   # bundled, no network
@@ -439,3 +439,232 @@ def test_detect_layout(tmp_path):
         detect_layout(tmp_path / "nowhere")
     with pytest.raises(DataError, match="not a MedMNIST .npz"):
         detect_layout(tmp_path / "labels_only" / "a.txt")
+
+
+# ------------------------------------------------------------------------- hospital files that lie
+# (issue 11): every one is a DicomFileError naming the file and the element, never a NaN image
+# or an unhandled exception; in a folder it is one named, skipped file.
+
+from bench.fuzz_inputs import patch_vr, raw_element  # noqa: E402
+
+
+def _mutant(path: Path, edit) -> Path:
+    """A clean CT file whose dataset ``edit(ds)`` changes before it is written."""
+    write_dicom(path, _ct_values(), RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=40,
+                WindowWidth=400, PixelSpacing=[0.7, 0.7])
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+@pytest.mark.parametrize("keyword, value, shown", [
+    ("RescaleSlope", b"one", "'one'"), ("RescaleIntercept", b"", "empty"),
+    ("RescaleSlope", b"nan", "'nan'"), ("RescaleIntercept", b"1\\2", "'1\\2'"),
+    ("RescaleSlope", b"0", "'0"),
+])
+def test_rescale_that_is_not_one_finite_number_names_the_element(tmp_path, keyword, value,
+                                                                  shown):
+    path = _mutant(tmp_path / "ct.dcm", lambda ds: raw_element(ds, keyword, "DS", value))
+    with pytest.raises(DicomFileError) as err:
+        read_pixels(path)
+    assert err.value.path == path and f"{keyword} (0028,105" in err.value.reason
+    assert shown in err.value.reason
+
+
+@pytest.mark.parametrize("syntax, expected", [
+    (b"1.2.3.4", "'1.2.3.4' is not a DICOM transfer syntax"), (b"", "is empty"),
+    (b"abc", "'abc' is not a DICOM transfer syntax")])
+def test_a_transfer_syntax_that_is_not_one_is_a_named_bad_file(tmp_path, syntax, expected):
+    import struct
+
+    path = write_dicom(tmp_path / "ts.dcm", _ct_values())
+    data = path.read_bytes()
+    at = data.find(b"\x02\x00\x10\x00UI")
+    old = struct.unpack("<H", data[at + 6: at + 8])[0]
+    value = syntax + (b"\0" if len(syntax) % 2 else b"")
+    path.write_bytes(data[:at + 6] + struct.pack("<H", len(value)) + value
+                     + data[at + 8 + old:])
+    for read in (read_header, read_pixels):
+        with pytest.raises(DicomFileError, match=f"TransferSyntaxUID \\(0002,0010\\).*{expected}"):
+            read(path)
+    # the decode-failure message itself never crashes on such a value (it called is_compressed)
+    assert "not a DICOM transfer syntax" in _decode_failure("1.2.3.4", ValueError("x"))
+
+
+@pytest.mark.parametrize("where", ["Manufacturer", "nested"])
+def test_an_unknown_vr_code_is_a_named_bad_file_and_the_phi_scan_survives(tmp_path, where):
+    from client.phi import count_phi
+    from pydicom.dataset import Dataset as DicomDataset
+
+    def edit(ds):
+        if where == "nested":
+            item = DicomDataset()
+            item.PatientName = "Doe^Jane"
+            ds.ReferencedStudySequence = [item]
+        else:
+            ds.Manufacturer = "Acme"
+
+    path = _mutant(tmp_path / "vr.dcm", edit)
+    tag = pydicom.tag.Tag("PatientName" if where == "nested" else "Manufacturer")
+    path.write_bytes(patch_vr(path.read_bytes(), tag, "QQ"))
+    with pytest.raises(DicomFileError) as err:
+        read_header(path)
+    assert f"({tag.group:04X},{tag.element:04X})" in err.value.reason
+    assert "'QQ'" in err.value.reason or "VR" in err.value.reason
+    good = write_dicom(tmp_path / "good.dcm", _ct_values(), PatientID="x")
+    headers, bad = scan_headers(tmp_path)
+    assert [p.name for p, _ in bad] == ["vr.dcm"] and list(headers) == [good]
+    assert count_phi(headers.values()) == {"PatientID": 1}
+
+
+@pytest.mark.parametrize("centre, width", [(b"nan", b"400"), (b"40", b"inf"), (b"abc", b"400"),
+                                           (b"", b"")])
+def test_a_file_window_that_is_not_finite_is_refused_unless_the_run_sets_one(tmp_path, centre,
+                                                                             width):
+    def edit(ds):
+        raw_element(ds, "WindowCenter", "DS", centre)
+        raw_element(ds, "WindowWidth", "DS", width)
+
+    path = _mutant(tmp_path / "w.dcm", edit)
+    with pytest.raises(DicomFileError, match="not a finite number; set the run's dicom_window"):
+        read_pixels(path)
+    image, _ = read_pixels(path, window="40,400")     # the run's window replaces the file's
+    assert np.isfinite(image).all()
+    np.testing.assert_allclose(image[0], [0.0, 0.0, 0.5, 1.0, 1.0], atol=0.005)
+
+
+def test_any_non_finite_pixel_after_the_modality_lut_is_refused(tmp_path):
+    def edit(ds):
+        values = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
+        values[1, 2] = np.nan
+        del ds.PixelData
+        for keyword in ("BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope",
+                        "RescaleIntercept", "WindowCenter", "WindowWidth"):
+            delattr(ds, keyword)
+        ds.Rows = ds.Columns = 4
+        ds.BitsAllocated = 32
+        ds.FloatPixelData = values.tobytes()
+
+    path = _mutant(tmp_path / "f.dcm", edit)
+    with pytest.raises(DicomFileError, match="1 of 16 pixel values are NaN or infinite"):
+        read_pixels(path)
+
+
+def test_overflowing_rescale_is_refused_not_trained_as_inf(tmp_path):
+    path = _mutant(tmp_path / "big.dcm", lambda ds: raw_element(ds, "RescaleSlope", "DS",
+                                                                b"1e308"))
+    with pytest.raises(DicomFileError, match="NaN or infinite after decoding"):
+        read_pixels(path)
+
+
+def test_inserted_bytes_are_not_reported_as_truncation(tmp_path):
+    path = write_dicom(tmp_path / "x.dcm", _ct_values(), Manufacturer="Acme",
+                       StudyDescription="chest")
+    data = path.read_bytes()
+    at = data.find(b"Acme") + 2                   # inside an element's value
+    path.write_bytes(data[:at] + b"\x8b\x00\x0c\x9e\x41\x42\x43\x44\x45\x46\x47" + data[at:])
+    with pytest.raises(DicomFileError) as err:
+        read_header(path)
+    assert "truncated" not in err.value.reason
+    assert "inserted or overwritten" in err.value.reason or "VR" in err.value.reason
+
+
+@pytest.mark.parametrize("keyword, value, message", [
+    ("ImagePositionPatient", b"abc\\0\\0", "ImagePositionPatient \\(0020,0032\\)"),
+    ("ImagePositionPatient", b"1\\2", "expected 3 finite numbers"),
+    ("ImagePositionPatient", b"nan\\nan\\nan", "expected 3 finite numbers"),
+    ("ImageOrientationPatient", b"0\\0\\0\\0\\0\\0", "zero or parallel"),
+])
+def test_a_slice_whose_position_is_not_numbers_names_the_file(tmp_path, keyword, value, message):
+    _, paths = write_series(tmp_path, [np.full((4, 4), v, np.uint16) for v in (1, 2, 3)])
+    bad = paths[0] if keyword == "ImageOrientationPatient" else paths[1]  # the first one's counts
+    ds = pydicom.dcmread(bad)
+    raw_element(ds, keyword, "DS", value)
+    ds.save_as(bad, enforce_file_format=False)
+    headers = [pydicom.dcmread(p) for p in paths]
+    from common.datasets.dicom.series import slice_order
+
+    with pytest.raises(DicomFileError, match=message):
+        slice_order(headers, paths)
+    with pytest.raises(DataError, match=message):
+        assemble_series(paths)
+
+
+def _folder_with(root: Path, mutant_edit) -> Path:
+    """Four clean files (0.7 mm pixels) + one mutant, keyed by path."""
+    rows = ["path,label"]
+    for i in range(4):
+        write_dicom(root / f"c{i}.dcm", _image(i % 2, i), PixelSpacing=[0.7, 0.7])
+        rows.append(f"c{i}.dcm,{'ab'[i % 2]}")
+    _mutant(root / "bad.dcm", mutant_edit)
+    rows.append("bad.dcm,a")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_an_implausible_spacing_is_a_named_file_not_a_resampling_crash(tmp_path):
+    root = _folder_with(tmp_path / "data", lambda ds: raw_element(ds, "PixelSpacing", "DS",
+                                                                   b"1e6\\1e6"))
+    data = loader.load(root, _cfg(tmp_path, spacing="0.7,0.7"))
+    assert len(data.train) + len(data.test) == 4
+    (where, reason), = data.skipped
+    assert Path(where).name == "bad.dcm" and "would give" in reason and "implausible" in reason
+
+
+def test_one_bad_file_is_one_named_skipped_file_in_the_loader_and_fatal_when_strict(tmp_path):
+    root = _folder_with(tmp_path / "data", lambda ds: raw_element(ds, "RescaleSlope", "DS",
+                                                                   b"one"))
+    data = loader.load(root, _cfg(tmp_path))
+    assert len(data.train) + len(data.test) == 4
+    assert [(Path(p).name, "RescaleSlope (0028,1053) is 'one'" in r) for p, r in data.skipped] \
+        == [("bad.dcm", True)]
+    with pytest.raises(DicomFileError) as err:
+        loader.load(root, _cfg(tmp_path, strict=True))
+    assert err.value.path.name == "bad.dcm"
+
+
+def test_simulate_and_a_deployed_site_skip_the_bad_file_by_name(tmp_path):
+    """The loaders are shared: `fedclinic simulate` names the skipped file, a deployed site
+    counts it, and neither trains on a non-finite pixel."""
+    from client.site import DATA_PATH, load_site
+    from simulations.simulate import load_checked_dataset
+
+    root = _folder_with(tmp_path / "data", lambda ds: raw_element(ds, "WindowCenter", "DS",
+                                                                   b"nan"))
+    cfg = _cfg(tmp_path, model="cnn")
+    said: list[str] = []
+    _, data = load_checked_dataset(cfg, said.append)
+    assert any(line.startswith("skipped ") and "bad.dcm" in line and "WindowCenter" in line
+               for line in said)
+    assert np.isfinite(data.train.images).all()
+    site = load_site(cfg, {DATA_PATH: str(root)})
+    assert site.skipped == 1 and np.isfinite(site.train.images).all()
+
+
+def test_two_names_of_one_file_are_one_sample_and_links_outside_are_refused(tmp_path):
+    import os
+
+    from common.datasets.dicom.scan import scan_folder
+
+    root = tmp_path / "data"
+    _classification_folder(root, n=4, key="path")
+    first = root / "pat0" / "IM0"
+    (root / "pat0" / "link.dcm").symlink_to("IM0")
+    os.link(first, root / "pat0" / "hard.dcm")
+    outside = write_dicom(tmp_path / "elsewhere.dcm", _image(0, 9))
+    (root / "out.dcm").symlink_to(outside)
+    found = scan_folder(root)
+    assert set(found.aliases) == {root / "pat0" / "link.dcm", root / "pat0" / "hard.dcm"}
+    assert all(real == first for real in found.aliases.values())
+    (where, reason), = found.bad
+    assert where.name == "out.dcm" and "outside the data folder" in reason
+    with (root / "labels.csv").open("a") as fh:
+        fh.write("pat0/link.dcm,normal\npat0/hard.dcm,normal\nout.dcm,normal\n")
+    data = loader.load(root, _cfg(tmp_path))
+    assert len(data.train) + len(data.test) == 4
+    reasons = {Path(w).relative_to(root).as_posix() if Path(w).is_absolute() else w: r
+               for w, r in data.skipped}
+    assert "same file" in reasons["pat0/link.dcm"] and "line 2" in reasons["pat0/link.dcm"]
+    assert "same file" in reasons["pat0/hard.dcm"]
+    assert "outside the data folder" in reasons["out.dcm"]

@@ -149,3 +149,50 @@ def test_csv_shaped_junk_only_ever_raises_data_error(rows, header):
         parse_labels(text)
     except DataError:
         pass
+
+
+# --------------------------------------------------------------------------- one file, one key
+
+@pytest.mark.parametrize("first, second", [
+    ("x.dcm", "./x.dcm"), ("sub/x.dcm", "sub\\x.dcm"), ("sub/x.dcm", "sub/../sub/x.dcm"),
+    ("sub/x.dcm", "sub//x.dcm"), ("./a/./x.dcm", "a/x.dcm")])
+def test_two_spellings_of_one_path_are_a_duplicate_naming_both_lines(first, second):
+    with pytest.raises(DataError) as err:
+        parse_labels(f"path,label\n{first},a\n{second},b\n", source="labels.csv")
+    message = str(err.value)
+    assert message.startswith("labels.csv: line 3: duplicate path") and "first on line 2" in message
+    assert repr(second) in message and "one file is one sample" in message
+
+
+def test_uid_keys_are_not_path_normalised():
+    parsed = parse_labels("SeriesInstanceUID,label\n1.2.3,a\n./1.2.3,b\n")
+    assert parsed.keys == ("1.2.3", "./1.2.3")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("../other/x.dcm", "leads outside the data folder"), ("/etc/passwd", "absolute path"),
+    ("C:\\\\data\\\\x.dcm", "absolute path"), ("sub/../../x.dcm", "leads outside"),
+    (".", "names no file")])
+def test_the_path_rule_refuses_paths_leaving_the_data_folder(tmp_path, text, message):
+    from common.datasets.paths import OutsideDataFolder, inside, normal_path
+
+    with pytest.raises(OutsideDataFolder, match=message):
+        normal_path(text)
+    with pytest.raises(OutsideDataFolder):
+        inside(tmp_path, text)
+
+
+def test_the_path_rule_follows_links_and_keeps_inside_ones(tmp_path):
+    from common.datasets.paths import OutsideDataFolder, inside, normal_path
+
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "x.dcm").write_bytes(b"x")
+    (tmp_path / "secret").write_bytes(b"s")
+    (root / "in.dcm").symlink_to(root / "sub" / "x.dcm")
+    (root / "out.dcm").symlink_to(tmp_path / "secret")
+    assert normal_path("sub\\.\\x.dcm") == "sub/x.dcm"
+    assert inside(root, "./sub/../in.dcm") == root / "in.dcm"
+    with pytest.raises(OutsideDataFolder, match="a link leading outside the data folder: "
+                                                "'out.dcm' resolves to .*secret"):
+        inside(root, "out.dcm")

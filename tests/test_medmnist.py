@@ -242,3 +242,82 @@ def test_real_pneumoniamnist_file():
     assert (len(ds.train), len(ds.val), len(ds.test)) == (4708, 524, 624)
     assert ds.task.kind == "binary" and ds.train.images.shape[1:] == (1, 28, 28)
     assert set(np.unique(ds.train.labels)) == {0, 1}
+
+
+# --------------------------------------------------------------------------- arrays that lie
+
+def _lying_npz(path: Path, key: str, shape: tuple[int, ...]) -> Path:
+    """A valid-looking .npz whose member ``key`` declares ``shape`` (the data stays small)."""
+    import io
+    import zipfile
+
+    arrays = dict(np.load(_write(path.with_name("source.npz"), (28, 28))))
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in arrays:
+            out = io.BytesIO()
+            array = arrays[name]
+            header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                      "shape": shape if name == key else array.shape}
+            np.lib.format.write_array_header_1_0(out, header)
+            out.write(array.tobytes())
+            zf.writestr(f"{name}.npy", out.getvalue())
+    return path
+
+
+def test_a_member_declaring_a_huge_shape_is_refused_before_any_allocation(tmp_path,
+                                                                          monkeypatch):
+    path = _lying_npz(tmp_path / "site.npz", "val_labels", (10 ** 11, 1))
+    monkeypatch.setattr(mm.np, "load", lambda *a, **k: pytest.fail("np.load was reached"))
+    with pytest.raises(DataError) as err:
+        mm.load(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: member val_labels.npy declares shape (100000000000, 1)")
+    assert "100000000000 bytes" in message and "holds 4 bytes" in message
+
+
+def test_a_text_file_named_npz_is_called_a_text_file(tmp_path):
+    path = tmp_path / "site.npz"
+    path.write_text("train_images,train_labels\n1,2\n")
+    with pytest.raises(DataError, match=r"site\.npz: not a readable \.npz archive: a text file "
+                                        r"\(it starts 'train_images,train_labels'\)") as err:
+        mm.load(str(path))
+    assert "pickled" not in str(err.value)
+
+
+def test_a_huge_label_is_refused_naming_file_split_and_value(tmp_path):
+    labels = np.zeros((10, 1), np.int64)
+    labels[3, 0] = 10 ** 9
+    path = _write(tmp_path / "site.npz", (28, 28), val_labels=labels[:4])
+    with pytest.raises(DataError, match=rf"{path.name}: val_labels holds class 1000000000.* "
+                                        rf"more than {mm.MAX_INFERRED_CLASSES} classes"):
+        mm.load(str(path))
+    known = _write(tmp_path / "pneumoniamnist.npz", (28, 28), test_labels=labels[:6] * 0 + 7)
+    with pytest.raises(DataError, match=r"pneumoniamnist\.npz: test_labels has class 7; "
+                                        r"expected 0..1"):
+        mm.load(str(known))
+
+
+def test_pickled_members_and_arrays_larger_than_memory_are_refused_by_header(tmp_path,
+                                                                           monkeypatch):
+    import io
+    import zipfile
+
+    from common.datasets.npz_archive import check_npz
+
+    path = tmp_path / "objects.npz"
+    out = io.BytesIO()
+    np.save(out, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("train_labels.npy", out.getvalue())
+    with pytest.raises(DataError, match="train_labels.npy holds Python objects"):
+        check_npz(path, "keys ...")
+    bomb = tmp_path / "bomb.npz"                  # honest headers, 1000:1 compression
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        out = io.BytesIO()
+        np.save(out, np.zeros(5_000_000, np.uint8))
+        zf.writestr("train_images.npy", out.getvalue())
+    check_npz(bomb, "keys ...")
+    monkeypatch.setattr("common.datasets.npz_archive.physical_memory", lambda: 1_000_000)
+    with pytest.raises(DataError, match=r"bomb\.npz: its arrays need 0\.0 GiB, more than this "
+                                        r"machine's"):
+        check_npz(bomb, "keys ...")

@@ -160,3 +160,61 @@ def test_a_deployed_site_trains_segmentation_on_its_msd_folder(tmp_path):
     assert result.steps > 0 and result.loss == result.loss
     metrics = evaluate(model, site.test, site.task)
     assert {"dice", "hd95", "loss"} <= set(metrics)
+
+
+# --------------------------------------------------------------------------- entries that lie
+
+def _entry(root: Path, training: list[dict]) -> None:
+    doc = json.loads((root / "dataset.json").read_text())
+    doc["training"] += training
+    (root / "dataset.json").write_text(json.dumps(doc))
+
+
+def test_entries_leaving_the_folder_are_refused_and_never_opened(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "Task03_Liver")
+    other = tmp_path / "other"
+    _case(other, "x", range(2, 4))
+    (root / "imagesTr" / "link.nii.gz").symlink_to(other / "imagesTr" / "x.nii.gz")
+    _entry(root, [{"image": "../other/imagesTr/x.nii.gz", "label": "../other/labelsTr/x.nii.gz"},
+                  {"image": str(other / "imagesTr" / "x.nii.gz"),
+                   "label": "./labelsTr/liver_0.nii.gz"},
+                  {"image": "./imagesTr/liver_1.nii.gz", "label": "/etc/passwd"},
+                  {"image": "./imagesTr/link.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}])
+    opened: list[str] = []
+    real_load = nib.load
+    monkeypatch.setattr(nib, "load", lambda p, *a, **k: opened.append(str(p)) or real_load(p))
+    data = msd.load(root, _cfg(tmp_path, spatial_dims=3))
+    assert len(data.train) + len(data.test) == 3
+    reasons = [reason for _, reason in data.skipped]
+    assert len(reasons) == 4 and all("dataset.json: training[" in r for r in reasons)
+    assert "training[3] image '../other/imagesTr/x.nii.gz' leads outside" in reasons[0]
+    assert "training[4] image" in reasons[1] and "absolute path" in reasons[1]
+    assert "training[5] label '/etc/passwd' is an absolute path" in reasons[2]
+    assert ("training[6] image a link leading outside the data folder: "
+            "'./imagesTr/link.nii.gz' resolves to") in reasons[3]
+    assert not any("other" in p or "passwd" in p or "link" in p for p in opened)
+    with pytest.raises(DataError, match="training\\[3\\] image .* leads outside"):
+        msd.load(root, _cfg(tmp_path, spatial_dims=3, strict=True))
+
+
+def test_a_case_listed_twice_is_one_sample(tmp_path):
+    from client.validate import validate_site_data
+
+    root = _folder(tmp_path / "Task03_Liver")
+    _entry(root, [{"image": "imagesTr/liver_0.nii.gz", "label": "labelsTr/liver_0.nii.gz"}])
+    data = msd.load(root, _cfg(tmp_path, spatial_dims=3))
+    assert len(data.train) + len(data.test) == 3
+    (where, reason), = data.skipped
+    assert where == "imagesTr/liver_0.nii.gz" and "already listed as training[0]" in reason
+    report = validate_site_data(root, layout="msd")
+    assert report.manifest["cases"]["usable"] == 3 and report.manifest["cases"]["total"] == 4
+    assert "already listed as training[0]" in report.render()
+
+
+def test_a_case_not_finite_after_preprocessing_is_skipped_by_name(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "Task03_Liver")
+    real = msd._preprocess
+    monkeypatch.setattr(msd, "_preprocess",
+                        lambda image, *a: real(image, *a) * np.float32("nan"))
+    with pytest.raises(DataError, match="none of the 3 cases.*NaN or infinite after prepro"):
+        msd.load(root, _cfg(tmp_path, spatial_dims=3))

@@ -213,7 +213,8 @@ def test_class_with_one_sample_is_a_warning(tmp_path):
 def test_labels_keyed_by_series_uid_match_all_slices(tmp_path):
     series = [generate_uid(), generate_uid()]
     for i in range(4):
-        write_dicom(tmp_path / f"s{i}.dcm", series=series[i % 2])
+        write_dicom(tmp_path / f"s{i}.dcm", series=series[i % 2],
+                    tags={"InstanceNumber": i // 2 + 1})
     write_labels(tmp_path, [(series[0], "a"), (series[1], "b"), ("1.2.3.999", "a")],
                  key="SeriesInstanceUID")
     report = validate_site_data(tmp_path, layout="dicom")
@@ -221,6 +222,21 @@ def test_labels_keyed_by_series_uid_match_all_slices(tmp_path):
     assert "1.2.3.999 (line 4)" in check(report, "labels without images").detail
     assert report.manifest["labels"] == {"a": 1, "b": 1}
     assert report.manifest["series"] == 2 and report.manifest["files"]["used"] == 4
+
+
+def test_a_series_the_loader_cannot_order_is_no_sample_in_validate_either(tmp_path):
+    """Validate preprocesses each row as the loader does: unorderable slices give no sample."""
+    series = [generate_uid(), generate_uid()]
+    for i in range(4):               # series[0] has InstanceNumber, series[1] has nothing
+        write_dicom(tmp_path / f"s{i}.dcm", series=series[i % 2],
+                    tags={"InstanceNumber": i // 2 + 1} if i % 2 == 0 else None)
+    write_labels(tmp_path, [(series[0], "a"), (series[1], "b")], key="SeriesInstanceUID")
+    report = validate_site_data(tmp_path, layout="dicom")
+    orphan = check(report, "labels without images").detail
+    assert f"{series[1]} (line 3): " in orphan and "cannot order the series" in orphan
+    assert report.manifest["samples"] == 1 and report.manifest["labels"] == {"a": 1, "b": 0}
+    data = load_folder(tmp_path, DicomOptions(cache_dir=str(tmp_path / "cache")))
+    assert sum(len(s) for s in (data.train, data.val, data.test) if s is not None) == 1
 
 
 def test_no_labelled_image_is_an_error(tmp_path):
@@ -526,3 +542,149 @@ def test_auto_layout_detects_each_kind(tmp_path):
     unknown = validate_site_data(tmp_path / "dicom")
     assert not unknown.ok and check(unknown, "layout").status == "error"
     assert "labels.csv" in check(unknown, "layout").detail
+
+
+# --------------------------------------------------------------------------- bad input (issue 11)
+
+from bench.fuzz_inputs import patch_vr, raw_element  # noqa: E402
+
+
+def _corrupt(path: Path, edit) -> Path:
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def _trained_on(root: Path, tmp_path: Path, **options) -> int:
+    data = load_folder(root, DicomOptions(cache_dir=str(tmp_path / "cache"), **options))
+    return sum(len(s) for s in (data.train, data.val, data.test) if s is not None)
+
+
+def test_bad_files_of_every_seen_kind_are_named_and_the_report_still_comes(tmp_path):
+    """Text RescaleSlope, a transfer syntax that is none, an unknown VR (read by the PHI scan
+    too) and a NaN window: each one named, skipped file; validate counts what training loads."""
+    site = clean_site(tmp_path / "site")
+    rows = [(f"img{i}.dcm", "normal" if i < 2 else "pneumonia") for i in range(4)]
+    for name, edit in (
+            ("slope.dcm", lambda ds: raw_element(ds, "RescaleSlope", "DS", b"one")),
+            ("window.dcm", lambda ds: raw_element(ds, "WindowCenter", "DS", b"nan")),
+            ("vr.dcm", lambda ds: None)):
+        write_dicom(site / name, tags={"WindowCenter": 40, "WindowWidth": 400,
+                                       "RescaleSlope": 1, "RescaleIntercept": 0})
+        _corrupt(site / name, edit)
+        rows.append((name, "normal"))
+    vr = site / "vr.dcm"
+    vr.write_bytes(patch_vr(vr.read_bytes(), pydicom.tag.Tag("Manufacturer"), "QQ"))
+    write_labels(site, rows)
+    report = validate_site_data(site, layout="dicom")
+    bad = check(report, "bad files").detail
+    assert "3 of 7 file(s) unusable" in bad
+    assert "slope.dcm: RescaleSlope (0028,1053) is 'one'" in bad
+    assert "window.dcm: WindowCenter (0028,1050) is 'nan', not a finite number" in bad
+    assert ("vr.dcm: unknown value representation (VR) code 'QQ' in element (0008,0070) "
+            "Manufacturer") in bad
+    assert report.manifest["files"]["skipped_by_reason"] == {
+        "RescaleSlope": 1, "WindowCenter": 1, "unknown value representation": 1}
+    assert report.manifest["samples"] == _trained_on(site, tmp_path) == 4
+    assert not validate_site_data(site, layout="dicom", strict=True).ok
+
+
+def test_a_multi_valued_modality_is_reported_as_such(tmp_path):
+    site = clean_site(tmp_path)
+    _corrupt(site / "img0.dcm", lambda ds: raw_element(ds, "Modality", "CS", b"CT\\MR"))
+    report = validate_site_data(site, layout="dicom")
+    modalities = check(report, "modalities")
+    assert modalities.status == "warning"
+    assert "multi-valued Modality (0008,0060)" in modalities.detail
+    assert "CT\\MR: 1" in modalities.detail and "['CT', 'MR']" not in report.render()
+    assert report.manifest["modalities"] == {"CT": 3, "CT\\MR": 1}
+
+
+@pytest.mark.parametrize("alias", ["dot-slash", "symlink", "hardlink"])
+def test_two_names_of_one_file_are_one_sample_in_validate_and_training(tmp_path, alias):
+    import os
+
+    site = clean_site(tmp_path / "site")
+    rows = [(f"img{i}.dcm", "normal" if i < 2 else "pneumonia") for i in range(4)]
+    if alias == "dot-slash":
+        write_labels(site, rows + [("./img0.dcm", "pneumonia")])
+        report = validate_site_data(site, layout="dicom")
+        problem = check(report, "labels file")
+        assert problem.status == "error" and "duplicate path './img0.dcm'" in problem.detail
+        return
+    if alias == "symlink":
+        (site / "other.dcm").symlink_to("img0.dcm")
+    else:
+        os.link(site / "img0.dcm", site / "other.dcm")
+    write_labels(site, rows + [("other.dcm", "pneumonia")])
+    report = validate_site_data(site, layout="dicom")
+    orphan = check(report, "labels without images").detail
+    assert "other.dcm (line 6): " in orphan and "same file" in orphan and "line 2" in orphan
+    assert report.manifest["samples"] == _trained_on(site, tmp_path) == 4
+    assert report.manifest["files"]["total"] == 4                 # the alias is no extra file
+
+
+def test_paths_leaving_the_data_folder_are_refused_with_the_shared_rule(tmp_path):
+    site = clean_site(tmp_path / "site")
+    write_dicom(tmp_path / "other" / "x.dcm")
+    rows = [(f"img{i}.dcm", "normal" if i < 2 else "pneumonia") for i in range(4)]
+    write_labels(site, rows + [("../other/x.dcm", "normal"), (str(site / "img0.dcm"), "a")])
+    detail = check(validate_site_data(site, layout="dicom"), "labels without images").detail
+    assert "../other/x.dcm (line 6): path '../other/x.dcm' leads outside the data folder" in detail
+    assert "is an absolute path" in detail
+    msd_root = write_msd(tmp_path / "msd", [lesion_mask(), lesion_mask()])
+    doc = json.loads((msd_root / "dataset.json").read_text())
+    doc["training"].append({"image": "../site/img0.dcm", "label": "/etc/passwd"})
+    (msd_root / "dataset.json").write_text(json.dumps(doc))
+    report = validate_site_data(msd_root, layout="msd")
+    bad = check(report, "bad cases").detail
+    assert "1 of 3 case(s)" in bad and "training[2] image '../site/img0.dcm' leads outside" in bad
+    assert report.manifest["cases"] == {"total": 3, "usable": 2, "skipped": 1,
+                                        "skipped_by_reason": {"leads outside the data folder": 1}}
+
+
+def test_validate_with_the_runs_spacing_counts_what_a_resampling_run_loads(tmp_path):
+    site = clean_site(tmp_path / "site")
+    _corrupt(site / "img3.dcm", lambda ds: delattr(ds, "PixelSpacing"))
+    write_dicom(site / "img4.dcm")
+    write_labels(site, [(f"img{i}.dcm", "normal" if i < 2 else "pneumonia") for i in range(5)])
+    assert validate_site_data(site, layout="dicom").manifest["samples"] == 5
+    report = validate_site_data(site, layout="dicom", spacing="0.7")
+    assert "img3.dcm (line 5): img3.dcm: no usable PixelSpacing" in check(
+        report, "labels without images").detail
+    assert report.manifest["samples"] == _trained_on(site, tmp_path, spacing="0.7") == 4
+    with pytest.raises(ConfigError, match="spacing='x'"):
+        validate_site_data(site, spacing="x")
+
+
+def test_the_cli_names_the_file_being_read_when_an_unexpected_error_escapes(tmp_path, capsys,
+                                                                            monkeypatch):
+    from common.datasets import labels as labels_module
+    from fedclinic.cli.errors import FAILED, run_command
+
+    site = clean_site(tmp_path / "site")
+
+    def broken(text, source="labels.csv"):
+        raise TypeError("something nobody foresaw")
+
+    monkeypatch.setattr(labels_module, "parse_labels", broken)
+    args = argparse.Namespace(debug=False)
+    code = run_command(lambda a: load_folder(site, DicomOptions()) and 0, args)
+    err = capsys.readouterr().err
+    assert code == FAILED
+    assert (f"fedclinic: error: TypeError: something nobody foresaw (while reading "
+            f"{site / 'labels.csv'}; rerun with --debug") in err
+
+
+def test_skip_reasons_in_the_manifest_name_no_file(tmp_path):
+    """A link leading outside the folder is a bad file; its manifest category names no path."""
+    site = clean_site(tmp_path / "site")
+    write_dicom(tmp_path / "Doe_Jane_MRN448812.dcm")
+    (site / "link.dcm").symlink_to(tmp_path / "Doe_Jane_MRN448812.dcm")
+    report = validate_site_data(site, layout="dicom")
+    assert "link.dcm: a link leading outside the data folder" in check(report, "bad files").detail
+    assert report.manifest["files"]["skipped_by_reason"] == {
+        "a link leading outside the data folder": 1}
+    assert "Doe" not in json.dumps(report.manifest) and "link.dcm" not in json.dumps(
+        report.manifest)

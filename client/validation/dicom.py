@@ -31,27 +31,31 @@ class _Image:
     series_uid: str
 
 
-def validate_dicom(root: Path, window: str, strict: bool
+def validate_dicom(root: Path, window: str, strict: bool, spacing: str = ""
                    ) -> tuple[list[Check], dict, dict[str, int]]:
-    """(checks, manifest statistics, PHI counts) of a DICOM site's folder."""
-    from common.datasets.dicom.scan import scan_headers
+    """(checks, manifest statistics, PHI counts) of a DICOM site's folder. Every labelled
+    sample goes through the loader's own row matching and preprocessing (``window``,
+    ``spacing``; 2D, nothing cached), so the sample count is the one training loads."""
+    from common.datasets.dicom.scan import scan_folder
     from common.datasets.labels import LABELS_FILE
 
     if not root.is_dir():
         return [Check("data folder", "error", f"{root} is not a folder; a DICOM site needs a "
                                               f"folder of DICOM files with {LABELS_FILE}")], {}, {}
     labels, labels_check = _read_labels(root)
-    headers, unread = scan_headers(root)
+    found = scan_folder(root)
+    headers = found.headers
     images, undecodable = _decode_all(headers, window)
-    bad = unread + undecodable
-    n_files = len(headers) + len(unread)
+    bad = found.bad + undecodable
+    n_files = len(headers) + len(found.bad)
     bad_rel = [(relative(p, root), reason) for p, reason in bad]
     checks = [labels_check, _files_check(len(images), n_files),
               bad_files_check(bad_rel, n_files, strict)]
     class_counts: dict[str, int] = {}
     used = images                # the images training reads: the labelled ones, if labels load
     if labels is not None:
-        matching, class_counts, used = _match_labels(labels, images, headers, root, strict)
+        read = _read_like_training(root, labels, found, window, spacing)
+        matching, class_counts, used = _match_labels(labels, read, images, root, strict)
         checks += matching
     checks += [_modality_check(used), _size_check(used)]
     if labels is not None:
@@ -116,32 +120,55 @@ def _files_check(n_images: int, total: int) -> Check:
     return Check("DICOM images", "ok", f"{n_images} of {total} file(s) decode as DICOM images")
 
 
-def _match_labels(labels, images: dict[Path, _Image], headers: dict, root: Path,
-                  strict: bool) -> tuple[list[Check], dict[str, int], dict[Path, _Image]]:
-    """Orphan images, orphan label rows (fatal to a strict training run), per-class counts of
-    the usable rows, and the images those rows select: by the loader's own key rules."""
-    from common.datasets.dicom.keys import file_key, lookup_key, relative_path
+def _read_like_training(root: Path, labels, found, window: str, spacing: str):
+    """The loader's `read_labelled` over the already scanned folder, caching nothing."""
+    from common.datasets.cache import NullCache
+    from common.datasets.dicom.loader import read_labelled
+    from common.datasets.dicom.options import DicomOptions
+
+    return read_labelled(root, labels, DicomOptions(window=window, spacing=spacing),
+                         NullCache(), scan=found)
+
+
+def _match_labels(labels, read, images: dict[Path, _Image], root: Path, strict: bool
+                  ) -> tuple[list[Check], dict[str, int], dict[Path, _Image]]:
+    """Orphan images, label rows that give no sample (fatal to a strict training run), per-class
+    counts of the rows that do, and the images those rows read: the loader's own outcome."""
+    from common.datasets.dicom.keys import relative_path
 
     column = labels.key_column
-    wanted = {lookup_key(k, column): i for i, k in enumerate(labels.keys)}
-    file_keys = {p: file_key(column, p, headers[p], root) for p in images}
-    unlabelled = sorted(relative_path(p, root) for p, key in file_keys.items()
-                        if key not in wanted)
-    found = set(file_keys.values())
-    missing = [(labels.lines[i] if labels.lines else i + 2, k)
-               for k, i in wanted.items() if k not in found]
+    named = {f for m in read.matches if m.problem is None for f in m.files}
+    unlabelled = sorted(relative_path(p, root) for p in images if p not in named)
+    reasons = {row: _row_reason(read.matches[row].key, where, reason, root)
+               for row, where, reason in read.skipped_rows}
+    missing = [f"{read.matches[row].key} (line {read.matches[row].line})"
+               + (f": {why}" if why else "") for row, why in reasons.items()]
     skip = "strict: training would stop" if strict else "training skips them"
     checks = [_orphans("images without labels", unlabelled, len(images),
                        f"readable image(s) have no row in labels.csv (by {column}); training "
                        f"ignores them"),
-              _orphans("labels without images", [f"{k} (line {line})" for line, k in missing],
-                       len(labels), f"labels.csv row(s) match no readable image ({skip})",
+              _orphans("labels without images", missing, len(labels),
+                       f"labels.csv row(s) give no sample ({skip})",
                        "error" if strict else "warning")]
-    usable = [i for k, i in wanted.items() if k in found]
+    usable = list(read.kept)
     checks.append(_usable_check(labels, usable))
     counts = Counter(labels.labels[i] for i in usable)
-    used = {p: images[p] for p, key in file_keys.items() if key in wanted}
+    files = {f for row in usable for f in read.matches[row].files}
+    used = {p: images[p] for p in images if p in files}
     return checks, {name: counts.get(name, 0) for name in _class_order(labels)}, used
+
+
+def _row_reason(key: str, where: str, reason: str, root: Path) -> str:
+    """A skipped row's reason for the report: '' for a plain orphan (no such file), else the
+    file at fault (when not the key itself) and the reason, without the 'labels.csv line N:'
+    prefix and the data folder's path."""
+    if "no readable DICOM file under" in reason:
+        return ""
+    reason = reason.replace(str(root).rstrip("/") + "/", "")
+    head, sep, rest = reason.partition(": ")
+    reason = rest if sep and head.startswith("labels.csv line") else reason
+    shown = relative(Path(where), root) if where != key else ""
+    return f"{shown}: {reason}" if shown else reason
 
 
 def _class_order(labels) -> list[str]:
@@ -175,7 +202,14 @@ def _orphans(name: str, items: list[str], total: int, what: str,
 
 
 def _modality_check(images: dict[Path, _Image]) -> Check:
-    return uniform_check("modalities", Counter(im.modality for im in images.values()),
+    counts = Counter(im.modality for im in images.values())
+    multi = Counter({m: n for m, n in counts.items() if "\\" in m})
+    if multi:                      # Modality (0008,0060) has one value in DICOM
+        return Check("modalities", "warning",
+                     f"{sum(multi.values())} file(s) with a multi-valued Modality (0008,0060): "
+                     f"{histogram(multi)}; DICOM allows one value per file: fix the export (the "
+                     f"files are used); all: {histogram(counts)}")
+    return uniform_check("modalities", counts,
                          "mixed modalities ({histogram}); a model usually needs one; keep one "
                          "modality per site, or check the labels.csv rows")
 

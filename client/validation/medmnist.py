@@ -11,10 +11,10 @@ from client.validation.checks import class_balance, names
 from common.datasets.base import DataError
 
 
-def validate_medmnist(path: Path, window: str, strict: bool
+def validate_medmnist(path: Path, window: str, strict: bool, spacing: str = ""
                       ) -> tuple[list[Check], dict, dict[str, int]]:
-    """(checks, manifest statistics, no PHI counts) of a MedMNIST site (``window`` and
-    ``strict`` unused: arrays have neither)."""
+    """(checks, manifest statistics, no PHI counts) of a MedMNIST site (``window``, ``strict``
+    and ``spacing`` unused: the arrays are already preprocessed)."""
     from common.datasets.medmnist import read_npz
 
     npz, problem = _find_npz(path)

@@ -3,6 +3,7 @@ reads it, and the aggregate statistics."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,11 @@ class _Case:
     label_values: tuple[int, ...]
 
 
-def validate_msd(root: Path, window: str, strict: bool
+def validate_msd(root: Path, window: str, strict: bool, spacing: str = ""
                  ) -> tuple[list[Check], dict, dict[str, int]]:
     """(checks, manifest statistics, no PHI counts) of an MSD site's folder (``window`` unused:
-    NIfTI has none)."""
+    NIfTI has none). Each case is read and preprocessed as 3D training does (``spacing``
+    included), so the usable count is the loader's."""
     from common.datasets.msd import read_manifest
 
     if not root.is_dir():
@@ -37,8 +39,9 @@ def validate_msd(root: Path, window: str, strict: bool
         manifest = read_manifest(root)
     except DataError as exc:
         return [Check("dataset.json", "error", str(exc))], {}, {}
-    cases, bad = _read_cases(root, manifest)
-    total = len(manifest.cases)
+    cases, bad = _read_cases(root, manifest, spacing)
+    bad = [(entry, _strip_paths(reason, root)) for entry, reason in manifest.refused] + bad
+    total = len(manifest.cases) + len(manifest.refused)
     names = manifest.class_names
     counts = {name: sum(i in c.label_values for c in cases) for i, name in enumerate(names)}
     checks = [Check("dataset.json", "ok",
@@ -51,15 +54,20 @@ def validate_msd(root: Path, window: str, strict: bool
     return checks, _msd_stats(manifest, cases, bad, counts), {}
 
 
-def _read_cases(root: Path, manifest) -> tuple[list[_Case], list[tuple[str, str]]]:
-    """Every training case read exactly as training reads it; the unusable ones with reasons."""
-    from common.datasets.msd import read_case
+def _read_cases(root: Path, manifest, spacing: str = ""
+                ) -> tuple[list[_Case], list[tuple[str, str]]]:
+    """Every training case read and preprocessed exactly as (3D) training does; the unusable
+    ones with reasons."""
+    from common.datasets.msd import MsdOptions, check_case, preprocess_case, read_case
 
+    opts = MsdOptions(spacing=spacing)
     cases, bad = [], []
     for image_path, label_path in manifest.cases:
         try:
             image, mask = read_case(image_path, label_path, len(manifest.class_names),
                                     len(manifest.modalities))
+            check_case(preprocess_case(image, mask, image_path, opts), image_path,
+                       len(manifest.modalities), opts)
         except DataError as exc:
             bad.append((relative(image_path, root), _strip_paths(str(exc), root)))
             continue
@@ -101,7 +109,8 @@ def _msd_size_check(cases: list[_Case]) -> Check:
 def _msd_stats(manifest, cases: list[_Case], bad: list[tuple[str, str]],
                counts: dict[str, int]) -> dict:
     return {
-        "cases": {"total": len(manifest.cases), "usable": len(cases), "skipped": len(bad),
+        "cases": {"total": len(manifest.cases) + len(manifest.refused), "usable": len(cases),
+                  "skipped": len(bad),
                   "skipped_by_reason": dict(Counter(reason_category(_after_name(r))
                                                     for _, r in bad))},
         "labels": counts,
@@ -112,6 +121,11 @@ def _msd_stats(manifest, cases: list[_Case], bad: list[tuple[str, str]],
 
 
 def _after_name(message: str) -> str:
-    """'imagesTr/x.nii.gz: not found' -> 'not found' (the manifest names no files)."""
+    """'imagesTr/x.nii.gz: not found' -> 'not found', "dataset.json: training[3] image '../x'
+    leads outside ..." -> 'leads outside ...' (the manifest names no files)."""
     head, sep, rest = message.partition(": ")
-    return rest if sep and ("/" in head or "." in head) else message
+    message = rest if sep and ("/" in head or "." in head) else message
+    return _ENTRY.sub("", message)
+
+
+_ENTRY = re.compile(r"^training\[\d+\] (image|label) ('[^']*' )?")

@@ -121,6 +121,18 @@ class ArrayCache:
             tag.write_text(_TAG_TEXT)
 
 
+class NullCache(ArrayCache):
+    """Computes every time and stores nothing: `fedclinic site validate` preprocesses each sample
+    exactly as training does without writing a cache a run with other settings never reads."""
+
+    def __init__(self) -> None:
+        super().__init__(Path(os.devnull))
+
+    def get_or_compute(self, key_parts: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        self.misses += 1
+        return np.asarray(compute())
+
+
 def array_cache(cache_dir: str = "") -> ArrayCache:
     """The cache a run with ``cfg.cache_dir == cache_dir`` uses."""
     return ArrayCache(default_cache_root(cache_dir))

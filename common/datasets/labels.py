@@ -3,8 +3,11 @@
 The header names exactly one key column (one of `KEY_COLUMNS`, matched case-insensitively), a
 ``label`` column and optionally a ``split`` column (``train``, ``val`` or ``test``); other columns
 are ignored. Blank lines and whitespace around cells are ignored and a UTF-8 byte-order mark is
-tolerated. Class ids: if every label is an integer the classes are the distinct integers in
-numeric order, otherwise the distinct label strings in sorted order.
+tolerated. Keys are unique, ``path`` keys as `common.datasets.paths.normal_path` spells them
+(``x.dcm``, ``./x.dcm`` and ``sub/../x.dcm`` are one file; the loader also folds symbolic and hard
+links to one file, `common.datasets.dicom.keys`). Class ids: if every label is an integer the
+classes are the distinct integers in numeric order, otherwise the distinct label strings in
+sorted order.
 
 Example::
 
@@ -24,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from common.datasets.base import DataError
+from common.datasets.paths import OutsideDataFolder, normal_path
+from common.datasets.reading import reading
 
 KEY_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "path")
 LABELS_FILE = "labels.csv"
@@ -71,7 +76,8 @@ def read_labels(path: Path) -> Labels:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 "
                         f"CSV") from None
-    return parse_labels(text, source=str(path))
+    with reading(path):
+        return parse_labels(text, source=str(path))
 
 
 def parse_labels(text: str, source: str = "labels.csv") -> Labels:
@@ -87,7 +93,8 @@ def parse_labels(text: str, source: str = "labels.csv") -> Labels:
     labels: list[str] = []
     splits: list[str] = []
     lines: list[int] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
+    is_path = _canonical_key(header[key_col]) == "path"
     for line, cells in rows[1:]:
         if len(cells) != len(header):
             raise DataError(f"{source}: line {line}: {len(cells)} cells but the header on line "
@@ -98,10 +105,13 @@ def parse_labels(text: str, source: str = "labels.csv") -> Labels:
             raise DataError(f"{source}: line {line}: empty {key_name}")
         if not label:
             raise DataError(f"{source}: line {line}: empty {LABEL_COLUMN} for {key_name}={key!r}")
-        if key in seen:
-            raise DataError(f"{source}: line {line}: duplicate {key_name} {key!r} "
-                            f"(first on line {seen[key]})")
-        seen[key] = line
+        same = _same_file_key(key) if is_path else key
+        if same in seen:
+            first, spelled = seen[same]
+            spelling = "" if spelled == key else f" spelled {spelled!r} there"
+            raise DataError(f"{source}: line {line}: duplicate {key_name} {key!r} (first on line "
+                            f"{first}{spelling}); one file is one sample: keep one row")
+        seen[same] = (line, key)
         if split_col is not None:
             splits.append(_split_value(cells[split_col], line, source))
         keys.append(key)
@@ -128,6 +138,15 @@ def _rows(text: str, source: str) -> list[tuple[int, list[str]]]:
     except csv.Error as exc:
         raise DataError(f"{source}: line {reader.line_num}: malformed CSV ({exc})") from None
     return out
+
+
+def _same_file_key(key: str) -> str:
+    """The spelling two ``path`` keys naming one file share (an escaping path stays as written:
+    the loader refuses its row)."""
+    try:
+        return normal_path(key)
+    except OutsideDataFolder:
+        return key
 
 
 def _canonical_key(name: str) -> str:

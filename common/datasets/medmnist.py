@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from common.datasets.base import Dataset, DataError, Split, TaskInfo
+from common.datasets.npz_archive import check_npz
+from common.datasets.reading import reading
 
 BASE_URL = "https://zenodo.org/records/10519652/files"
 SPLITS = ("train", "val", "test")
@@ -29,6 +31,9 @@ KEYS = tuple(f"{split}_{part}" for split in SPLITS for part in ("images", "label
 SIZES_2D = (28, 64, 128, 224)
 SIZES_3D = (28, 64)
 DOWNLOAD_TIMEOUT_S = 60.0
+# Classes of a file with no subset name come from its labels, 0..max; a larger max is refused
+# before a class table that size is built (a label of 10**9 would build 10**9 names).
+MAX_INFERRED_CLASSES = 1000
 
 # MedMNIST task strings -> this project's TaskInfo kinds
 _TASKS = {"binary-class": "binary", "multi-class": "multiclass",
@@ -251,6 +256,11 @@ def _known() -> str:
 def read_npz(path: Path) -> Dataset:
     """Validate and convert one MedMNIST-layout ``.npz`` file (see module docstring)."""
     path = Path(path)
+    with reading(path):
+        return _read_npz(path)
+
+
+def _read_npz(path: Path) -> Dataset:
     arrays = _read_arrays(path)
     try:
         subset = parse_subset(path.name)
@@ -279,6 +289,7 @@ def read_npz(path: Path) -> Dataset:
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected an official MedMNIST .npz file")
+    check_npz(path, f"keys {', '.join(KEYS)}")         # headers vs sizes, before any allocation
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -290,12 +301,17 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 raise DataError(f"{path}: missing key(s) {', '.join(missing)}; found "
                                 f"{', '.join(npz.files) or 'none'}; expected {', '.join(KEYS)} "
                                 f"(official MedMNIST layout)")
-            return {k: npz[k] for k in KEYS}
+            arrays = {k: npz[k] for k in KEYS}
     except DataError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc}); "
                         f"expected a zip of .npy arrays with keys {', '.join(KEYS)}") from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):
+            raise DataError(f"{path}: member {key} is not an .npy array (no {key}.npy in the "
+                            f"archive); expected a zip of .npy arrays with keys {', '.join(KEYS)}")
+    return arrays
 
 
 def _layout(path: Path, images: np.ndarray, info: SubsetInfo | None) -> tuple[int, int]:
@@ -364,6 +380,13 @@ def _task(path: Path, info: SubsetInfo | None,
         return "multilabel", width, tuple(str(i) for i in range(width))
     values = np.unique(np.concatenate([lab.ravel() for lab in labels]))
     top = int(values.max()) if values.size else 0
+    if top >= MAX_INFERRED_CLASSES:
+        split = next(s for s, lab in zip(SPLITS, labels) if lab.size and int(lab.max()) == top)
+        raise DataError(f"{path}: {split}_labels holds class {top}, but a file not named after a "
+                        f"MedMNIST subset takes its classes from its labels (0..max), and more "
+                        f"than {MAX_INFERRED_CLASSES} classes is not a label table; fix the "
+                        f"labels, or name the file after its subset (e.g. pathmnist.npz) to use "
+                        f"the subset's declared classes")
     if top <= 1:
         return "binary", 2, ("0", "1")
     return "multiclass", top + 1, tuple(str(i) for i in range(top + 1))

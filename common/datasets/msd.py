@@ -19,6 +19,13 @@ With the run setting ``spacing``, image and mask are instead resampled together 
 size in mm (taken from the NIfTI affine; 2D: in-plane only, the slices are kept) and padded with
 0 / cropped about the centre to S per side (`common.datasets.spacing`), keeping physical scale.
 
+Paths in ``dataset.json`` follow `common.datasets.paths`: an entry that is absolute, climbs out
+of the folder (``../other/x.nii.gz``) or is a link leading outside it is refused and never
+opened; an entry listing a case already listed is refused too (one case, one sample). A refused
+entry is one skipped case (``strict``: an error), like an unreadable one. NaN / infinite voxels
+become 0 before the percentile scaling; a case that is still not finite after preprocessing
+is skipped.
+
 Masks are uint8 class ids (nearest-neighbour resampling). The image-level label is the largest
 class id present in the sample's mask (for a background/lesion task: lesion absent 0 / present
 1), so classification models can also train on MSD data; `TaskInfo.num_classes` is the number of
@@ -38,6 +45,8 @@ import numpy as np
 from common.spacing_spec import parse_spacing
 from common.datasets.base import Dataset, DataError, Split, TaskInfo
 from common.datasets.cache import ArrayCache, array_cache
+from common.datasets.paths import inside
+from common.datasets.reading import reading
 from common.datasets.resize import resize
 from common.datasets.spacing import resample
 
@@ -70,10 +79,13 @@ class MsdOptions:
 
 @dataclass(frozen=True)
 class Manifest:
-    cases: tuple[tuple[Path, Path], ...]      # (image, label) per training case
+    cases: tuple[tuple[Path, Path], ...]      # (image, label) per usable training entry
     class_names: tuple[str, ...]              # mask class id -> name
     modalities: tuple[str, ...]               # image channel -> modality
     name: str
+    # training entries refused before any file is opened: (the entry's image path as written,
+    # reason naming it); outside the data folder, or a case listed twice
+    refused: tuple[tuple[str, str], ...] = ()
 
 
 def load(data_path: str | Path, cfg: RunConfig) -> Dataset:
@@ -83,6 +95,11 @@ def load(data_path: str | Path, cfg: RunConfig) -> Dataset:
 
 def read_manifest(root: Path) -> Manifest:
     """Parse and check ``root/dataset.json``; every error names the file and the field."""
+    with reading(Path(root) / MANIFEST):
+        return _read_manifest(root)
+
+
+def _read_manifest(root: Path) -> Manifest:
     path = Path(root) / MANIFEST
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -93,23 +110,57 @@ def read_manifest(root: Path) -> Manifest:
         raise DataError(f"{path}: cannot read it as JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(doc).__name__}")
-    return Manifest(_cases(doc, path, Path(root)), _class_names(doc, path),
-                    _modalities(doc, path), str(doc.get("name") or Path(root).name))
+    cases, refused = _cases(doc, path, Path(root))
+    return Manifest(cases, _class_names(doc, path), _modalities(doc, path),
+                    str(doc.get("name") or Path(root).name), refused)
 
 
-def _cases(doc: dict, path: Path, root: Path) -> tuple[tuple[Path, Path], ...]:
+def _cases(doc: dict, path: Path, root: Path
+           ) -> tuple[tuple[tuple[Path, Path], ...], tuple[tuple[str, str], ...]]:
     training = doc.get("training")
     if not isinstance(training, list) or not training:
         raise DataError(f"{path}: 'training' must be a non-empty list of "
                         f"{{\"image\": ..., \"label\": ...}} entries")
-    cases = []
+    cases, refused, seen = [], [], {}
     for i, entry in enumerate(training):
         if not (isinstance(entry, dict) and isinstance(entry.get("image"), str)
                 and isinstance(entry.get("label"), str)):
             raise DataError(f"{path}: training[{i}] must have string 'image' and 'label' paths, "
                             f"got {entry!r}")
-        cases.append((root / entry["image"], root / entry["label"]))
-    return tuple(cases)
+        try:
+            case = _case_paths(root, entry, i, path, seen)
+        except DataError as exc:
+            refused.append((entry["image"], str(exc)))
+            continue
+        cases.append(case)
+    return tuple(cases), tuple(refused)
+
+
+def _case_paths(root: Path, entry: dict, i: int, manifest: Path,
+                seen: dict[object, int]) -> tuple[Path, Path]:
+    """(image, label) of ``training[i]`` inside the folder, not listed before; else DataError."""
+    paths = []
+    for field in ("image", "label"):
+        try:
+            paths.append(inside(root, entry[field]))
+        except DataError as exc:
+            raise DataError(f"{manifest}: training[{i}] {field} {exc}") from None
+    identity = _identity(paths[0])
+    if identity in seen:
+        raise DataError(f"{manifest}: training[{i}] image {entry['image']!r} is the case already "
+                        f"listed as training[{seen[identity]}]; one case is one sample: the "
+                        f"entry is skipped, list each case once")
+    seen[identity] = i
+    return paths[0], paths[1]
+
+
+def _identity(path: Path) -> object:
+    """The file behind ``path`` (device, inode) when it exists, else its spelling."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return str(path)
+    return (stat.st_dev, stat.st_ino)
 
 
 def _class_names(doc: dict, path: Path) -> tuple[str, ...]:
@@ -141,7 +192,20 @@ def _modalities(doc: dict, path: Path) -> tuple[str, ...]:
 
 def read_case(image_path: Path, label_path: Path, num_classes: int,
               channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(C, D, H, W) float32 image in [0, 1] and (D, H, W) uint8 mask, canonical orientation."""
+    """(C, D, H, W) float32 image in [0, 1] and (D, H, W) uint8 mask, canonical orientation;
+    every failure is a DataError naming the file."""
+    try:
+        return _read_case(image_path, label_path, num_classes, channels)
+    except (DataError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad case is one named, skipped case
+        raise DataError(f"{image_path}: unexpected error while reading the case "
+                        f"({type(exc).__name__}: {exc}); the case is skipped; please report "
+                        f"it") from None
+
+
+def _read_case(image_path: Path, label_path: Path, num_classes: int,
+               channels: int) -> tuple[np.ndarray, np.ndarray]:
     image = _read_nifti(image_path)
     mask = _read_nifti(label_path)
     if image.ndim == 3:
@@ -149,6 +213,8 @@ def read_case(image_path: Path, label_path: Path, num_classes: int,
     if image.ndim != 4 or image.shape[-1] != channels:
         raise DataError(f"{image_path}: shape {image.shape}; expected (x, y, z) or (x, y, z, "
                         f"{channels}) for the {channels} channel(s) dataset.json lists")
+    if image.size == 0:
+        raise DataError(f"{image_path}: empty volume (shape {image.shape}); expected voxels")
     if mask.shape != image.shape[:3]:
         raise DataError(f"{label_path}: mask shape {mask.shape} differs from the image's "
                         f"{image.shape[:3]} ({image_path.name})")
@@ -247,24 +313,32 @@ def _preprocess_at_spacing(image: np.ndarray, mask: np.ndarray, source: tuple[fl
 
 def load_folder(root: Path, opts: MsdOptions) -> Dataset:
     root = Path(root).expanduser()
+    with reading(root):
+        return _load_folder(root, opts)
+
+
+def _load_folder(root: Path, opts: MsdOptions) -> Dataset:
     if not str(root) or not root.is_dir():
         raise DataError(f"msd data_path={str(root)!r}: not a folder; expected a Medical "
                         f"Segmentation Decathlon folder (dataset.json, imagesTr/, labelsTr/)")
     parse_spacing(opts.spacing, opts.spatial_dims)
     manifest = read_manifest(root)
+    if opts.strict and manifest.refused:
+        raise DataError(manifest.refused[0][1])
     cache = array_cache(opts.cache_dir)
-    arrays, names, skipped = [], [], []
+    arrays, names, skipped = [], [], list(manifest.refused)
     for image_path, label_path in manifest.cases:
         try:
             arrays.append(_case(image_path, label_path, manifest, opts, cache))
         except DataError as exc:
             if opts.strict:
                 raise
-            skipped.append((str(image_path), str(exc)))
+            skipped.append((str(image_path), str(exc).removeprefix(f"{image_path}: ")))
             continue
         names.append(_case_name(image_path))
     if not arrays:
-        raise DataError(f"{root}: none of the {len(manifest.cases)} cases in {MANIFEST} could "
+        total = len(manifest.cases) + len(manifest.refused)
+        raise DataError(f"{root}: none of the {total} cases in {MANIFEST} could "
                         f"be read (first: {skipped[0][1]})")
     test_cases = _test_cases(len(arrays), opts.test_fraction, opts.seed)
     splits = {}
@@ -296,16 +370,54 @@ def _case(image_path: Path, label_path: Path, manifest: Manifest, opts: MsdOptio
     def compute() -> np.ndarray:
         image, mask = read_case(image_path, label_path, len(manifest.class_names),
                                 len(manifest.modalities))
-        if target is None:
-            return _preprocess(image, mask, opts.size, opts.spatial_dims)
-        return _preprocess_at_spacing(image, mask, voxel_spacing(image_path), target, opts.size,
-                                      opts.spatial_dims)
+        return preprocess_case(image, mask, image_path, opts)
 
     key = (_CASE_VERSION, image_path, label_path, len(manifest.class_names),
            len(manifest.modalities), opts.size, opts.spatial_dims)
     if target is not None:   # appended only when set: keys (and cached arrays) of '' unchanged
         key += ("spacing", target)
-    return cache.get_or_compute(key, compute)
+    try:
+        stacked = cache.get_or_compute(key, compute)
+    except (DataError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad case is one named, skipped case
+        raise DataError(f"{image_path}: unexpected error while reading the case "
+                        f"({type(exc).__name__}: {exc}); the case is skipped; please report "
+                        f"it") from None
+    check_case(stacked, image_path, len(manifest.modalities), opts)
+    return stacked
+
+
+def preprocess_case(image: np.ndarray, mask: np.ndarray, image_path: Path, opts: MsdOptions
+                    ) -> np.ndarray:
+    """`read_case`'s image and mask as training stacks them (`_preprocess` or, with
+    ``opts.spacing``, `_preprocess_at_spacing`); an implausible voxel size is a DataError
+    naming ``image_path``."""
+    target = parse_spacing(opts.spacing, opts.spatial_dims)
+    if target is None:
+        return _preprocess(image, mask, opts.size, opts.spatial_dims)
+    try:
+        return _preprocess_at_spacing(image, mask, voxel_spacing(image_path), target, opts.size,
+                                      opts.spatial_dims)
+    except DataError as exc:
+        message = str(exc)
+        raise DataError(message if str(image_path) in message
+                        else f"{image_path}: {message}") from None
+
+
+def check_case(stacked: np.ndarray, image_path: Path, channels: int, opts: MsdOptions) -> None:
+    """A preprocessed case is finite and of the declared shape, or a DataError naming it."""
+    side = (opts.size,) * opts.spatial_dims
+    shape = stacked.shape if opts.spatial_dims == 3 else stacked.shape[1:]
+    expected = (channels + 1, *side)
+    if tuple(shape) != expected or (opts.spatial_dims == 2 and len(stacked) == 0):
+        raise DataError(f"{image_path}: preprocessed to shape {stacked.shape}, expected "
+                        f"{'(slices, ' if opts.spatial_dims == 2 else '('}"
+                        f"{', '.join(map(str, expected))})")
+    bad = int(stacked.size - np.count_nonzero(np.isfinite(stacked)))
+    if bad:
+        raise DataError(f"{image_path}: {bad} voxel values are NaN or infinite after "
+                        f"preprocessing; the case would train as garbage")
 
 
 def _test_cases(n: int, fraction: float, seed: int) -> np.ndarray:

@@ -18,6 +18,10 @@ import numpy as np
 
 from common.datasets.base import DataError
 
+# Largest side (voxels) an image may have after resampling, before the pad/crop: a file whose
+# spacing is off by orders of magnitude (1e6 mm, 1e-30 mm) is refused instead of allocated.
+MAX_RESAMPLED_SIDE = 8192
+
 
 def resample(image: np.ndarray, source: Sequence[float], target: Sequence[float],
              roi: Sequence[int], mask: np.ndarray | None = None
@@ -34,6 +38,7 @@ def resample(image: np.ndarray, source: Sequence[float], target: Sequence[float]
     from monai.transforms import Compose, ResizeWithPadOrCropd, Spacingd
 
     _check(source, image.ndim - 1)
+    _check_scale(image.shape[1:], source, target)
     affine = torch.diag(torch.tensor([*map(float, source)] + [1.0] * (4 - len(source)),
                                      dtype=torch.float64))
     smoothed = _anti_alias(np.ascontiguousarray(image, dtype=np.float32), source, target)
@@ -68,6 +73,20 @@ def _anti_alias(image: np.ndarray, source: Sequence[float], target: Sequence[flo
     if not any(sigma):
         return image
     return np.asarray(GaussianSmooth(sigma=sigma)(image), dtype=np.float32)
+
+
+def _check_scale(shape: Sequence[int], source: Sequence[float], target: Sequence[float]) -> None:
+    """DataError when resampling would leave an axis under one voxel or over
+    `MAX_RESAMPLED_SIDE` (an implausible spacing, not an image)."""
+    for n, s, t in zip(shape, source, target):
+        if t <= 0:
+            continue
+        side = n * s / t
+        if not (0.5 <= side <= MAX_RESAMPLED_SIDE):
+            raise DataError(f"spacing {tuple(float(v) for v in source)} mm: resampling {n} "
+                            f"voxels of {s:g} mm to {t:g} mm would give {side:.3g} voxels "
+                            f"(allowed 1..{MAX_RESAMPLED_SIDE}); the file's spacing tags are "
+                            f"implausible")
 
 
 def _check(source: Sequence[float], dims: int) -> None:

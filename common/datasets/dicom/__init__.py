@@ -24,6 +24,18 @@ the centre (`common.datasets.spacing`; a file without its pixel spacing is then 
 cached by file content (`common.datasets.cache`). Bad files are skipped and listed in
 ``Dataset.skipped`` unless ``strict``, where the first one raises `header.DicomFileError`.
 
+A bad file is one that cannot give a correct image, named with the element at fault: unreadable
+or lying headers (an unknown VR code, a TransferSyntaxUID that is none, an element longer than
+the file, told apart from a cut-short copy), RescaleSlope / RescaleIntercept or a file window
+that are not finite numbers, a modality LUT that does not apply, slice positions that are not
+numbers, a spacing no resampling can honour, and any NaN / infinite value after the LUT, the
+window or preprocessing: no non-finite pixel reaches training. An error nothing foresaw in one
+file is that file's skip reason ("unexpected error ..."), never the folder's end. One file is one
+sample: a second name of it (a link, ``./x.dcm``) is folded onto it (`keys`), and a path or link
+leading outside the data folder is never opened (`common.datasets.paths`).
+`fedclinic site validate` reads the rows through the same `loader.read_labelled`, so its sample
+count is the loader's.
+
 Modules, in the order a file travels through them: `header` (one file's header, the file error),
 `pixels` (decode, rescale, window), `spacing` (pixel spacing and slice thickness tags), `series`
 (slice order, one volume), `scan` (every file under a folder), `keys` (which files a labels.csv

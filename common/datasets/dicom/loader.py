@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,14 +12,15 @@ import pydicom
 
 from common.spacing_spec import parse_spacing
 from common.datasets.base import Dataset, DataError, Split, TaskInfo
-from common.datasets.cache import array_cache
+from common.datasets.cache import ArrayCache, array_cache
 from common.datasets.dicom.header import DicomFileError
-from common.datasets.dicom.keys import group_by_key, lookup_key, relative_path
+from common.datasets.dicom.keys import RowMatch, match_rows
 from common.datasets.dicom.options import DEFAULT_TAGS, DicomOptions
 from common.datasets.dicom.pixels import parse_window
 from common.datasets.dicom.sample import read_sample
-from common.datasets.dicom.scan import scan_headers
+from common.datasets.dicom.scan import FolderScan, scan_folder
 from common.datasets.labels import LABELS_FILE, Labels, read_labels
+from common.datasets.reading import reading
 
 if TYPE_CHECKING:
     from common.config import RunConfig
@@ -29,8 +31,25 @@ def load(data_path: str | Path, cfg: RunConfig) -> Dataset:
     return load_folder(Path(data_path), DicomOptions.from_config(cfg))
 
 
-def load_folder(root: Path, opts: DicomOptions) -> Dataset:
+@dataclass(frozen=True)
+class LabelledImages:
+    """What a labelled DICOM folder gives, row by row (shared by the loader and validate)."""
+
+    labels: Labels
+    scan: FolderScan
+    matches: tuple[RowMatch, ...]
+    kept: tuple[int, ...]                       # rows that gave an image, in row order
+    images: tuple[np.ndarray, ...]              # one per kept row
+    skipped_rows: tuple[tuple[int, str, str], ...]  # (row, file or key, reason)
+
+
+def load_folder(root: Path, opts: DicomOptions, cache: ArrayCache | None = None) -> Dataset:
     root = Path(root).expanduser()
+    with reading(root):
+        return _load_folder(root, opts, cache)
+
+
+def _load_folder(root: Path, opts: DicomOptions, cache: ArrayCache | None) -> Dataset:
     if not str(root) or not root.is_dir():
         raise DataError(f"dicom data_path={str(root)!r}: not a folder; expected a folder of "
                         f"DICOM files with a {LABELS_FILE}")
@@ -38,34 +57,46 @@ def load_folder(root: Path, opts: DicomOptions) -> Dataset:
     parse_window(opts.window)
     parse_spacing(opts.spacing, opts.spatial_dims)
     labels = read_labels(root / LABELS_FILE)
-    headers, bad = scan_headers(root)
-    if opts.strict and bad:
-        raise DicomFileError(*bad[0])
-    skipped: list[tuple[str, str]] = [(str(p), reason) for p, reason in bad]
-    groups = group_by_key(labels.key_column, headers, root)
-    cache = array_cache(opts.cache_dir)
-    ids = labels.class_ids()
-    kept, images, tag_values = [], [], []
-    for row, key in enumerate(labels.keys):
-        try:
-            files = _files_for(key, row, labels, groups, bad, root)
-            images.append(read_sample(files, headers, opts, cache))
-        except DataError as exc:
-            if opts.strict:
-                raise
-            where = exc.path if isinstance(exc, DicomFileError) else key
-            skipped.append((str(where), exc.reason if isinstance(exc, DicomFileError)
-                            else str(exc)))
-            continue
-        kept.append(row)
-        tag_values.append([_tag_value(headers[files[0]], t) for t in opts.tags])
-    if not kept:
+    found = read_labelled(root, labels, opts, cache or array_cache(opts.cache_dir))
+    skipped = [(str(p), reason) for p, reason in found.scan.bad]
+    skipped += [(where, reason) for _, where, reason in found.skipped_rows]
+    if not found.kept:
         first = "; ".join(f"{w}: {r}" for w, r in skipped[:3])
         raise DataError(f"{root}: none of the {len(labels)} rows of {LABELS_FILE} gave an image "
                         f"(first problems: {first or 'none'})")
-    return _dataset(root, labels, np.array(kept), np.stack(images), ids,
-                    np.array(tag_values, dtype=str).reshape(len(kept), len(opts.tags)), opts,
-                    tuple(skipped))
+    headers = found.scan.headers
+    tag_values = [[_tag_value(headers[found.matches[row].files[0]], t) for t in opts.tags]
+                  for row in found.kept]
+    return _dataset(root, labels, np.array(found.kept), np.stack(found.images),
+                    labels.class_ids(),
+                    np.array(tag_values, dtype=str).reshape(len(found.kept), len(opts.tags)),
+                    opts, tuple(skipped))
+
+
+def read_labelled(root: Path, labels: Labels, opts: DicomOptions, cache: ArrayCache,
+                  scan: FolderScan | None = None) -> LabelledImages:
+    """Every labels.csv row read as a sample, or skipped with its reason (the first problem
+    raises under ``opts.strict``); ``scan``: the folder's `scan_folder`, if already made."""
+    found = scan if scan is not None else scan_folder(root)
+    if opts.strict and found.bad:
+        raise DicomFileError(*found.bad[0])
+    matches = match_rows(labels, found, root)
+    kept, images, skipped = [], [], []
+    for match in matches:
+        try:
+            if match.problem is not None:
+                raise match.problem
+            images.append(read_sample(list(match.files), found.headers, opts, cache))
+        except DataError as exc:
+            if opts.strict:
+                raise
+            where = exc.path if isinstance(exc, DicomFileError) else match.key
+            skipped.append((match.row, str(where), exc.reason if isinstance(exc, DicomFileError)
+                            else str(exc)))
+            continue
+        kept.append(match.row)
+    return LabelledImages(labels, found, tuple(matches), tuple(kept), tuple(images),
+                          tuple(skipped))
 
 
 def _check_tags(tags: tuple[str, ...]) -> None:
@@ -82,21 +113,6 @@ def _tag_value(header: pydicom.Dataset, keyword: str) -> str:
     if isinstance(value, pydicom.multival.MultiValue):
         value = "\\".join(str(v) for v in value)
     return str(value if value is not None else "").strip()
-
-
-def _files_for(key: str, row: int, labels: Labels, groups: dict[str, list[Path]],
-               bad: list[tuple[Path, str]], root: Path) -> list[Path]:
-    column = labels.key_column
-    lookup = lookup_key(key, column)
-    files = groups.get(lookup)
-    if files:
-        return files
-    line = labels.lines[row] if labels.lines else row + 2
-    for path, reason in bad:
-        if column == "path" and relative_path(path, root) == lookup:
-            raise DicomFileError(path, reason)
-    raise DataError(f"{LABELS_FILE} line {line}: no readable DICOM file under {root} has "
-                    f"{column} {key!r}")
 
 
 def _dataset(root: Path, labels: Labels, kept: np.ndarray, images: np.ndarray, ids: np.ndarray,

@@ -1,6 +1,10 @@
 """One DICOM file's pixels: decode, modality LUT, VOI window (or min..max) to [0, 1] float32.
 
-The pipeline is described in the package docstring (`common.datasets.dicom`).
+The pipeline is described in the package docstring (`common.datasets.dicom`). A value that would
+make the image wrong is a `DicomFileError` naming the file and the element, never a NaN image:
+RescaleSlope / RescaleIntercept that are not one finite number (or a slope of 0), a modality LUT
+that cannot be applied, a file WindowCenter / WindowWidth that is not a finite number (the run's
+``dicom_window`` overrides it), and any non-finite value after the LUT or the window.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from common.datasets.dicom.header import DicomFileError, dcmread
+from common.datasets.dicom.header import DicomFileError, check_transfer_syntax, read_dataset
 from common.datasets.dicom.spacing import missing_spacing, pixel_spacing, slice_thickness
 
 GREY = ("MONOCHROME1", "MONOCHROME2")
@@ -58,10 +62,29 @@ def read_pixels(path: Path, window: str = "") -> tuple[np.ndarray, dict]:
     """
     path = Path(path)
     voi = parse_window(window)
-    ds = dcmread(path)
-    values = grey_values(ds, path)
-    image = to_unit(values, ds, voi).astype(np.float32)
-    return image, _meta(ds, image)
+    ds = read_dataset(path)
+    try:
+        values = grey_values(ds, path)
+        image = to_unit(values, ds, voi, path).astype(np.float32)
+        return image, _meta(ds, image)
+    except (DicomFileError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad file is one named, skipped file
+        raise DicomFileError(path, unexpected(exc)) from None
+
+
+def unexpected(exc: Exception) -> str:
+    """The reason of a file skipped for an error no check foresaw (tests count these as bugs)."""
+    return (f"unexpected error while reading it ({type(exc).__name__}: {exc}); the file is "
+            f"skipped; please report it with the file's header (no pixels needed)")
+
+
+def require_finite(path: Path, values: np.ndarray, stage: str) -> None:
+    """`DicomFileError` if any of ``values`` is NaN or infinite after ``stage``."""
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise DicomFileError(path, f"{bad} of {values.size} pixel values are NaN or infinite "
+                                   f"after {stage}; the image would train as garbage")
 
 
 def grey_values(ds: pydicom.Dataset, path: Path) -> np.ndarray:
@@ -70,6 +93,8 @@ def grey_values(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomFileError(path, "no PixelData element (7FE0,0010): not an image "
                                    f"(SOP class {_sop_class(ds)})")
+    if not any(ds.get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DicomFileError(path, "PixelData (7FE0,0010) is empty: the file has no pixels")
     if photometric not in GREY + COLOUR:
         raise DicomFileError(path, f"PhotometricInterpretation {photometric or '(missing)'!r} "
                                    f"unsupported; expected one of {', '.join(GREY + COLOUR)}")
@@ -78,10 +103,50 @@ def grey_values(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         if arr.shape[-1] != 3:
             raise DicomFileError(path, f"{photometric} image without 3 samples per pixel "
                                        f"(shape {arr.shape})")
-        return arr.astype(np.float64) @ _LUMA
+        values = arr.astype(np.float64) @ _LUMA
+    else:
+        values = _modality_lut(arr, ds, path)
+    require_finite(path, values, "decoding and the modality LUT (rescale)")
+    return values
+
+
+def _modality_lut(arr: np.ndarray, ds: pydicom.Dataset, path: Path) -> np.ndarray:
+    """Stored values -> modality values (e.g. HU), after checking the rescale tags."""
     from pydicom.pixels import apply_modality_lut
 
-    return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    if "ModalityLUTSequence" not in ds:
+        for keyword, tag in (("RescaleSlope", "(0028,1053)"), ("RescaleIntercept", "(0028,1052)")):
+            if keyword in ds:
+                _rescale_value(ds, keyword, tag, path)
+    try:
+        return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - pydicom: IndexError, TypeError, ValueError...
+        raise DicomFileError(path, f"the modality LUT (ModalityLUTSequence (0028,3000)) cannot be "
+                                   f"applied ({type(exc).__name__}: {exc}); its LUTDescriptor / "
+                                   f"LUTData are corrupt") from None
+
+
+def _rescale_value(ds: pydicom.Dataset, keyword: str, tag: str, path: Path) -> float:
+    raw = ds.get(keyword)
+    shown = _shown(raw)
+    try:
+        value = float(raw) if not isinstance(raw, (list, pydicom.multival.MultiValue)) else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+        why = ("0 would make every pixel the same value" if value == 0
+               else "expected one finite number")
+        raise DicomFileError(path, f"{keyword} {tag} is {shown}; {why} (stored value x "
+                                   f"RescaleSlope + RescaleIntercept gives e.g. Hounsfield units); "
+                                   f"fix the export or remove the element")
+    return value
+
+
+def _shown(raw) -> str:
+    """A header value as the file spells it, for a message (multi-values with ``\\``)."""
+    if raw is None or raw == "":
+        return "empty"
+    return f"'{_text(raw)}'"
 
 
 def _sop_class(ds: pydicom.Dataset) -> str:
@@ -90,6 +155,7 @@ def _sop_class(ds: pydicom.Dataset) -> str:
 
 
 def _decode(ds: pydicom.Dataset, path: Path) -> np.ndarray:
+    check_transfer_syntax(ds, path)
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
         return np.asarray(ds.pixel_array)
@@ -97,8 +163,12 @@ def _decode(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         raise DicomFileError(path, _decode_failure(syntax, exc)) from None
 
 
-def _decode_failure(syntax: pydicom.uid.UID | None, exc: Exception) -> str:
+def _decode_failure(syntax: pydicom.uid.UID | str | None, exc: Exception) -> str:
     detail = f"{type(exc).__name__}: {exc}".strip()
+    if syntax is not None and str(syntax) not in pydicom.uid.AllTransferSyntaxes:
+        return (f"pixel data does not decode: TransferSyntaxUID {str(syntax)!r} is not a DICOM "
+                f"transfer syntax ({detail})")
+    syntax = None if syntax is None else pydicom.uid.UID(str(syntax))
     if syntax is None or not syntax.is_compressed:
         what = "no transfer syntax" if syntax is None else f"{syntax.name} ({syntax})"
         return (f"pixel data does not decode ({what}): {detail}; the file may be truncated or "
@@ -119,28 +189,33 @@ def _decode_failure(syntax: pydicom.uid.UID | None, exc: Exception) -> str:
             f"decoder: {package}{alternative}")
 
 
-def to_unit(values: np.ndarray, ds: pydicom.Dataset, voi: tuple[float, float] | None
-            ) -> np.ndarray:
-    """Window (given, else the file's) or min..max to [0, 1]; MONOCHROME1 inverted."""
-    windowed = _window(values, ds, voi)
+def to_unit(values: np.ndarray, ds: pydicom.Dataset, voi: tuple[float, float] | None,
+            path: Path | None = None) -> np.ndarray:
+    """Window (given, else the file's) or min..max to [0, 1]; MONOCHROME1 inverted. With
+    ``path``, a file window that is not a finite number, or a non-finite result, is a
+    `DicomFileError` naming it."""
+    where = Path(path) if path is not None else Path(str(ds.get("filename", "") or "?"))
+    windowed = _window(values, ds, voi, where)
     if windowed is None:
         lo, hi = float(values.min()), float(values.max())
         windowed = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    require_finite(where, windowed, "windowing")
     out = np.clip(windowed, 0.0, 1.0)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         out = 1.0 - out
     return out
 
 
-def _window(values: np.ndarray, ds: pydicom.Dataset, voi: tuple[float, float] | None
-            ) -> np.ndarray | None:
+def _window(values: np.ndarray, ds: pydicom.Dataset, voi: tuple[float, float] | None,
+            path: Path) -> np.ndarray | None:
     """pydicom's VOI windowing into [0, 1]; None when there is no (valid) window to apply."""
     from pydicom.pixels import apply_voi_lut
 
     if voi is None:
         if "WindowCenter" not in ds or "WindowWidth" not in ds:
             return None
-        voi = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+        voi = (_file_window(ds, "WindowCenter", "(0028,1050)", path),
+               _file_window(ds, "WindowWidth", "(0028,1051)", path))
         function = str(ds.get("VOILUTFunction", "LINEAR")).upper() or "LINEAR"
     else:
         function = "LINEAR"
@@ -157,9 +232,20 @@ def _window(values: np.ndarray, ds: pydicom.Dataset, voi: tuple[float, float] | 
         return None   # invalid window in the file (e.g. width < 1): fall back to min..max
 
 
-def _first(value) -> float:
-    return float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue))
-                 else value)
+def _file_window(ds: pydicom.Dataset, keyword: str, tag: str, path: Path) -> float:
+    """The file's first WindowCenter / WindowWidth value; `DicomFileError` unless it is a finite
+    number (the run setting ``dicom_window`` replaces the file's window)."""
+    raw = ds.get(keyword)
+    first = raw[0] if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) and raw else raw
+    try:
+        value = float(first)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise DicomFileError(path, f"{keyword} {tag} is {_shown(raw)}, not a finite number; set "
+                                   f"the run's dicom_window (CENTER,WIDTH, e.g. --dicom-window "
+                                   f"40,400) to override the file's window, or fix the export")
+    return value
 
 
 def _meta(ds: pydicom.Dataset, image: np.ndarray) -> dict:
@@ -168,7 +254,8 @@ def _meta(ds: pydicom.Dataset, image: np.ndarray) -> dict:
     if frames > 1:
         spacing = spacing + (slice_thickness(ds),)
     return {
-        "modality": str(ds.get("Modality", "")), "manufacturer": str(ds.get("Manufacturer", "")),
+        "modality": _text(ds.get("Modality", "")),
+        "manufacturer": _text(ds.get("Manufacturer", "")),
         "rows": int(ds.get("Rows", image.shape[-2])),
         "cols": int(ds.get("Columns", image.shape[-1])), "frames": frames, "spacing": spacing,
         "spacing_missing": missing_spacing(ds, slices=frames > 1),
@@ -177,3 +264,10 @@ def _meta(ds: pydicom.Dataset, image: np.ndarray) -> dict:
         "sop_uid": str(ds.get("SOPInstanceUID", "")),
         "photometric": str(ds.get("PhotometricInterpretation", "")),
     }
+
+
+def _text(value) -> str:
+    """A header value as the file spells it: multi-values joined with ``\\`` (``CT\\MR``)."""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value if value is not None else "")

@@ -10,10 +10,11 @@ import numpy as np
 import pydicom
 
 from common.spacing_spec import parse_spacing
+from common.datasets.base import DataError
 from common.datasets.cache import ArrayCache
 from common.datasets.dicom.header import DicomFileError
 from common.datasets.dicom.options import DicomOptions
-from common.datasets.dicom.pixels import read_pixels
+from common.datasets.dicom.pixels import read_pixels, require_finite, unexpected
 from common.datasets.dicom.series import assemble_series, slice_order
 from common.datasets.dicom.spacing import PIXEL_SPACING, refuse_missing_spacing
 from common.datasets.resize import resize
@@ -24,16 +25,36 @@ _SAMPLE_VERSION = "dicom-sample-1"
 
 def read_sample(files: list[Path], headers: dict[Path, pydicom.Dataset], opts: DicomOptions,
                 cache: ArrayCache) -> np.ndarray:
-    """One sample's (1, S, S[, S]) float32 image, through the content-keyed cache."""
-    if len(files) > 1:
-        files = _largest_series(files, headers)
-        order, _ = slice_order([headers[f] for f in files], files)
-        files = [files[i] for i in order]
-    key = (_SAMPLE_VERSION, *files, opts.window, opts.size, opts.spatial_dims)
-    target = parse_spacing(opts.spacing, opts.spatial_dims)
-    if target is not None:   # appended only when set: keys (and cached arrays) of '' unchanged
-        key += ("spacing", target)
-    return cache.get_or_compute(key, lambda: _compute_sample(files, opts))
+    """One sample's (1, S, S[, S]) float32 image, through the content-keyed cache.
+
+    Every failure is a `DataError`; one naming a file is a `DicomFileError` (an error no check
+    foresaw too: the sample is skipped, never the whole folder). The image is checked finite
+    and of the declared shape after preprocessing, cached or not.
+    """
+    try:
+        if len(files) > 1:
+            files = _largest_series(files, headers)
+            order, _ = slice_order([headers[f] for f in files], files)
+            files = [files[i] for i in order]
+        key = (_SAMPLE_VERSION, *files, opts.window, opts.size, opts.spatial_dims)
+        target = parse_spacing(opts.spacing, opts.spatial_dims)
+        if target is not None:   # appended only when set: keys (cached arrays) of '' unchanged
+            key += ("spacing", target)
+        image = cache.get_or_compute(key, lambda: _compute_sample(files, opts))
+    except (DataError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad sample is one named, skipped sample
+        raise DicomFileError(files[len(files) // 2], unexpected(exc)) from None
+    _check_image(image, files, opts)
+    return image
+
+
+def _check_image(image: np.ndarray, files: list[Path], opts: DicomOptions) -> None:
+    path = files[len(files) // 2]
+    expected = (1,) + (opts.size,) * opts.spatial_dims
+    if image.shape != expected:
+        raise DicomFileError(path, f"preprocessed to shape {image.shape}, expected {expected}")
+    require_finite(path, image, "preprocessing (resize / resampling)")
 
 
 def _largest_series(files: list[Path], headers: dict[Path, pydicom.Dataset]) -> list[Path]:
@@ -49,7 +70,12 @@ def _compute_sample(files: list[Path], opts: DicomOptions) -> np.ndarray:
     image, source = _read_image(files, opts, require_spacing=target is not None)
     if target is None:
         return resize(image, opts.size)
-    return fit_to_spacing(image, source, target, opts.size)
+    try:
+        return fit_to_spacing(image, source, target, opts.size)
+    except DicomFileError:
+        raise
+    except DataError as exc:                   # an implausible spacing: name the file
+        raise DicomFileError(files[len(files) // 2], str(exc)) from None
 
 
 def _read_image(files: list[Path], opts: DicomOptions, require_spacing: bool

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.multival import MultiValue
 
 from common.datasets.base import DataError
-from common.datasets.dicom.header import DicomFileError, dcmread
+from common.datasets.dicom.header import DicomFileError, read_dataset
 from common.datasets.dicom.pixels import grey_values, parse_window, to_unit
 from common.datasets.dicom.spacing import (
     missing_spacing, pixel_spacing, refuse_missing_spacing, slice_thickness,
@@ -27,19 +28,58 @@ def slice_order(headers: list[pydicom.Dataset], paths: list[Path]
     if len(headers) == 1:
         return [0], slice_thickness(headers[0])
     if _positioned(headers):
-        orient = np.array([float(v) for v in headers[0].ImageOrientationPatient])
-        normal = np.cross(orient[:3], orient[3:])
-        pos = np.array([np.dot([float(v) for v in h.ImagePositionPatient], normal)
-                        for h in headers])
+        normal = _slice_normal(headers[0], paths[0])
+        pos = np.array([np.dot(_numbers(h, "ImagePositionPatient", 3, p), normal)
+                        for h, p in zip(headers, paths)])
         order = [int(i) for i in np.argsort(pos, kind="stable")]
         return order, _even_spacing(np.diff(pos[order]), [paths[i] for i in order])
     if all("InstanceNumber" in h for h in headers):
-        order = sorted(range(len(headers)), key=lambda i: int(headers[i].InstanceNumber))
+        numbers = [_instance_number(h, p) for h, p in zip(headers, paths)]
+        order = sorted(range(len(headers)), key=lambda i: numbers[i])
         return order, slice_thickness(headers[0])
     missing = next(p for p, h in zip(paths, headers)
                    if "ImagePositionPatient" not in h and "InstanceNumber" not in h)
     raise DicomFileError(missing, "no ImagePositionPatient/ImageOrientationPatient nor "
                                   "InstanceNumber: cannot order the series' slices")
+
+
+_TAGS = {"ImagePositionPatient": "(0020,0032)", "ImageOrientationPatient": "(0020,0037)",
+         "InstanceNumber": "(0020,0013)"}
+
+
+def _numbers(header: pydicom.Dataset, keyword: str, count: int, path: Path) -> np.ndarray:
+    """``count`` finite numbers from a multi-valued header element, else `DicomFileError`."""
+    raw = header.get(keyword)
+    try:
+        values = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != count or not all(np.isfinite(values)):
+        shown = "\\".join(str(v) for v in raw) if isinstance(raw, (list, MultiValue)) else raw
+        raise DicomFileError(path, f"{keyword} {_TAGS[keyword]} is {str(shown or '')!r}; "
+                                   f"expected {count} finite numbers: cannot place the slice "
+                                   f"in its series")
+    return np.array(values)
+
+
+def _slice_normal(header: pydicom.Dataset, path: Path) -> np.ndarray:
+    orient = _numbers(header, "ImageOrientationPatient", 6, path)
+    normal = np.cross(orient[:3], orient[3:])
+    length = float(np.linalg.norm(normal))
+    if length < 1e-6:
+        raise DicomFileError(path, f"ImageOrientationPatient (0020,0037) "
+                                   f"{tuple(orient.tolist())}: the row and column directions are "
+                                   f"zero or parallel, so there is no slice normal")
+    return normal / length
+
+
+def _instance_number(header: pydicom.Dataset, path: Path) -> int:
+    try:
+        return int(header.InstanceNumber)
+    except (TypeError, ValueError):
+        raise DicomFileError(path, f"InstanceNumber (0020,0013) is "
+                                   f"{str(header.get('InstanceNumber', ''))!r}, not an integer: "
+                                   f"cannot order the series' slices") from None
 
 
 def _positioned(headers: list[pydicom.Dataset]) -> bool:
@@ -74,7 +114,7 @@ def assemble_series(paths: list[Path], window: str = "", *, require_spacing: boo
         raise DataError("assemble_series: no files given")
     paths = [Path(p) for p in paths]
     voi = parse_window(window)
-    datasets = [dcmread(p) for p in paths]
+    datasets = [read_dataset(p) for p in paths]
     first = datasets[0]
     _check_alike(paths, datasets)
     order, gap = slice_order(datasets, paths)
@@ -88,7 +128,7 @@ def assemble_series(paths: list[Path], window: str = "", *, require_spacing: boo
             raise DicomFileError(paths[i], f"multi-frame image ({values.shape[0]} frames) inside "
                                            f"a series of single images")
         slices.append(values)
-    volume = to_unit(np.stack(slices), first, voi).astype(np.float32)
+    volume = to_unit(np.stack(slices), first, voi, paths[0]).astype(np.float32)
     row, col = pixel_spacing(first)
     return volume, (gap, row, col)
 
