@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from client.policy import POLICY_PATH, SitePolicy, load_policy
 from common.config import ConfigError
+from common.private_files import private_dir
 from runtime.environment import flower_env
 from runtime.ports import wait_for_port
 from runtime.processes import stop_process
@@ -66,8 +67,7 @@ def node_config(data: Path, site_id: int, state: Path, policy: Path | None = Non
 def start_supernode(server: str, ca_cert: Path | None, site_key: Path | None, data: Path,
                     site_id: int, state: Path, runtime_port: int, policy: Path | None = None
                     ) -> tuple[subprocess.Popen, Path]:
-    state = state.resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    state = private_dir(state.resolve(), tighten=True)   # ledgers, audit log, logs: 0700
     ca_cert = ca_cert.resolve() if ca_cert else None
     site_key = site_key.resolve() if site_key else None
     command = [sys.executable, "-m", "client.supernode",

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from common.config import ConfigError
+from common.private_files import private_dir
 from runtime.environment import flower_env
 from runtime.ports import wait_for_port
 from runtime.processes import stop_process
@@ -71,9 +72,9 @@ def start_server(certs: Path | None, site_keys: Path | None, state: Path, addres
                  echo=print) -> tuple[subprocess.Popen, Path]:
     """Start the SuperLink (returns its process and log file) and register the site keys."""
     host, port = split_address(address)
-    state = state.resolve()
-    state.mkdir(parents=True, exist_ok=True)
-    (state / "runs").mkdir(exist_ok=True)
+    # the SuperLink's database, the runs (models, reports, privacy ledgers): the owner's only
+    state = private_dir(state.resolve(), tighten=True)
+    private_dir(state / "runs", tighten=True)
     command = [str(Path(sys.executable).with_name("flower-superlink")),
                "--database", str(state / "superlink.db"),
                "--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]

@@ -82,6 +82,8 @@ def test_three_sites_over_tls_train_and_save_a_model(consortium):
     assert final["round"] == 2 and final["state_dict"]
     report = (run_dir / "report.md").read_text()
     assert "Deployed run" in report and "Sites excluded" not in report
+    for state in (lb.server_state, lb.server_state / "runs", *map(lb.site_state, range(3))):
+        assert state.stat().st_mode & 0o777 == 0o700, state     # the owner's only
     for i in range(3):   # every reply a site sent is in its audit log, with size and hash
         entries = [e for e in _lines(lb.site_state(i) / "audit.jsonl") if e["event"] == "reply"]
         mine = [e for e in entries if e["run_id"] == entries[-1]["run_id"]]
