@@ -17,6 +17,7 @@ fedclinic site runs its SuperNode with ``--isolation process`` and this executor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -161,10 +162,8 @@ class SiteExecutor:
     def _call_app(app: Callable[..., Message], message: Message, context) -> Message:
         try:
             return app(message=message, context=context)
-        except Exception as exc:  # noqa: BLE001 - the server gets the reason, the site the trace
-            log.exception("ClientApp raised")
-            reason = f"{type(exc).__name__}: {exc}"
-            return Message(Error(code=0, reason=reason), reply_to=message)
+        except Exception as exc:  # noqa: BLE001 - the site keeps the trace, the server a reference
+            return Message(Error(code=0, reason=failure_reason(exc)), reply_to=message)
 
     def _refuse(self, token: str, refusal: AppRefused) -> None:
         client = self._client("flwr-clientapp", token)
@@ -191,6 +190,16 @@ class SiteExecutor:
         if done.returncode != 0:
             self.audit.record_event("task-failed", f"{approval.describe()}: its process exited "
                                                    f"with code {done.returncode}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What the server is told when the ClientApp fails: the error's type and a reference into
+    the site's log, never its text (a data error names the site's files, a plan error can state
+    its sample count: docs/what-leaves.md, "error replies"). The site logs the whole trace."""
+    ref = hashlib.sha256(f"{time.time_ns()}/{type(exc).__name__}/{exc}".encode()).hexdigest()[:12]
+    log.error("ClientApp raised (reference %s)", ref, exc_info=exc)
+    return (f"{type(exc).__name__} at the site (details stay in the site's log, reference "
+            f"{ref})")
 
 
 def _finish_task(client: RuntimeHttpClient, context, status: str, details: str) -> None:

@@ -162,9 +162,11 @@ def _other() -> list[Release]:
         Release(ERROR, "reason of a refusal", "no", PUBLIC, ALWAYS,
                 "policy and budget refusals: the rule and public numbers (epsilon spent, "
                 "budget), never a local path", metric=False),
-        Release(ERROR, "reason of a failed task", "maybe", NONE, ALWAYS,
-                "KNOWN GAP: an unexpected exception's message leaves as it is (e.g. a data "
-                "error may name one of the site's files)", metric=False),
+        Release(ERROR, "reason of a failed task", "no", PUBLIC, ALWAYS,
+                "the exception's type and a reference into the site's log only "
+                "(client/executor.py failure_reason): its text, which may name a file or state "
+                "a count, stays in the site's log (a simulated site, run by the researcher's "
+                "own simulator, reports it in full)", metric=False),
         Release(SUPERNODE, "node id, registration", "no", PUBLIC, ALWAYS,
                 "assigned by the SuperLink", metric=False),
         Release(SUPERNODE, "the site's public key", "no", PUBLIC, ALWAYS,

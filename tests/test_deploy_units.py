@@ -232,3 +232,15 @@ def test_a_train_message_counts_as_received_only_once_its_pull_completed(tmp_pat
         "\x1b[93mWARNING \x1b[0m:   Connection attempt failed, retrying in 0.89 seconds",
         info + "Run ID 1 is not in `RUNNING` status. Ignoring message a2."]) + "\n")
     assert lb.train_messages_received(0) == 1
+
+
+def test_a_failed_task_tells_the_server_the_error_type_not_its_text(caplog):
+    from client.executor import failure_reason
+
+    secret = "/data/export/DOE_JOHN_1931/IM0001.dcm: the site has 57 training samples"
+    with caplog.at_level("ERROR"):
+        reason = failure_reason(ValueError(secret))
+    assert reason.startswith("ValueError at the site") and "reference" in reason
+    assert "DOE_JOHN" not in reason and "57" not in reason and "/data" not in reason
+    ref = reason.rsplit("reference ", 1)[1].rstrip(")")
+    assert any(ref in r.getMessage() and secret in str(r.exc_info[1]) for r in caplog.records)
