@@ -35,6 +35,9 @@ from common.training.prediction import classification_logits
 ATTACKS = ("loss-threshold", "calibrated")
 LossFn = Callable[[nn.Module, Split, TaskInfo], np.ndarray]   # (N,) loss per sample
 MIN_SIDE = 2
+SKIPPED = "skipped"          # key of a site (or the whole audit) the attack could not score
+NO_SITE = (f"no site could be audited: each needs at least {MIN_SIDE} members and {MIN_SIDE} "
+           f"non-members with finite membership scores (see each site's reason)")
 BOOTSTRAP_STREAM = 0xB007    # second seed word: the bootstrap's draws differ from `balanced`'s
 
 
@@ -153,45 +156,80 @@ def _take(split: Split, size: int, rng: np.random.Generator) -> Split:
 def audit(model: nn.Module, pairs: list[tuple[Split, Split]], task: TaskInfo, *,
           reference_model: nn.Module | None = None, seed: int = 0,
           loss: LossFn = per_sample_loss, resamples: int = RESAMPLES) -> dict:
-    """Run the attacks per site and pooled over all sites; plain python values (JSON-ready).
+    """Run the attacks per site and pooled over the sites it could audit; plain python values
+    (JSON-ready).
 
     ``pairs[i]`` is site ``i``'s (members, non-members). Each pair is balanced with seed
-    ``seed + i``; "pooled" concatenates all balanced pairs. The calibrated attack is reported only
-    when ``reference_model`` is given. ``loss`` scores each sample (`per_sample_loss` for
-    classifiers; `common.training.seg_inference.per_sample_seg_loss`, mean CE per image, for
-    segmentation). Returns ``{"sites": {i: {attack: summary}}, "pooled": {attack: summary}}``
-    where a summary is `asdict(MIAResult)` plus, unless ``resamples`` is 0, the bootstrap
-    interval of each value as flat scalars (``auc_ci_low``, ``auc_ci_high``, ``tpr_at_1pct_fpr_ci_
-    low``, ..., ``ci_level``, ``bootstrap_resamples``; `common.mia_bootstrap.MIAIntervals.flat`),
-    resampled with seed ``(seed + i, BOOTSTRAP_STREAM)`` for site ``i`` and ``(seed, ...)``
-    pooled.
+    ``seed + i``; "pooled" concatenates the balanced pairs of the audited sites. The calibrated
+    attack is reported only when ``reference_model`` is given. ``loss`` scores each sample
+    (`per_sample_loss` for classifiers; `common.training.seg_inference.per_sample_seg_loss`, mean
+    CE per image, for segmentation). Returns ``{"sites": {i: {attack: summary}}, "pooled":
+    {attack: summary}}`` where a summary is `asdict(MIAResult)` plus, unless ``resamples`` is 0,
+    the bootstrap interval of each value as flat scalars (``auc_ci_low``, ``auc_ci_high``,
+    ``tpr_at_1pct_fpr_ci_low``, ..., ``ci_level``, ``bootstrap_resamples``;
+    `common.mia_bootstrap.MIAIntervals.flat`), resampled with seed ``(seed + i,
+    BOOTSTRAP_STREAM)`` for site ``i`` and ``(seed, ...)`` pooled.
+
+    A site the attack cannot score is not an error: with fewer than `MIN_SIDE` members or
+    non-members (a small site, or one whose bad files were skipped), or with non-finite scores (a
+    diverged model), its entry is ``{SKIPPED: reason}`` and the pooled attack leaves it out. When
+    no site is left, "pooled" is {} and a top-level ``SKIPPED`` key says why.
     """
     if not pairs:
         raise ValueError("audit: pairs is empty; expected one (members, non-members) pair per site")
-    per_site = [_site_scores(model, reference_model, pair, task, seed + i, i, loss)
-                for i, pair in enumerate(pairs)]
-    sites = {i: _summarise(scores, seed + i, resamples) for i, scores in enumerate(per_site)}
-    pooled = {attack: tuple(np.concatenate([s[attack][side] for s in per_site]) for side in (0, 1))
-              for attack in per_site[0]}
+    sites: dict[int, dict] = {}
+    audited = []
+    for i, pair in enumerate(pairs):
+        scores = _site_scores(model, reference_model, pair, task, seed + i, i, loss)
+        if isinstance(scores, str):
+            sites[i] = {SKIPPED: scores}
+            continue
+        sites[i] = _summarise(scores, seed + i, resamples)
+        audited.append(scores)
+    if not audited:
+        return {"sites": sites, "pooled": {}, SKIPPED: NO_SITE}
+    pooled = {attack: tuple(np.concatenate([s[attack][side] for s in audited]) for side in (0, 1))
+              for attack in audited[0]}
     return {"sites": sites, "pooled": _summarise(pooled, seed, resamples)}
+
+
+def too_few(n_members: int, n_nonmembers: int) -> str | None:
+    """Why a site with these sides cannot be audited, or None when it can."""
+    if min(n_members, n_nonmembers) >= MIN_SIDE:
+        return None
+    return (f"{n_members} member(s) and {n_nonmembers} non-member(s); the membership-inference "
+            f"attack needs at least {MIN_SIDE} of each")
+
+
+def not_finite(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> str | None:
+    """Why these scores cannot be summarised (some are NaN or infinite), or None when they can.
+    Counts the samples whose score is not finite under any attack."""
+    bad = [np.concatenate([~np.isfinite(m), ~np.isfinite(n)]) for m, n in scores.values()]
+    count = int(np.logical_or.reduce(bad).sum()) if bad else 0
+    if not count:
+        return None
+    return f"{count} membership scores are NaN or infinite (the model's losses are not finite)"
 
 
 def _site_scores(model: nn.Module, reference_model: nn.Module | None, pair: tuple[Split, Split],
                  task: TaskInfo, seed: int, site: int,
-                 loss: LossFn) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{attack: (member scores, non-member scores)} on the balanced pair of one site."""
+                 loss: LossFn) -> dict[str, tuple[np.ndarray, np.ndarray]] | str:
+    """{attack: (member scores, non-member scores)} on the balanced pair of one site, or the
+    reason the site cannot be audited (`too_few`, `not_finite`)."""
     if len(pair) != 2:
         raise ValueError(f"audit: pairs[{site}] has {len(pair)} entries; expected (members, "
                          f"non-members)")
     members, nonmembers = pair
-    _check_sides(len(members), len(nonmembers), f"audit: site {site}")
+    reason = too_few(len(members), len(nonmembers))
+    if reason is not None:
+        return reason
     sides = balanced(members, nonmembers, seed)
-    losses = [loss(model, split, task) for split in sides]
+    losses = [np.asarray(loss(model, split, task), dtype=np.float64) for split in sides]
     out = {"loss-threshold": (-losses[0], -losses[1])}
     if reference_model is not None:
-        ref = [loss(reference_model, split, task) for split in sides]
+        ref = [np.asarray(loss(reference_model, split, task), dtype=np.float64) for split in sides]
         out["calibrated"] = (ref[0] - losses[0], ref[1] - losses[1])
-    return out
+    return not_finite(out) or out
 
 
 def _summarise(scores: dict[str, tuple[np.ndarray, np.ndarray]], seed: int,

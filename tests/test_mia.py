@@ -241,6 +241,66 @@ def test_audit_rejects_bad_pairs(data, overfit):
     _, model = overfit
     with pytest.raises(ValueError, match="pairs is empty"):
         audit(model, [], data.task)
-    good = (data.train.subset(np.arange(5)), data.train.subset(np.arange(5, 10)))
-    with pytest.raises(ValueError, match="site 1: 1 members"):
-        audit(model, [good, (data.train.subset(np.arange(1)), good[1])], data.task)
+    with pytest.raises(ValueError, match=r"pairs\[0\] has 1 entries"):
+        audit(model, [(data.train.subset(np.arange(5)),)], data.task)
+
+
+def test_audit_skips_a_site_with_too_few_members_and_pools_the_others(data, overfit):
+    """A site with 1 member (a small site, or one whose bad files were all skipped) and one with
+    1 non-member get a reason instead of failing the run; the pooled attack covers the rest."""
+    initial, model = overfit
+    good = (data.train.subset(OVERFIT_MEMBERS), data.train.subset(NONMEMBERS[:100]))
+    pairs = [good, (data.train.subset(np.arange(1)), data.train.subset(NONMEMBERS[100:110])),
+             (data.train.subset(UNSEEN_MEMBERS[:10]), data.train.subset(NONMEMBERS[110:111]))]
+    report = audit(model, pairs, data.task, reference_model=initial, seed=5, resamples=50)
+    assert report["sites"][1] == {"skipped": "1 member(s) and 10 non-member(s); the membership-"
+                                             "inference attack needs at least 2 of each"}
+    assert report["sites"][2] == {"skipped": "10 member(s) and 1 non-member(s); the membership-"
+                                             "inference attack needs at least 2 of each"}
+    assert "skipped" not in report
+    alone = audit(model, [good], data.task, reference_model=initial, seed=5, resamples=50)
+    assert report["sites"][0] == alone["sites"][0]
+    assert report["pooled"] == alone["pooled"]          # only site 0 was usable
+    assert report["pooled"]["loss-threshold"]["n_members"] == 48
+    assert json.loads(json.dumps(report))["sites"]["1"] == report["sites"][1]
+
+
+def test_audit_with_no_usable_site_pools_nothing_and_says_why(data, overfit):
+    _, model = overfit
+    pairs = [(data.train.subset(np.arange(1)), data.train.subset(np.arange(1, 6))),
+             (data.train.subset(np.arange(6, 11)), data.train.subset(np.arange(0)))]
+    report = audit(model, pairs, data.task)
+    assert report["pooled"] == {}
+    assert report["skipped"].startswith("no site could be audited: each needs at least 2 members "
+                                        "and 2 non-members")
+    assert report["sites"][1]["skipped"].startswith("5 member(s) and 0 non-member(s);")
+
+
+def test_audit_skips_sites_whose_scores_are_not_finite(data, overfit):
+    """A diverged model (NaN weights) is reported per site, not raised; a site whose losses alone
+    are NaN is skipped while the others are audited."""
+    initial, model = overfit
+    pairs = [(data.train.subset(OVERFIT_MEMBERS[:20]), data.train.subset(NONMEMBERS[:20])),
+             (data.train.subset(UNSEEN_MEMBERS[:30]), data.train.subset(NONMEMBERS[20:50]))]
+    diverged = copy.deepcopy(model)
+    with torch.no_grad():
+        diverged[1].weight[0, 0] = float("nan")
+    report = audit(diverged, pairs, data.task, reference_model=initial)
+    assert report["sites"] == {
+        0: {"skipped": "40 membership scores are NaN or infinite (the model's losses are not "
+                       "finite)"},
+        1: {"skipped": "60 membership scores are NaN or infinite (the model's losses are not "
+                       "finite)"}}
+    assert report["pooled"] == {} and report["skipped"].startswith("no site could be audited")
+
+    bad = pairs[1][0]            # balanced keeps a side whole (the same object) at equal sizes
+
+    def loss(net, split, task):
+        losses = per_sample_loss(net, split, task)
+        return np.where(np.arange(len(split)) < 3, np.inf, losses) if split is bad else losses
+
+    report = audit(model, pairs, data.task, loss=loss, resamples=0)
+    assert report["sites"][1] == {"skipped": "3 membership scores are NaN or infinite (the "
+                                             "model's losses are not finite)"}
+    assert report["pooled"] == report["sites"][0]
+    assert report["pooled"]["loss-threshold"]["n_members"] == 20

@@ -70,3 +70,101 @@ def test_report_prints_each_sites_own_privacy_budget(tmp_path):
     assert rows[0].startswith("| site | target epsilon | delta |")
     assert rows[1].startswith("| 0 | 8 | ") and rows[2].startswith("| 1 | 2.5 | ")
     assert rows[2].endswith("| 1.500 | 2.400 |")
+
+
+# --- the membership audit when sites are too small or the model diverged -------------------------
+
+SKIP_REASON = ("1 member(s) and 5 non-member(s); the membership-inference attack needs at least 2 "
+               "of each")
+
+
+def _tiny_audit(*, usable: bool) -> dict:
+    """`common.mia.audit` of a 2-site federation: site 1 has a single member; site 0 is audited
+    when ``usable``, else it has no non-member left (all its files skipped)."""
+    import numpy as np
+    import torch
+
+    from common.datasets.base import Split, TaskInfo
+    from common.mia import audit
+
+    rng = np.random.default_rng(0)
+    task = TaskInfo(kind="multiclass", num_classes=3, spatial_dims=2, channels=1, size=4)
+    split = Split(rng.random((40, 1, 4, 4), dtype=np.float32), np.arange(40) % 3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    site0 = (split.subset(np.arange(20)), split.subset(np.arange(20, 34) if usable else []))
+    site1 = (split.subset(np.arange(34, 35)), split.subset(np.arange(35, 40)))
+    return audit(model, [site0, site1], task, reference_model=model, seed=0, resamples=50)
+
+
+def _write_tiny_report(tmp_path, audit: dict) -> tuple[dict, str]:
+    import json
+
+    from common import rundir
+    from common.config import RunConfig
+    from common.report.record import RunRecord
+    from common.report.writer import write_report
+
+    scores = {"accuracy": 0.7, "auc": 0.8}
+    history = [{"round": r, "global": scores, "failures": {},
+                "sites": {} if r == 0 else {s: {"train": {}, "test": scores} for s in "01"}}
+               for r in range(2)]
+    write_report(tmp_path, RunRecord(config=RunConfig(sites=2, rounds=1), history=history,
+                                     wall_seconds=1.0, audit=audit))
+    return (json.loads((tmp_path / rundir.SUMMARY).read_text()),
+            (tmp_path / rundir.REPORT).read_text())
+
+
+def _audit_part(report: str) -> str:
+    return report.split("## Empirical privacy audit")[1].split("\n## ")[0]
+
+
+def _audit_rows(report: str) -> list[str]:
+    return [line for line in _audit_part(report).splitlines() if line.startswith("| ")]
+
+
+def test_report_says_why_a_too_small_site_was_not_audited(tmp_path):
+    summary, report = _write_tiny_report(tmp_path, _tiny_audit(usable=True))
+    audit = summary["audit"]["federated"]
+    assert audit["sites"]["1"] == {"skipped": SKIP_REASON}
+    assert audit["pooled"]["loss-threshold"]["n_members"] == 14      # site 0 only
+    rows = _audit_rows(report)
+    assert rows[0].startswith("| scope | members / non-members | loss-threshold AUC")
+    assert rows[1].startswith("| site 0 | 14 / 14 | ")
+    assert rows[2] == f"| site 1: audit skipped: {SKIP_REASON} |" + "  |" * 5   # 6 columns
+    assert rows[3].startswith("| all sites | 14 / 14 | ")
+    assert "percentile-bootstrap interval (50 seeded resamples" in report
+    assert 'The "all sites" row leaves out the sites the audit skipped.' in report
+
+
+def test_report_is_written_when_no_site_can_be_audited(tmp_path):
+    summary, report = _write_tiny_report(tmp_path, _tiny_audit(usable=False))
+    audit = summary["audit"]["federated"]
+    assert audit["pooled"] == {}
+    assert audit["skipped"].startswith("no site could be audited")
+    assert (f"Membership inference on the final global model: audit skipped: "
+            f"{audit['skipped']}.") in report
+    assert _audit_rows(report) == [
+        "| scope | members / non-members |",
+        "| site 0: audit skipped: 20 member(s) and 0 non-member(s); the membership-inference "
+        "attack needs at least 2 of each |  |",
+        f"| site 1: audit skipped: {SKIP_REASON} |  |"]
+    assert "all sites" not in _audit_part(report)
+
+
+def test_tradeoff_rows_leave_a_skipped_audit_empty():
+    """The epsilon sweep reads MIA AUC per cell: a skipped site or pooled audit is an empty cell."""
+    from simulations.tradeoff.rows import summary_rows
+
+    leak = {"loss-threshold": {"auc": 0.6, "tpr_at_1pct_fpr": 0.02}}
+    metrics = {"accuracy": 0.7, "auc": 0.8}
+    summary = {"federated": {"global": metrics, "sites": {"0": metrics, "1": metrics}},
+               "audit": {"federated": {"sites": {"0": leak, "1": {"skipped": SKIP_REASON}},
+                                       "pooled": leak}}}
+    rows = {r["scope"]: r for r in summary_rows(summary, 1.0, 0)}
+    assert rows["site-0"]["mia_auc"] == 0.6 and rows["global"]["mia_auc"] == 0.6
+    assert rows["site-1"]["mia_auc"] is None and rows["site-1"]["mia_tpr_at_1pct_fpr"] is None
+    summary["audit"]["federated"] = {"sites": {"0": {"skipped": SKIP_REASON}}, "pooled": {},
+                                     "skipped": "no site could be audited"}
+    rows = {r["scope"]: r for r in summary_rows(summary, 1.0, 0)}
+    assert rows["global"]["mia_auc"] is None and rows["site-0"]["mia_auc"] is None

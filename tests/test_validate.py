@@ -658,6 +658,33 @@ def test_validate_with_the_runs_spacing_counts_what_a_resampling_run_loads(tmp_p
         validate_site_data(site, spacing="x")
 
 
+def test_site_validate_spacing_option_reaches_the_checks(tmp_path, capsys):
+    """`fedclinic site validate --spacing MM`: in the help with its default, and the images are
+    checked as a resampling run reads them (a file without PixelSpacing is refused)."""
+    from common.spacing_spec import SPACING_HELP
+
+    parser = argparse.ArgumentParser()
+    add_validate_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "--spacing MM[,MM...] check the images as a run with this --spacing reads them" in text
+    assert f"{SPACING_HELP} (default: '')" in text
+    assert parse(["data"]).spacing == ""
+    site = clean_site(tmp_path / "site")
+    _corrupt(site / "img3.dcm", lambda ds: delattr(ds, "PixelSpacing"))
+    write_dicom(site / "img4.dcm")
+    write_labels(site, [(f"img{i}.dcm", "normal" if i < 2 else "pneumonia") for i in range(5)])
+    manifest = tmp_path / "out" / "manifest.json"
+    args = [str(site), "--layout", "dicom", "--manifest", str(manifest)]
+    assert run_validate(parse(args)) == 0
+    assert json.loads(manifest.read_text())["samples"] == 5
+    assert "no usable PixelSpacing" not in capsys.readouterr().out
+    assert run_validate(parse([*args, "--spacing", "0.7"])) == 0
+    assert "img3.dcm: no usable PixelSpacing" in capsys.readouterr().out
+    assert json.loads(manifest.read_text())["samples"] == 4
+    with pytest.raises(ConfigError, match="spacing='x'"):
+        run_validate(parse([*args, "--spacing", "x"]))
+
+
 def test_the_cli_names_the_file_being_read_when_an_unexpected_error_escapes(tmp_path, capsys,
                                                                             monkeypatch):
     from common.datasets import labels as labels_module

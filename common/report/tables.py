@@ -110,6 +110,7 @@ def coverage_table(released: Sequence[CoveredRelease]) -> str:
 
 
 AUDIT_VALUES = (("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"))
+AUDIT_SKIPPED = "skipped"    # common.mia.SKIPPED: a site (or the audit) the attack could not score
 
 
 def _estimate(result: dict, key: str) -> str:
@@ -120,20 +121,32 @@ def _estimate(result: dict, key: str) -> str:
     return f"{result[key]:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def _audited(audit: dict) -> list[dict]:
+    """The results with attack summaries: the pooled one (when not empty), then each audited
+    site's; a skipped site (``{"skipped": reason}``) has none."""
+    results = [audit.get("pooled") or {}] + list(audit["sites"].values())
+    return [r for r in results if r and AUDIT_SKIPPED not in r]
+
+
 def audit_rows(audit: dict, pooled_label: str | None = "all sites") -> str:
-    """Markdown: per scope (each site, then the pooled row unless ``pooled_label`` is None),
-    members/non-members and each attack's AUC and TPR at 1% FPR."""
-    attacks = [a for a in ("loss-threshold", "calibrated") if a in audit["pooled"]]
+    """Markdown: per scope (each site, then the pooled row unless ``pooled_label`` is None or the
+    pooled attack did not run), members/non-members and each attack's AUC and TPR at 1% FPR. A
+    site the audit skipped is one row ``site 3: audit skipped: <reason>``."""
+    results = _audited(audit)
+    attacks = [a for a in ("loss-threshold", "calibrated") if results and a in results[0]]
     head = ["scope", "members / non-members"] + [f"{a} {label}" for a in attacks
                                                  for _, label in AUDIT_VALUES]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     scopes = [(f"site {s}", r) for s, r in audit["sites"].items()]
-    if pooled_label is not None:
+    if pooled_label is not None and audit.get("pooled"):
         scopes.append((pooled_label, audit["pooled"]))
     for name, result in scopes:
-        first = result[attacks[0]]
-        cells = [name, f"{first['n_members']} / {first['n_nonmembers']}"]
-        cells += [_estimate(result[a], key) for a in attacks for key, _ in AUDIT_VALUES]
+        if AUDIT_SKIPPED in result:
+            cells = [f"{name}: audit skipped: {result[AUDIT_SKIPPED]}"] + [""] * (len(head) - 1)
+        else:
+            first = result[attacks[0]]
+            cells = [name, f"{first['n_members']} / {first['n_nonmembers']}"]
+            cells += [_estimate(result[a], key) for a in attacks for key, _ in AUDIT_VALUES]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -141,14 +154,21 @@ def audit_rows(audit: dict, pooled_label: str | None = "all sites") -> str:
 def audit_text(audit: dict, pooled_label: str | None = "all sites",
                model: str = "the final global model") -> str:
     """Markdown: membership-inference AUC and TPR at 1% FPR of ``model``, with their bootstrap
-    confidence intervals (`audit_rows`)."""
-    first = next(iter(audit["pooled"].values()))
+    confidence intervals (`audit_rows`); why, when no site could be audited."""
+    results = _audited(audit)
+    if not results:
+        reason = audit.get(AUDIT_SKIPPED) or "no site could be audited"
+        return (f"Membership inference on {model}: audit skipped: {reason}.\n\n"
+                + audit_rows(audit, pooled_label))
+    first = next(iter(results[0].values()))
     interval = ""
     if "bootstrap_resamples" in first:
         interval = (f" In brackets: the {first['ci_level']:.0%} percentile-bootstrap interval "
                     f"({first['bootstrap_resamples']} seeded resamples of the members and of the "
                     f"non-members); an interval that holds 0.5 (AUC) or 0.01 (TPR at 1% FPR) "
                     f"shows no leakage this audit can tell from chance.")
+    if pooled_label is not None and any(AUDIT_SKIPPED in r for r in audit["sites"].values()):
+        interval += f" The \"{pooled_label}\" row leaves out the sites the audit skipped."
     return (f"Membership inference on {model}: each site's training samples "
             "(members) against its held-out test split (non-members), balanced. AUC 0.5 means "
             "the attack cannot tell them apart." + interval + "\n\n"

@@ -12,6 +12,7 @@ from client.service import (DEFAULT_ACTIVATION_WAIT, DEFAULT_RUNTIME_PORT, DEFAU
 from client.validate import DEFAULT_MANIFEST, LAYOUTS
 from common.datasets import DataError
 from common.mia_bootstrap import RESAMPLES
+from common.spacing_spec import SPACING_HELP
 from fedclinic.cli.options import add_debug
 
 DEFAULT_SERVER = "127.0.0.1:8000"
@@ -127,6 +128,10 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", default="", metavar="CENTER,WIDTH",
                         help="DICOM VOI window in stored units after rescale, e.g. '40,400'; '' "
                              "= each file's own window (default: '')")
+    parser.add_argument("--spacing", default="", metavar="MM[,MM...]",
+                        help="check the images as a run with this --spacing reads them "
+                             "(resampled, so files a resampling run refuses are counted): "
+                             f"{SPACING_HELP} (default: '')")
     parser.add_argument("--strict", action="store_true",
                         help="treat unusable image files and labels.csv rows without an image as "
                              "errors, as a strict training run would (default: off, they are "
@@ -148,7 +153,7 @@ def run_validate(args: argparse.Namespace) -> int:
         raise DataError(f"--manifest {manifest}: inside the data folder {data_dir}; choose a "
                         f"path outside it (the data folder should hold only the site's data)")
     report = validate_site_data(data_dir, layout=args.layout, window=args.window,
-                                strict=args.strict)
+                                strict=args.strict, spacing=args.spacing)
     print(report.render())
     if manifest is not None:
         write_manifest(report, manifest)
