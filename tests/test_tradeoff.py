@@ -234,3 +234,16 @@ def test_one_real_dp_cell_end_to_end(tmp_path, capsys):
     fed = next(r for r in rows if (r["model"], r["scope"]) == ("federated", "global"))
     assert float(fed["epsilon_spent"]) == pytest.approx(summary["privacy"]["max_epsilon"])
     assert (sweep / "tradeoff.png").is_file() and "| 4 |" in (sweep / "tradeoff.md").read_text()
+
+
+def test_a_relative_data_path_is_recorded_absolute_so_a_resume_from_elsewhere_matches(
+        tmp_path, monkeypatch):
+    data = tmp_path / "data" / "pneumo.npz"
+    data.parent.mkdir()
+    data.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    relative = RunConfig(dataset="medmnist", data_path="data/pneumo.npz",
+                         output_dir=str(tmp_path / "out"))
+    spec = SweepSpec(relative, (8.0,), (0,), "s")
+    assert spec.record()["options"]["data_path"] == str(data.resolve())
+    assert spec.config(8.0, 0).data_path == str(data.resolve())   # what a finished cell says

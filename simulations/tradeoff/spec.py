@@ -99,6 +99,11 @@ class SweepSpec:
                               f"'\\', ':', '+')")
         if not self.epsilons or not self.seeds:
             raise ConfigError("a sweep needs at least one epsilon and one seed")
+        if self.base.data_path and Path(self.base.data_path).exists():
+            # absolute, as simulate() records it in each cell: a finished cell is recognised
+            # again whatever folder the sweep is resumed from
+            absolute = str(Path(self.base.data_path).resolve())
+            object.__setattr__(self, "base", self.base.replace(data_path=absolute))
         check_task_model(self.base)        # e.g. a classifier with task=segmentation
         for cell in self.cells():          # validates every cell's config before any work
             self.config(*cell)
