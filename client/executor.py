@@ -46,9 +46,15 @@ from client.approval import AppRefused, Approval, review_app
 from client.audit import AuditLog, check_outgoing
 from common.wire import ReplyCode
 from runtime.environment import flower_env
+from runtime.processes import child_env, die_with_parent
 from runtime.transport import use_fast_object_pulls
 
 log = logging.getLogger("fedclinic.site")
+
+
+class TaskInterrupted(BaseException):
+    """The site is stopping (SIGTERM) while a task runs: the task is abandoned, not finished.
+    A BaseException, so that no task-level ``except Exception`` turns it into a reply."""
 
 
 @dataclass
@@ -63,6 +69,7 @@ class SiteExecutor:
     tasks_done: int = 0
     tasks_failed: int = 0
     supernode_died: bool = False
+    in_task: bool = False             # a task is running (in the thread that called serve())
 
     def _client(self, component: str, token: str | None = None,
                 invoker=None) -> RuntimeHttpClient:
@@ -111,13 +118,19 @@ class SiteExecutor:
     def _run_task_safely(self, token: str, fab_hash: str) -> None:
         """One task's failure (e.g. its message's objects vanished because the SuperLink was
         restarted mid-round) ends that task only: the site keeps serving the next ones."""
+        self.in_task = True
         try:
             self.run_task(token, fab_hash)
+        except TaskInterrupted as stop:
+            self.audit.record_event("task-interrupted", str(stop))
+            raise
         except Exception as exc:  # noqa: BLE001 - logged and audited; the run decides what next
             self.tasks_failed += 1
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("task failed, the site goes on serving: %s", reason)
             self.audit.record_event("task-failed", reason)
+        finally:
+            self.in_task = False
 
     def run_task(self, token: str, fab_hash: str) -> None:
         try:
@@ -184,7 +197,8 @@ class SiteExecutor:
         self.audit.record_event("run-allowed-app", approval.describe())
         task = ChildTask(self.runtime_address, token, str(self.audit.path), approval.fab_hash,
                          os.getpid())
-        env = flower_env(self.flwr_home) if self.flwr_home is not None else None
+        env = child_env(flower_env(self.flwr_home) if self.flwr_home is not None
+                        else dict(os.environ))     # the child ends when the site does
         done = subprocess.run([sys.executable, "-m", "client.executor"], input=task.to_json(),
                               text=True, check=False, env=env)
         if done.returncode != 0:
@@ -249,10 +263,7 @@ class ChildTask:
 def run_allowed_bundle(task: ChildTask) -> int:
     """Child process for one task of an operator-allowed bundle: pull it, run the bundle's
     ClientApp, check the reply, write it to the site's audit log, push it."""
-    if task.parent_pid is not None:   # the site went away: stop too (Flower's own monitor)
-        from flwr.supercore.app_utils import start_parent_process_monitor
-
-        start_parent_process_monitor(task.parent_pid)
+    die_with_parent(task.parent_pid)   # the site went away (any signal): this ends too
     use_fast_object_pulls()
     executor = SiteExecutor(task.runtime_api_address, AuditLog(Path(task.audit)),
                             allowed_hashes=frozenset({task.fab_hash}))

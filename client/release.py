@@ -14,6 +14,12 @@ this module makes the replies match it. Under sample-level DP:
   only while the run has releases left, and only if the run's and the dataset's budgets allow
   it (`client.admission.check_spend`); otherwise the metrics are withheld.
 
+The validation statistics (`common.validation_stats`: val loss and size, the val score
+histograms or confusion matrix) follow the same rule as the test metrics: exact without DP when
+the policy lets test metrics leave; under DP only the counts, noised in the same release as the
+test confusion matrix (one patient is in one split and one cell: L2 sensitivity 1, one charge);
+else they stay at the site, and the server then selects no model and chooses no threshold.
+
 The exact values stay at the site: in deployment they are appended to its local report,
 ``<state>/local-report.jsonl`` (0600), ``<state>`` being the parent of the node config's
 ``ledger-dir``. A simulated site keeps no report (the simulator scores the final model itself).
@@ -35,6 +41,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from client.admission import check_spend
@@ -48,7 +55,10 @@ from common.privacy.mechanisms import (
     release_matrix,
 )
 from common.private_files import PRIVATE_FILE, private_dir
-from common.training.prediction import evaluate, predict_proba
+from common.training.prediction import classification_logits, evaluate, predict_proba
+from common.validation_stats import (
+    COUNT_KINDS, VAL_EXAMPLES, VAL_LOSS, counts_metrics, validation_counts,
+)
 from common.training.secure_random import CsprngSource
 
 LOCAL_REPORT = "local-report.jsonl"       # next to it: the exact values that did not leave
@@ -201,23 +211,53 @@ def train_metrics(rel: Releases, result: Any, site: LocalSite, count: SampleCoun
 
 def evaluate_metrics(rel: Releases, model: nn.Module, site: LocalSite, cfg: RunConfig
                      ) -> dict[str, float]:
-    """The evaluate reply's metrics for the model on the site's test split (module docstring):
-    "exact" (no DP, the policy allows it) - every metric; "local" - public fields only;
-    "noised" - derived metrics of a charged noisy confusion matrix, or public fields only when
-    no release is due or allowed."""
+    """The evaluate reply's metrics for the model on the site's test split (module docstring),
+    with the validation statistics of its val split (`common.validation_stats`) under the same
+    rule: "exact" (no DP, the policy allows it) - every metric, the val loss and counts;
+    "local" - public fields only; "noised" - derived metrics of a charged noisy confusion
+    matrix and the noised val counts (one release), or public fields only when no release is
+    due or allowed."""
     how = rel.policy.test_metrics_release(rel.dp)
     batch = max(cfg.batch_size, 128)
     if how == "exact":
         result = evaluate(model, site.test, site.task, batch_size=batch)
         metrics = {k: float(v) for k, v in result.items() if k != "num_examples"}
-        return {**metrics, "num-examples": len(site.test), "dp-weight": 1.0, "site": site.site}
+        return {**metrics, **exact_validation(model, site, batch),
+                "num-examples": len(site.test), "dp-weight": 1.0, "site": site.site}
     withheld = {"site": site.site, "num-examples": 1.0, "dp-weight": 1.0, "withheld": 1.0}
     noised = _noised_metrics(rel, model, site, cfg, batch) if how == "noised" else None
     sent = withheld if noised is None else {**withheld, "withheld": 0.0, **noised}
     if rel.report is not None:
         exact = evaluate(model, site.test, site.task, batch_size=batch)
-        keep_local(rel, "evaluate", {k: float(v) for k, v in exact.items()}, sent)
+        keep_local(rel, "evaluate", {**{k: float(v) for k, v in exact.items()},
+                                     **exact_validation(model, site, batch)}, sent)
     return sent
+
+
+def exact_validation(model: nn.Module, site: LocalSite, batch: int) -> dict[str, float]:
+    """``val_loss``, ``val_examples`` and the val counts of a classification task on the
+    site's val split ({} without one, and for segmentation: no model selection there yet)."""
+    val, task = site.val, site.task
+    if val is None or len(val) == 0 or task.kind == "segmentation":
+        return {}
+    if task.kind not in COUNT_KINDS:                      # multilabel: the loss only
+        return {VAL_LOSS: evaluate(model, val, task, batch_size=batch)["loss"],
+                VAL_EXAMPLES: float(len(val))}
+    logits = classification_logits(model, val.images, task, batch)
+    labels = np.asarray(val.labels, dtype=np.int64)
+    loss = F.cross_entropy(logits, torch.as_tensor(labels)).item()
+    counts = validation_counts(task.kind, labels, torch.softmax(logits, dim=1).numpy())
+    return {VAL_LOSS: float(loss), VAL_EXAMPLES: float(len(val)),
+            **counts_metrics(task.kind, counts)}
+
+
+def _validation_counts(model: nn.Module, site: LocalSite, batch: int) -> np.ndarray | None:
+    """The val counts a noised release adds (single-label kinds with a val split), else None."""
+    val = site.val
+    if val is None or len(val) == 0 or site.task.kind not in COUNT_KINDS:
+        return None
+    probs = predict_proba(model, val.images, site.task, batch)
+    return validation_counts(site.task.kind, np.asarray(val.labels), probs)
 
 
 def metric_release_due(rel: Releases, cfg: RunConfig) -> bool:
@@ -247,7 +287,17 @@ def _noised_metrics(rel: Releases, model: nn.Module, site: LocalSite, cfg: RunCo
         return None
     probs = predict_proba(model, site.test.images, site.task, batch)
     counts = confusion_counts(site.task.kind, np.asarray(site.test.labels), probs)
+    val = _validation_counts(model, site, batch)
     rel.charge(METRICS_KIND, sigma)           # charged before anything is released
-    noisy, _ = release_matrix(counts, sigma, rel.noise(METRICS_KIND),
-                              sensitivity=matrix_sensitivity(site.task.kind, counts))
-    return derived_metrics(site.task.kind, noisy)
+    if val is None:
+        noisy, _ = release_matrix(counts, sigma, rel.noise(METRICS_KIND),
+                                  sensitivity=matrix_sensitivity(site.task.kind, counts))
+        return derived_metrics(site.task.kind, noisy)
+    # One Gaussian release of the test confusion matrix and the val counts together: a patient
+    # is in one split and in one cell of it, so the joint vector's L2 sensitivity is 1.
+    joint = np.concatenate([counts.ravel(), val.ravel()])
+    noisy, _ = release_matrix(joint, sigma, rel.noise(METRICS_KIND), sensitivity=1.0)
+    test_part = noisy[:counts.size].reshape(counts.shape)
+    val_part = noisy[counts.size:].reshape(val.shape)
+    return {**derived_metrics(site.task.kind, test_part),
+            **counts_metrics(site.task.kind, val_part)}

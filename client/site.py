@@ -59,6 +59,7 @@ class LocalSite:
     test: Split
     task: TaskInfo
     skipped: int = 0          # bad data files left out (site data only)
+    val: Split | None = None  # the site's validation split (model selection), if it has one
 
 
 def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
@@ -75,7 +76,8 @@ def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
                               f"config says sites={cfg.sites}; make them equal (flwr run: "
                               f"--federation-config 'num-supernodes={cfg.sites}')")
         part = site_data(cfg, int(node_config[PARTITION_ID]))
-        return LocalSite(part.site, part.train, part.test, load_dataset(cfg).task)
+        return LocalSite(part.site, part.train, part.test, load_dataset(cfg).task,
+                         val=part.val)
     if DATA_PATH in node_config:
         from common.datasets.layout import detect_layout
 
@@ -85,6 +87,7 @@ def load_site(cfg: RunConfig, node_config: Mapping[str, object]) -> LocalSite:
         if data.test is None:
             raise ConfigError(f"{node_config[DATA_PATH]}: the site's file has no test split")
         site = int(node_config.get(SITE_ID, 0))
-        return LocalSite(site, data.train, data.test, data.task, len(data.skipped))
+        return LocalSite(site, data.train, data.test, data.task, len(data.skipped),
+                         val=data.val)
     raise ConfigError(f"node config has neither '{PARTITION_ID}' (simulation) nor '{DATA_PATH}' "
                       f"(a site's data file); got keys {sorted(node_config)}")

@@ -7,6 +7,11 @@ evaluate) of pure polling, more than the whole 2 s per-round budget for a site's
 entry point runs the unmodified SuperNode with those waits capped at FEDCLINIC_NODE_POLL_SECONDS
 (default 0.25 s): 4 requests per second per idle site, which a SuperLink serves easily. It also
 retries object pulls quickly (`runtime.transport`).
+
+It lives no longer than the `fedclinic site` that started it (`runtime.processes.die_with_parent`:
+the kernel's parent-death signal on Linux, a thread watching the parent everywhere): when the site
+dies, even by SIGKILL, this SuperNode gets SIGTERM, deactivates itself at the server (so the
+server stops waiting for it and a restarted site is activated at once) and exits.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ class _CappedSleep:
 
 
 def main() -> None:
+    from runtime.processes import PARENT_PID_ENV, die_with_parent
+
+    if os.environ.get(PARENT_PID_ENV):   # started by `fedclinic site`: first, before the imports
+        die_with_parent()                # below (seconds on a small host)
     from flwr.supernode import start_client_internal as node_loop
     from flwr.supernode.cli import flower_supernode
 

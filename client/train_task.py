@@ -32,6 +32,7 @@ from common.packing import PACKED_KEY, pack_state
 from common.privacy.ledger import BudgetExhausted
 from common.training.dp_local import DPTrainResult, train_local_dp
 from common.training.local import train_local
+from common.training.schedule import round_window
 from common.wire import BUDGET_EXHAUSTED_REASON, EXTRA_CONFIG_KEYS, RUN_KEY, ReplyCode
 
 log = logging.getLogger("fedclinic.site")
@@ -88,7 +89,8 @@ def train_reply(msg: Message, context: Context) -> Message:
     # client-level DP clips and noises at the server; only a policy without require_dp lets
     # either run here (check_request)
     result = train_local(model, site.train, site.task, cfg, epochs=cfg.local_epochs,
-                         seed=seed, proximal_mu=mu, global_params=global_params)
+                         seed=seed, proximal_mu=mu, global_params=global_params,
+                         window=round_window(cfg, server_round))
     rel = releases_for(context.node_config, policy, dp=False, run_key=_run_key(msg),
                        server_round=server_round, seed=seed)
     metrics = train_metrics(rel, result, site, sample_count(rel, len(site.train)),
@@ -121,7 +123,8 @@ def _train_private(msg: Message, context: Context, cfg: RunConfig, policy: SiteP
                             seed=seed, noise_multiplier=plan.noise_multiplier,
                             sample_rate=plan.sample_rate, steps=plan.steps_per_round,
                             proximal_mu=mu, global_params=global_params,
-                            secure=policy.secure_randomness and deployment)
+                            secure=policy.secure_randomness and deployment,
+                            window=round_window(cfg, server_round))
     ledger.append(run_key=run_key, server_round=server_round, kind=DP_KIND,
                   noise_multiplier=result.noise_multiplier, sample_rate=result.sample_rate,
                   steps=result.steps, delta=plan.delta)

@@ -1,14 +1,19 @@
-"""Training augmentations applied identically to images and their segmentation masks.
+"""Training augmentations: for segmentation applied identically to images and their masks,
+for classification to the images alone (``masks=None``), each sample on its own.
 
 `augment_batch` draws every random parameter from the caller's ``torch.Generator`` (in a fixed
 order), so the same generator state gives the same batch. Operations, applied in the order of
 `AUGMENTATIONS` whatever order they were requested in:
 
 * ``flip``: each spatial axis of each sample is flipped with probability 1/2 (exact);
+* ``hflip``: only the last spatial axis (left-right) is flipped, with probability 1/2 (exact):
+  for anatomy whose up/down (and front/back) orientation is fixed;
 * ``rotate``: 2D: a rotation by a uniform angle in +-`MAX_ANGLE_DEG` about the image centre;
   3D: ``k`` x 90 degrees (k uniform in 0..3) in one of the three axis planes chosen uniformly,
   exact (``torch.rot90``); in a plane whose two sides differ, k is limited to 0 or 2 so the
   shape is kept;
+* ``crop``: a random crop of the zero-padded image, i.e. a shift by a whole number of pixels
+  uniform in +-round(`MAX_CROP_FRACTION` x side) per axis (exact);
 * ``elastic``: a smooth random displacement field (Gaussian values on a coarse
   `ELASTIC_CONTROL_POINTS` grid, upsampled cubically in 2D / trilinearly in 3D, amplitude
   `ELASTIC_SIGMA` x the side length per axis);
@@ -31,8 +36,9 @@ import torch.nn.functional as F
 
 from common.config import ConfigError
 
-AUGMENTATIONS = ("flip", "rotate", "elastic", "intensity")
+AUGMENTATIONS = ("flip", "hflip", "rotate", "crop", "elastic", "intensity")
 MAX_ANGLE_DEG = 15.0
+MAX_CROP_FRACTION = 0.1
 ELASTIC_CONTROL_POINTS = 4
 ELASTIC_SIGMA = 0.05
 MAX_GAMMA = 1.5
@@ -80,13 +86,14 @@ def _uniform(n: int, lo: float, hi: float, generator: torch.Generator) -> torch.
 
 # --------------------------------------------------------------------------- exact ops
 
-def _flip(images: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator
-          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    dims = images.ndim - 2
+def _flip(images: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator,
+          last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    dims = 1 if last_only else images.ndim - 2
+    first = images.ndim - 2 - dims     # first spatial axis that may flip
     flags = torch.rand(len(images), dims, generator=generator, device=generator.device) < 0.5
     out_i, out_m = [], []
     for n, row in enumerate(flags.tolist()):
-        axes = [a for a, f in enumerate(row) if f]
+        axes = [first + a for a, f in enumerate(row) if f]
         out_i.append(images[n].flip([a + 1 for a in axes]) if axes else images[n])
         if masks is not None:
             out_m.append(masks[n].flip(axes) if axes else masks[n])
@@ -109,6 +116,31 @@ def _rot90_3d(images: torch.Tensor, masks: torch.Tensor | None, generator: torch
         out_i.append(torch.rot90(images[i], k, (a + 1, b + 1)))
         if masks is not None:
             out_m.append(torch.rot90(masks[i], k, (a, b)))
+    return torch.stack(out_i), (torch.stack(out_m) if masks is not None else None)
+
+
+def _shifted(x: torch.Tensor, shift: list[int], margin: list[int]) -> torch.Tensor:
+    """``x`` (C?, *spatial) with out[p] = x[p + shift], zeros outside (the last len(shift)
+    axes)."""
+    pad: list[int] = []
+    for m in reversed(margin):       # F.pad lists the last axis first
+        pad += [m, m]
+    padded = F.pad(x.unsqueeze(0) if x.ndim == len(shift) else x, pad)
+    padded = padded.squeeze(0) if x.ndim == len(shift) else padded
+    index = [slice(None)] * (x.ndim - len(shift))
+    index += [slice(m + t, m + t + s) for m, t, s in zip(margin, shift, x.shape[-len(shift):])]
+    return padded[tuple(index)]
+
+
+def _crop(images: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A random crop of the zero-padded sample: a whole-pixel shift per axis (exact)."""
+    n, spatial = len(images), tuple(images.shape[2:])
+    margin = [round(MAX_CROP_FRACTION * s) for s in spatial]
+    shifts = torch.stack([torch.randint(-m, m + 1, (n,), generator=generator,
+                                        device=generator.device) for m in margin], -1).tolist()
+    out_i = [_shifted(images[i], shifts[i], margin) for i in range(n)]
+    out_m = [_shifted(masks[i], shifts[i], margin) for i in range(n)] if masks is not None else []
     return torch.stack(out_i), (torch.stack(out_m) if masks is not None else None)
 
 
@@ -199,10 +231,14 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, ops: tuple[s
     _check_inputs(images, masks, ops)
     if "flip" in ops:
         images, masks = _flip(images, masks, generator)
+    if "hflip" in ops:
+        images, masks = _flip(images, masks, generator, last_only=True)
     rotate = "rotate" in ops
     if rotate and images.ndim == 5:
         images, masks = _rot90_3d(images, masks, generator)
         rotate = False
+    if "crop" in ops:
+        images, masks = _crop(images, masks, generator)
     if rotate or "elastic" in ops:
         images, masks = _geometric(images, masks, rotate, "elastic" in ops, generator)
     if "intensity" in ops:

@@ -27,6 +27,8 @@ MODELS = (
 NORMS = ("group", "instance", "batch")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine", "step")
+STEMS = ("stride1", "stride2", "imagenet")
 LOSSES = ("ce", "weighted_ce", "focal", "dice", "dice_ce")
 BASELINES = ("local", "pooled")
 DP_MODES = ("off", "sample", "client")
@@ -83,8 +85,10 @@ class RunConfig:
     spatial_dims: int = _opt(2, "synthetic images: 2 (slices) or 3 (volumes)", choices=(2, 3))
     volume_mode: str = _opt("3d", "3D data: train on whole volumes (3d) or slice by slice with "
                                   "a 2D network (slices)", choices=VOLUME_MODES)
-    augment: str = _opt("", "comma-separated training augmentations applied identically to image "
-                            "and mask: flip, rotate, elastic, intensity ('' for none)")
+    augment: str = _opt("", "comma-separated training augmentations, drawn per sample (for "
+                            "segmentation applied identically to image and mask): flip (every "
+                            "axis), hflip (left-right only), rotate, crop (shift <= 1/10 side), "
+                            "elastic, intensity ('' for none)")
     roi_size: int = _opt(0, "3D segmentation inference: sliding-window cube side in voxels; 0 = "
                             "the whole volume at once", lo=0, hi=1024)
     num_samples: int = _opt(2400, "synthetic: number of images generated (train+val pool)",
@@ -104,6 +108,12 @@ class RunConfig:
     batch_size: int = _opt(16, "mini-batch size", lo=1, hi=65536)
     lr: float = _opt(0.02, "local learning rate", lo=1e-7, hi=10.0)
     optimizer: str = _opt("sgd", "local optimiser (sgd uses momentum)", choices=OPTIMIZERS)
+    lr_schedule: str = _opt("constant", "learning-rate schedule over the whole run (rounds x "
+                                        "local epochs; a site follows it by the round it is in): "
+                                        "constant, cosine decay to ~0, or step (x0.1 at 1/2 and "
+                                        "3/4), after the warm-up", choices=LR_SCHEDULES)
+    warmup_fraction: float = _opt(0.0, "share of the run over which the learning rate rises "
+                                       "linearly from ~0 to lr", lo=0.0, hi=0.5)
     momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
     weight_decay: float = _opt(0.0, "L2 weight decay", lo=0.0, hi=1.0)
     loss: str = _opt("ce", "loss: cross-entropy, class-weighted CE, focal; segmentation also "
@@ -125,6 +135,20 @@ class RunConfig:
     min_site_fraction: float = _opt(0.0, "quorum as a fraction of the sites asked in the round "
                                          "(the larger of the two quorums applies)", lo=0.0,
                                     hi=1.0)
+    # --- model selection and operating point (validation data only) ---
+    patience: int = _opt(0, "early stopping: end the run after this many rounds in a row "
+                            "without a better validation score (the sites' sample-weighted "
+                            "validation loss, or AUC where the loss stays at the sites); "
+                            "0 = off", lo=0, hi=100_000)
+    target_sensitivity: float = _opt(0.0, "binary tasks: the decision threshold is the most "
+                                          "specific one with at least this sensitivity for "
+                                          "the positive class on the validation data; 0 = "
+                                          "Youden's J (sensitivity + specificity - 1 largest)",
+                                     lo=0.0, hi=1.0)
+    positive_class: str = _opt("", "binary tasks: the class that is the finding (its name or "
+                                   "index) for sensitivity and specificity; '' = from the "
+                                   "dataset's label names (the class that is not 'normal'/"
+                                   "'benign'), else label 1")
     # --- differential privacy ---
     dp: str = _opt("off", "differential privacy: off, sample (DP-SGD at each site, protects each "
                           "patient), client (central DP on site updates)", choices=DP_MODES)

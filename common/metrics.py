@@ -104,36 +104,47 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         return float(balanced_accuracy_score(y_true, y_pred))
 
 
-def _binary(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, average="binary", pos_label=1, zero_division=0)
-    confusion = multilabel_confusion_matrix(y_true, y_pred, labels=[1])
+def prediction_metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, *,
+                       positive: int = 1) -> dict[str, float]:
+    """The metrics of hard predictions (no AUC): accuracy, balanced accuracy, sensitivity,
+    specificity, precision and F1, with the module's conventions. Binary: of class
+    ``positive`` (the finding; `common.operating_point.positive_class`), which is label 1 in
+    `classification_metrics`. Multiclass/ordinal: macro averages (``positive`` unused)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if kind == "binary":
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=[positive], average="macro", zero_division=0)
+        confusion = multilabel_confusion_matrix(y_true, y_pred, labels=[positive])
+        specificity = float(_specificity(confusion)[0])
+    elif kind in ("multiclass", "ordinal"):
+        labels = np.union1d(y_true, y_pred)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        confusion = multilabel_confusion_matrix(y_true, y_pred, labels=labels)
+        specificity = float(_specificity(confusion).mean())
+    else:
+        raise ValueError(f"prediction_metrics: kind={kind!r}; expected binary, multiclass or "
+                         f"ordinal")
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "sensitivity": float(recall),
-        "specificity": float(_specificity(confusion)[0]),
+        "specificity": specificity,
         "precision": float(precision),
         "f1": float(f1),
-        "auc": _auc(y_true == 1, probs[:, 1]),
     }
+
+
+def _binary(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    return {**prediction_metrics("binary", y_true, y_pred, positive=1),
+            "auc": _auc(y_true == 1, probs[:, 1])}
 
 
 def _multiclass(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    labels = np.union1d(y_true, y_pred)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0)
-    confusion = multilabel_confusion_matrix(y_true, y_pred, labels=labels)
     onehot = y_true[:, None] == np.arange(probs.shape[1])[None, :]
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
-        "sensitivity": float(recall),
-        "specificity": float(_specificity(confusion).mean()),
-        "precision": float(precision),
-        "f1": float(f1),
-        "auc": _macro_auc(onehot, probs),
-    }
+    return {**prediction_metrics("multiclass", y_true, y_pred),
+            "auc": _macro_auc(onehot, probs)}
 
 
 def _multilabel(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:

@@ -11,8 +11,18 @@ compute per-sample gradients for DP-SGD. That needs three things MONAI does not 
   (DenseNet) and with ``width``; we register a MONAI norm factory that picks it per layer.
 
 Inputs as small as 28 px must survive four downsampling stages, so ResNet and DenseNet use a
-3x3 stride-1 stem without max-pooling, and the segmentation nets pad their input to a multiple
-of their total stride and crop the output back (`PaddedUNet`), so any spatial size works.
+3x3 stem without max-pooling (`STEM_NAMES`): by default stride 2 (``stride2``: 28 px -> 14 px
+stages 14, 7, 4, 2; what ../shared/yardstick uses, as accurate as stride 1 on the shared
+validation splits at a third of the cost in 2D and an eighth in 3D, docs/recipes.md), or
+``stride1`` (28 px kept), or MONAI's ImageNet stem (``imagenet``: 7x7 stride 2 + max-pool, for
+images of 64 px and more). The segmentation nets pad their input to a multiple of their total
+stride and crop the output back (`PaddedUNet`), so any spatial size works.
+
+The classifiers (ResNet, DenseNet) first pass their input through `InputNorm` (no parameters;
+default ``zscore``: each sample standardised on its own). The datasets give [0, 1]; fed raw to a
+bias-free conv + GroupNorm whose groups span several channels, an input mean far from 0 becomes
+a per-channel offset that the group statistics do not remove and that swamps the image's
+structure: on the shared data the ResNet then stays at the majority class (docs/recipes.md).
 
 Segmentation nets (output ``(N, num_classes, *spatial)``) and how ``width`` (w) scales them:
 
@@ -120,19 +130,68 @@ class DPResNetBottleneck(ResNetBottleneck):
         return self.act(out + residual)
 
 
-class _ResNet(ResNet):
-    """MONAI ResNet that applies its ``norm`` inside the residual stages too."""
+class InputNorm(nn.Module):
+    """Maps the datasets' [0, 1] intensities to what the network trains on, per sample and
+    without parameters (no state, nothing to aggregate; no record affects another's):
 
-    def __init__(self, *, norm: str | tuple, **kwargs) -> None:
+    * ``none``: unchanged;
+    * ``pm1``: ``2x - 1``, i.e. [-1, 1];
+    * ``zscore``: each sample's channel standardised to mean 0, std 1 over its pixels/voxels.
+    """
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        if mode not in INPUT_NORMS:
+            raise ConfigError(f"input_norm={mode!r}: unknown; expected one of "
+                              f"{', '.join(INPUT_NORMS)}")
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "pm1":
+            return x * 2.0 - 1.0
+        if self.mode == "zscore":
+            dims = tuple(range(2, x.ndim))
+            mean = x.mean(dim=dims, keepdim=True)
+            std = x.std(dim=dims, keepdim=True, unbiased=False)
+            return (x - mean) / (std + 1e-5)
+        return x
+
+    def extra_repr(self) -> str:
+        return self.mode
+
+
+INPUT_NORMS = ("none", "pm1", "zscore")
+DEFAULT_INPUT_NORM = "zscore"
+
+
+class _ResNet(ResNet):
+    """MONAI ResNet that applies its ``norm`` inside the residual stages too, after `InputNorm`."""
+
+    def __init__(self, *, norm: str | tuple, input_norm: str = DEFAULT_INPUT_NORM,
+                 **kwargs) -> None:
         # Set before super().__init__(), which calls _make_layer; a plain attribute is allowed then.
         self._stage_norm = norm
         super().__init__(norm=norm, **kwargs)
+        self.input_norm = InputNorm(input_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.input_norm(x))
 
     def _make_layer(self, block, planes, blocks, spatial_dims, shortcut_type, stride=1,
                     norm="batch") -> nn.Sequential:
         return super()._make_layer(block, planes, blocks, spatial_dims, shortcut_type, stride,
                                    norm=self._stage_norm)
 
+
+# stem name -> (first conv's kernel size, its stride, max-pool after it?)
+_STEM_LAYOUTS: dict[str, tuple[int, int, bool]] = {
+    "stride1": (3, 1, False),
+    "stride2": (3, 2, False),
+    "imagenet": (7, 2, True),
+}
+STEM_NAMES: tuple[str, ...] = tuple(_STEM_LAYOUTS)
+DEFAULT_STEM = "stride2"
+_STEMMED = frozenset({"resnet10", "resnet18", "resnet34", "resnet50", "densenet121"})
 
 _RESNET_LAYOUTS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet10": (DPResNetBlock, [1, 1, 1, 1]),
@@ -142,25 +201,43 @@ _RESNET_LAYOUTS: dict[str, tuple[type[nn.Module], list[int]]] = {
 }
 
 
-def _resnet(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int) -> nn.Module:
+def _resnet(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int,
+            stem: str, input_norm: str) -> nn.Module:
     block, layers = _RESNET_LAYOUTS[name]
+    size, stride, pool = _STEM_LAYOUTS[stem]
     return _ResNet(block=block, layers=layers, block_inplanes=[w, 2 * w, 4 * w, 8 * w],
-                   spatial_dims=dims, n_input_channels=cin, conv1_t_size=3, conv1_t_stride=1,
-                   no_max_pool=True, shortcut_type="B", num_classes=ncls, act=ACT, norm=norm)
+                   spatial_dims=dims, n_input_channels=cin, conv1_t_size=size,
+                   conv1_t_stride=stride, no_max_pool=not pool, shortcut_type="B",
+                   num_classes=ncls, act=ACT, norm=norm, input_norm=input_norm)
 
 
-def _densenet121(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int) -> nn.Module:
+class _DenseNet(DenseNet):
+    """MONAI DenseNet after `InputNorm`."""
+
+    def __init__(self, *, input_norm: str = DEFAULT_INPUT_NORM, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.input_norm = InputNorm(input_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.input_norm(x))
+
+
+def _densenet121(name: str, dims: int, cin: int, ncls: int, norm: str | tuple, w: int,
+                 stem: str, input_norm: str) -> nn.Module:
     """DenseNet-121 layout (6, 12, 24, 16) with 2w initial features and growth rate w/2."""
     init_features = 2 * w
-    model = DenseNet(spatial_dims=dims, in_channels=cin, out_channels=ncls,
-                     init_features=init_features, growth_rate=max(2, w // 2),
-                     block_config=(6, 12, 24, 16), act=ACT, norm=norm)
-    # MONAI's stem (7x7 stride-2 conv + max-pool) shrinks 28 px to 7 px, too small for three
-    # transitions; replace it by a 3x3 stride-1 conv and no pooling.
-    stem = Conv[Conv.CONV, dims](cin, init_features, kernel_size=3, stride=1, padding=1, bias=False)
-    nn.init.kaiming_normal_(stem.weight)
-    model.features.conv0 = stem
-    model.features.pool0 = nn.Identity()
+    model = _DenseNet(spatial_dims=dims, in_channels=cin, out_channels=ncls,
+                      init_features=init_features, growth_rate=max(2, w // 2),
+                      block_config=(6, 12, 24, 16), act=ACT, norm=norm, input_norm=input_norm)
+    if stem != "imagenet":
+        # MONAI's stem (7x7 stride-2 conv + max-pool) shrinks 28 px to 7 px, too small for three
+        # transitions; replace it by a 3x3 conv (stride 1 or 2) and no pooling.
+        _, stride, _ = _STEM_LAYOUTS[stem]
+        conv = Conv[Conv.CONV, dims](cin, init_features, kernel_size=3, stride=stride, padding=1,
+                                     bias=False)
+        nn.init.kaiming_normal_(conv.weight)
+        model.features.conv0 = conv
+        model.features.pool0 = nn.Identity()
     return model
 
 
@@ -383,7 +460,8 @@ def is_segmentation_model(name: str) -> bool:
 
 
 def build_model(name: str, *, spatial_dims: int, in_channels: int, num_classes: int,
-                norm: str = "group", width: int = 16) -> nn.Module:
+                norm: str = "group", width: int = 16, stem: str = DEFAULT_STEM,
+                input_norm: str = DEFAULT_INPUT_NORM) -> nn.Module:
     """Build a registry model; classifiers return logits (N, num_classes).
 
     ``width`` is the channel count of the first stage (later stages scale as 2w, 4w, 8w; see
@@ -403,7 +481,11 @@ def build_model(name: str, *, spatial_dims: int, in_channels: int, num_classes: 
             # width is a run setting; channels and classes come from the data
             error = ConfigError if field == "width" else ValueError
             raise error(f"{field}={value!r}: expected an integer >= {lo}")
-    model = _BUILDERS[name](name, spatial_dims, in_channels, num_classes, _NORMS[norm], width)
+    if stem not in _STEM_LAYOUTS:
+        raise ConfigError(f"stem={stem!r}: unknown stem; expected one of {', '.join(STEM_NAMES)}")
+    extra = {"stem": stem, "input_norm": input_norm} if name in _STEMMED else {}
+    model = _BUILDERS[name](name, spatial_dims, in_channels, num_classes, _NORMS[norm], width,
+                            **extra)
     return _make_dp_safe(model)
 
 

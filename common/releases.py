@@ -12,7 +12,11 @@ ledger, or declared public (and said so here, with what it reveals), or it does 
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass
+
+from common.operating_point import HIST_BINS
 
 # Message types: Flower's for the two replies; the others are what the site's SuperNode and
 # executor send besides them.
@@ -35,9 +39,13 @@ LOCAL = "stays local"
 NONE = "none (exact)"
 PROTECTIONS = (DP_SGD, CHARGED, PUBLIC, LOCAL, NONE)
 
-# Per-class keys (``recall_<c>``, ``dice_c<c>``) are allowed for class indices below this.
+# Per-class keys (``recall_<c>``, ``dice_c<c>``, ``val_cm_<c>_<d>``) are allowed for class
+# indices below MAX_CLASSES; ``<b>`` is a bin of the validation score histograms.
 MAX_CLASSES = 64
 CLASS = "<c>"
+CLASS2 = "<d>"
+BIN = "<b>"
+PLACEHOLDERS = {CLASS: MAX_CLASSES, CLASS2: MAX_CLASSES, BIN: HIST_BINS}
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,11 @@ _CM = ("test_metrics = 'noised' only, in the run's last max_metric_releases_per_
        "the K one-vs-rest matrices, noise x sqrt(K)), charged (sigma, 1, 1) kind 'metrics'; "
        "else it stays local")
 _AS_ACCURACY = "as accuracy"
+_VAL = ("noised in the same Gaussian release as the test confusion matrix, N(0, sigma^2) per "
+        "cell: a patient is in one split and in one cell, so the joint release has L2 "
+        "sensitivity 1 and its one (sigma, 1, 1) charge of kind 'metrics' covers both; only "
+        "when that release is made (test_metrics = 'noised'), else it stays local and the "
+        "server selects no model and chooses no threshold")
 
 
 def _train() -> list[Release]:
@@ -145,12 +158,38 @@ def _evaluate() -> list[Release]:
     for key in ("loss", "precision", "f1", "auc"):
         r.append(Release(EVALUATE, key, "yes", LOCAL, DP, _LOCAL))
         r.append(Release(EVALUATE, key, "yes", NONE, NO_DP, "on the site's test split"))
+    r += _validation()
     seg = [k for base in ("dice", "iou", "hd95", "asd") for k in (base, f"{base}_c{CLASS}")]
     for key in seg:
         r.append(Release(EVALUATE, key, "yes", LOCAL, DP,
                          "segmentation: no DP release of these yet; " + _LOCAL
                          if key == "dice" else "as dice"))
         r.append(Release(EVALUATE, key, "yes", NONE, NO_DP, "segmentation, on the test split"))
+    return r
+
+
+def _validation() -> list[Release]:
+    """The validation statistics (`common.validation_stats`): they choose the global model and
+    its operating point; they follow the test metrics' rule (test_metrics_release)."""
+    r = []
+    for key, what in (("val_loss", "mean cross-entropy of the global model on the site's val "
+                                   "split (model selection: the server keeps the model with "
+                                   "the lowest sample-weighted mean)"),
+                      ("val_examples", "the size of the site's val split (the weight of its "
+                                       "val_loss)")):
+        r.append(Release(EVALUATE, key, "yes", LOCAL, DP, f"{what}; {_LOCAL}"))
+        r.append(Release(EVALUATE, key, "yes", NONE, NO_DP, what))
+    counts = ((f"val_hist_0_{BIN}", f"binary: the number of val cases of true label 0 whose "
+                                    f"P(label 1) is in bin {BIN} of {HIST_BINS} equal bins on "
+                                    f"[0, 1] (the threshold is chosen from these, never from a "
+                                    f"patient's score)"),
+              (f"val_hist_1_{BIN}", "as val_hist_0, for the val cases of true label 1"),
+              (f"val_cm_{CLASS}_{CLASS2}", f"multi-class/ordinal: val cases of true class "
+                                           f"{CLASS} predicted {CLASS2} (argmax); the row sums "
+                                           f"give the class prior of the logit adjustment"))
+    for key, what in counts:
+        r.append(Release(EVALUATE, key, "yes", CHARGED, DP, f"{what}; {_VAL}"))
+        r.append(Release(EVALUATE, key, "yes", NONE, NO_DP, what))
     return r
 
 
@@ -185,11 +224,18 @@ RELEASES: tuple[Release, ...] = (*_train(), *_evaluate(), *_other())
 
 
 def _expand(field: str) -> list[str]:
-    if CLASS not in field:
-        return [field]
-    return [field.replace(CLASS, str(c)) for c in range(MAX_CLASSES)]
+    """Every key a field with placeholders (`PLACEHOLDERS`) stands for."""
+    present = [p for p in PLACEHOLDERS if p in field]
+    out = []
+    for values in itertools.product(*(range(PLACEHOLDERS[p]) for p in present)):
+        key = field
+        for placeholder, value in zip(present, values):
+            key = key.replace(placeholder, str(value))
+        out.append(key)
+    return out
 
 
+@functools.cache
 def allowed_metric_keys(message_type: str, dp: bool) -> frozenset[str]:
     """The metric keys a ``message_type`` reply may carry under sample-level DP (``dp``) or not.
 
@@ -224,7 +270,8 @@ def render_markdown() -> str:
         "Columns: *private* - does the value depend on the site's data (`size`: on the number "
         "of training records only); *when* - `dp` under sample-level DP (dp='sample'), "
         "`no-dp` without it (dp='off' or 'client', admitted only by a policy with "
-        "require_dp = false), `always` both. `<c>` stands for a class index.",
+        "require_dp = false), `always` both. `<c>` and `<d>` stand for class indices, `<b>` for a "
+        "bin of the validation score histograms.",
         "",
         "Under DP the whole-run epsilon covers DP-SGD and every charged release: the planner "
         "calibrates sigma so that training plus the planned count and metric releases "
@@ -236,6 +283,14 @@ def render_markdown() -> str:
         "leave to `<state>/local-report.jsonl` (0600; `<state>` is the parent of the node "
         "config's `ledger-dir`); a simulated site keeps none (the simulator scores the final "
         "model itself).",
+        "",
+        "*Validation statistics* (`val_*`, evaluate replies): each site scores the global model "
+        "on its own val split; the server keeps the best global model by them and chooses the "
+        "operating point from them (`server/model_selection.py`, `common/operating_point.py`); "
+        "the test splits choose nothing. They leave exactly when the test metrics do (no DP, "
+        "a policy with test_metrics other than 'local'); under DP only their counts, noised "
+        "with the test metrics' release; otherwise nothing, and the report says the selection "
+        "was skipped.",
     ]
     for message in MESSAGE_TYPES:
         lines += ["", f"## {message}", "", "| field | private | protection | when | note |",

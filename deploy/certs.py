@@ -7,6 +7,12 @@ Two kinds of credentials protect a deployment:
 * Site authentication: each hospital holds an EC P-384 key pair (OpenSSH formats, as Flower's
   SuperNode authentication expects); the server only accepts sites whose public key the
   consortium registered (``site-keys/<name>.pub``).
+* Operator authentication: the consortium operator holds a client certificate signed by the CA
+  (``operator/operator.crt`` + ``operator.key``) whose role is written twice: extended key usage
+  clientAuth only and OU=operator. The server's front (``server/operator_gate.py``) lets only a
+  connection that presents it reach the Control API (submit, stop, register or revoke a site).
+  Neither a site key (not a certificate), ``ca.crt`` (public), nor the server certificate
+  (serverAuth only: TLS refuses it as a client certificate) can pass.
 
 Private keys are created with mode 0600 from the first byte (``os.open``), never chmod-ed after
 being written, and no existing file is replaced unless the caller passes ``force``.
@@ -38,6 +44,11 @@ CLOCK_SKEW = dt.timedelta(minutes=5)   # valid a little before "now": hosts' clo
 ORGANIZATION = "fedclinic consortium"
 DEFAULT_OUT = Path("fedclinic-certs")
 DEFAULT_SITES = "site-1,site-2,site-3"
+# The role an operator certificate carries (subject OU); server/operator_role.py checks the same
+# value (tests/test_operator_access.py asserts the two agree: deploy/ and server/ never import
+# each other).
+OPERATOR_ROLE = "operator"
+DEFAULT_OPERATOR = "operator"
 
 
 class CertError(ValueError):
@@ -71,6 +82,8 @@ class CertBundle:
     server_names: tuple[str, ...]
     server_ips: tuple[str, ...]
     server_not_after: dt.datetime
+    operator_cert: Path | None = None   # operator/operator.crt: the operator's client certificate
+    operator_key: Path | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,6 +94,13 @@ def check_site_name(name: str) -> str:
     if not isinstance(name, str) or not SITE_NAME.fullmatch(name):
         raise CertError(f"site name {name!r} is not allowed; use letters, digits, '-' and '_' "
                         "only (e.g. site-1, charite_berlin)")
+    return name
+
+
+def check_operator_name(name: str) -> str:
+    if not isinstance(name, str) or not SITE_NAME.fullmatch(name):
+        raise CertError(f"operator name {name!r} is not allowed; use letters, digits, '-' and "
+                        "'_' only (e.g. operator, alice)")
     return name
 
 
@@ -215,7 +235,8 @@ def _key_usage(*, sign_certs: bool) -> x509.KeyUsage:
 
 
 def make_ca(days: int = CA_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A self-signed P-384 CA that may sign server certificates only (path length 0)."""
+    """A self-signed P-384 CA that signs leaf certificates only (path length 0): the server's
+    and the operator's."""
     key = ec.generate_private_key(KEY_CURVE())
     name, now = _name(f"{ORGANIZATION} CA"), _now()
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
@@ -258,6 +279,31 @@ def make_server_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certifica
     return key, cert
 
 
+def make_operator_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
+                       name: str, days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A P-384 client certificate for the operator ``name``: EKU clientAuth only (so no server
+    could use it, and TLS refuses the server certificate in its place) and OU=operator (the role
+    the server's front checks)."""
+    check_operator_name(name)
+    key, now = ec.generate_private_key(KEY_CURVE()), _now()
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, OPERATOR_ROLE),
+                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(sign_certs=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA384()))
+    return key, cert
+
+
 def _pem_cert(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -276,8 +322,8 @@ def _site_files(out: Path, name: str, with_key: bool) -> SiteFiles:
 def init_consortium(out: Path, server_names: list[str], server_ips: list[str], sites: list[str],
                     days: int = 825, force: bool = False) -> CertBundle:
     """Create a consortium CA, the server's certificate for ``server_names``/``server_ips``,
-    and a key pair per site (registered in ``out/site-keys``). Nothing is written if any target
-    file exists and ``force`` is off."""
+    the operator's client certificate (``out/operator``) and a key pair per site (registered in
+    ``out/site-keys``). Nothing is written if any target file exists and ``force`` is off."""
     out = Path(out)
     if not isinstance(days, int) or isinstance(days, bool) or days < 1:
         raise CertError(f"days={days!r}: the server certificate's lifetime must be a whole "
@@ -291,9 +337,10 @@ def init_consortium(out: Path, server_names: list[str], server_ips: list[str], s
         server_cert=out / "server" / "server.crt", server_key=out / "server" / "server.key",
         server_ca_cert=out / "server" / "ca.crt", site_keys_dir=out / "site-keys",
         sites=site_files, server_names=tuple(server_names), server_ips=tuple(server_ips),
-        server_not_after=_now())
+        server_not_after=_now(), operator_cert=out / "operator" / "operator.crt",
+        operator_key=out / "operator" / "operator.key")
     targets = [bundle.ca_cert, bundle.ca_key, bundle.server_cert, bundle.server_key,
-               bundle.server_ca_cert]
+               bundle.server_ca_cert, bundle.operator_cert, bundle.operator_key]
     for site in site_files:
         targets += [site.key, site.pub, site.ca_cert, site.registered]  # type: ignore[list-item]
     _refuse_existing(targets, force)
@@ -302,16 +349,55 @@ def init_consortium(out: Path, server_names: list[str], server_ips: list[str], s
     server_key, server_cert = make_server_cert(ca_key, ca_cert, server_names, server_ips, days)
     ca_pem = _pem_cert(ca_cert)
     for directory, private in ((out / "ca", True), (out / "server", True),
-                               (out / "sites", True), (bundle.site_keys_dir, False)):
+                               (out / "operator", True), (out / "sites", True),
+                               (bundle.site_keys_dir, False)):
         _mkdir(directory, private)
     _write(bundle.ca_key, _pem_private(ca_key), private=True)
     _write(bundle.ca_cert, ca_pem, private=False)
     _write(bundle.server_key, _pem_private(server_key), private=True)
     _write(bundle.server_cert, _pem_cert(server_cert), private=False)
     _write(bundle.server_ca_cert, ca_pem, private=False)
+    _write_operator(bundle.operator_cert, bundle.operator_key,  # type: ignore[arg-type]
+                    *make_operator_cert(ca_key, ca_cert, DEFAULT_OPERATOR, days))
     for site in site_files:
         _write_site(site, ca_pem)
     return replace(bundle, server_not_after=server_cert.not_valid_after_utc)
+
+
+def _write_operator(cert_path: Path, key_path: Path, key: ec.EllipticCurvePrivateKey,
+                    cert: x509.Certificate) -> None:
+    _mkdir(cert_path.parent, private=True)
+    _write(key_path, _pem_private(key), private=True)
+    _write(cert_path, _pem_cert(cert), private=False)
+
+
+def operator_files(consortium_dir: Path, name: str = DEFAULT_OPERATOR) -> tuple[Path, Path]:
+    """Where an operator's (certificate, key) live: ``operator/NAME.crt`` and ``.key``."""
+    folder = Path(consortium_dir) / "operator"
+    return folder / f"{check_operator_name(name)}.crt", folder / f"{name}.key"
+
+
+def issue_operator(consortium_dir: Path, name: str = DEFAULT_OPERATOR, days: int = 825,
+                   force: bool = False) -> tuple[Path, Path]:
+    """Issue (or, with ``force``, re-issue) the client certificate of operator ``name`` with the
+    CA key in ``consortium_dir/ca``; returns (certificate, key). Needs the CA key: run it where
+    the CA key is kept (offline), like `init`."""
+    consortium_dir = Path(consortium_dir)
+    ca_key_path, ca_path = consortium_dir / "ca" / "ca.key", consortium_dir / "ca" / "ca.crt"
+    if not ca_key_path.is_file() or not ca_path.is_file():
+        raise CertError(f"{consortium_dir}: no ca/ca.key and ca/ca.crt here; operator "
+                        "certificates are signed with the CA key that `certs init` wrote")
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise CertError(f"days={days!r}: an operator certificate lives a whole number of days "
+                        ">= 1")
+    cert_path, key_path = operator_files(consortium_dir, name)
+    _refuse_existing([cert_path, key_path], force)
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise CertError(f"{ca_key_path}: not the EC CA key `certs init` writes")
+    _write_operator(cert_path, key_path, *make_operator_cert(ca_key, ca_cert, name, days))
+    return cert_path, key_path
 
 
 def _write_site(site: SiteFiles, ca_pem: bytes) -> None:
@@ -389,6 +475,28 @@ def add_site(consortium_dir: Path, name: str, force: bool = False,
     return site
 
 
+def registered_key(consortium_dir: Path, name: str) -> Path:
+    """``site-keys/NAME.pub`` of a registered site (CertError naming the file if there is none)."""
+    path = Path(consortium_dir) / "site-keys" / f"{check_site_name(name)}.pub"
+    if not path.is_file():
+        raise CertError(f"{path}: no such registered site key; `fedclinic certs add-site` "
+                        "registers a site, and revoke-site takes the name it was given")
+    load_site_public_key(path)
+    return path
+
+
+def retire_site_key(consortium_dir: Path, name: str) -> Path:
+    """Move ``site-keys/NAME.pub`` to ``revoked/NAME.pub`` (kept: what was revoked, and when, by
+    its file time) so that the server's next start does not register it again. Returns the
+    new path."""
+    source = registered_key(consortium_dir, name)
+    target_dir = Path(consortium_dir) / "revoked"
+    _mkdir(target_dir, private=False)
+    target = target_dir / source.name
+    os.replace(source, target)
+    return target
+
+
 def instructions(bundle: CertBundle) -> str:
     """What to send to whom, for the person who ran `fedclinic certs init`."""
     names = ", ".join([*bundle.server_names, *bundle.server_ips])
@@ -413,8 +521,14 @@ def instructions(bundle: CertBundle) -> str:
                   f"     fedclinic certs add-site --consortium {bundle.out} --name NAME "
                   "--public-key NAME.pub",
                   "   then send it back only ca.crt (not secret)."]
+    if bundle.operator_cert is not None:
+        lines += ["", f"3. The operator (you): {bundle.operator_cert} and {bundle.operator_key} "
+                      "(mode 0600) are the credential that submits runs and revokes sites "
+                      "(`fedclinic run` finds them beside --ca-cert). They never go to the "
+                      "server or to a hospital."]
     lines += ["",
-              f"3. The CA key {bundle.ca_key} signs server certificates: keep it offline with "
-              "the consortium operator (e.g. an encrypted USB drive), never on the server.",
+              f"4. The CA key {bundle.ca_key} signs server and operator certificates: keep it "
+              "offline with the consortium operator (e.g. an encrypted USB drive), never on "
+              "the server.",
               "Never send any .key file by e-mail or chat."]
     return "\n".join(lines)

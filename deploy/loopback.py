@@ -2,8 +2,9 @@
 
 Every process is started through the real console command (`fedclinic server`, `fedclinic
 site`), with TLS and site keys from `fedclinic certs`, on free ports, with its own FLWR_HOME
-under a temporary folder. Readiness is polled (ports, log lines, files), never slept for, and
-every process is torn down by its process group id.
+under a temporary folder; `run`/`submit` present the operator certificate `certs init` wrote
+(`operator=False`: only ca.crt, which the server refuses). Readiness is polled (ports, log
+lines, files), never slept for, and every process is torn down by its process group id.
 """
 
 from __future__ import annotations
@@ -45,6 +46,35 @@ def _log_text(line: str) -> str:
     return _LEVEL.sub("", _COLOUR.sub("", line)).strip()
 
 
+def _process_table() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live, non-zombie process (Linux /proc)."""
+    table = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) "
+        if fields[0] != "Z":
+            table.append((int(entry.name), int(fields[1]), int(fields[2])))
+    return table
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of `pid` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for child, parent, _ in _process_table():
+        children.setdefault(parent, []).append(child)
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
+
+
 @dataclass
 class Loopback:
     """A server and sites under `root`, driven through the `fedclinic` command."""
@@ -54,6 +84,7 @@ class Loopback:
     data: list[Path]                  # one data path per site
     port: int = field(default_factory=free_port)
     policy: Path | None = None        # every site's --policy file unless start_site names one
+    auto_runtime_port: bool = False   # sites pick their own --runtime-port (none is passed)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _seen: dict[str, int] = field(default_factory=dict)   # output length when each was started
 
@@ -112,7 +143,8 @@ class Loopback:
                 "--ca-cert", str(ca_cert or site_dir / "ca.crt"),
                 "--site-key", str(key or site_dir / f"site-{i}.key"),
                 "--site-id", str(i), "--data", str(self.data[i]),
-                "--state", str(self.site_state(i)), "--runtime-port", str(free_port()),
+                "--state", str(self.site_state(i)),
+                *([] if self.auto_runtime_port else ["--runtime-port", str(free_port())]),
                 *(["--policy", str(policy)] if policy else []), *(extra or [])]
         return self._spawn(name or f"site-{i}", args)
 
@@ -147,17 +179,58 @@ class Loopback:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         kill_group(self.processes[name], sig)
 
-    def run(self, *options: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """`fedclinic run` against this server, followed to the end."""
-        return subprocess.run([sys.executable, "-m", "fedclinic.cli", "run", "--server",
-                               self.address, "--ca-cert", str(self.certs / "ca" / "ca.crt"),
-                               *options], capture_output=True, text=True, env=self._env(),
-                              cwd=self.root, timeout=timeout)
+    def signal_only(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal the `fedclinic` process itself, not its group: what its children do then is
+        theirs to do (`kill` takes the whole group down)."""
+        self.processes[name].send_signal(sig)
 
-    def submit(self, *options: str) -> subprocess.Popen:
+    def child_pids(self, name: str) -> list[int]:
+        """Pids of every live descendant of the `fedclinic` process `name` (Linux /proc)."""
+        return descendants(self.processes[name].pid)
+
+    def group_pids(self, name: str) -> list[int]:
+        """Pids of every live process in the process group `name` was started in (its children
+        stay there after it died, reparented: the orphans a test looks for)."""
+        return [pid for pid, _, group in _process_table() if group == self.processes[name].pid]
+
+    @property
+    def operator_cert(self) -> tuple[Path, Path]:
+        """The operator's credential that `certs init` wrote (certificate, key)."""
+        return (self.certs / "operator" / "operator.crt",
+                self.certs / "operator" / "operator.key")
+
+    def ca_only(self) -> Path:
+        """A folder holding nothing but a copy of ca.crt: what any party may have."""
+        folder = self.root / "ca-only"
+        folder.mkdir(exist_ok=True)
+        (folder / "ca.crt").write_bytes((self.certs / "ca" / "ca.crt").read_bytes())
+        return folder / "ca.crt"
+
+    def _login(self, operator: bool) -> list[str]:
+        """`fedclinic run`'s credential flags: the operator's (default), or only ca.crt."""
+        if not operator:
+            return ["--ca-cert", str(self.ca_only())]
+        cert, key = self.operator_cert
+        return ["--ca-cert", str(self.certs / "ca" / "ca.crt"), "--operator-cert", str(cert),
+                "--operator-key", str(key)]
+
+    def run(self, *options: str, timeout: float = 600, operator: bool = True
+            ) -> subprocess.CompletedProcess:
+        """`fedclinic run` against this server, followed to the end; as the operator unless
+        `operator` is False (then with only ca.crt, which the server refuses)."""
+        return self.fedclinic("run", "--server", self.address, *self._login(operator),
+                              *options, timeout=timeout)
+
+    def submit(self, *options: str, operator: bool = True) -> subprocess.Popen:
         """`fedclinic run` in the background (for killing things while it runs)."""
-        return self._spawn("run", ["run", "--server", self.address, "--ca-cert",
-                                   str(self.certs / "ca" / "ca.crt"), *options])
+        return self._spawn("run", ["run", "--server", self.address, *self._login(operator),
+                                   *options])
+
+    def fedclinic(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Any `fedclinic` command, run to the end in this consortium's folder."""
+        return subprocess.run([sys.executable, "-m", "fedclinic.cli", *args],
+                              capture_output=True, text=True, env=self._env(), cwd=self.root,
+                              timeout=timeout)
 
     def run_dirs(self) -> list[Path]:
         runs = self.server_state / "runs"

@@ -19,15 +19,19 @@ from common.packing import PACKED_KEY, pack_state, unpack_state
 from common.config import RESUMABLE_CHANGES, ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
+from common.operating_point import positive_class
 from common.training.losses import check_dp_loss
 from common.report.privacy import privacy_outcome
 from common.report.record import RunRecord
+from common.report.selection import Selection
 from common.report.writer import write_report
 from common.wire import RUN_KEY
 from runtime.transport import use_fast_object_pulls
 from server.central_dp import wrap_client_dp
 from server.checkpoint import (load_resume_point, restore_strategy_state, rng_state,
                                set_rng_state, strategy_state)
+from server.model_selection import (EarlyStopped, ModelSelection, chosen_state,
+                                    score_at_operating_point)
 from server.recording_strategy import PrivacyBudgetSpent, QuorumLost, RecordingStrategy
 from server.round_log import RoundLog
 from server.strategies import build_strategy, quorum, sampled_sites
@@ -90,6 +94,9 @@ def _round_log(cfg: RunConfig, run_dir: Path, echo: Callable[[str], None] | None
     initial = make_model().state_dict()
     log = RoundLog(run_dir=run_dir, num_rounds=cfg.rounds, task=task, make_model=make_model,
                    global_test=dataset.test, meta={"config": cfg.to_dict(), "task": task.__dict__})
+    log.selection = ModelSelection(task, patience=cfg.patience,
+                                   target_sensitivity=cfg.target_sensitivity,
+                                   positive=positive_class(task, cfg.positive_class))
     if echo is not None:
         log.echo = echo
     return log, initial
@@ -128,6 +135,8 @@ def _resume(strategy: RecordingStrategy, log: RoundLog, rounds: int) -> tuple[di
     log.privacy = point.privacy.get("sites", {})
     log.exhausted = {int(k): v for k, v in point.privacy.get("exhausted", {}).items()}
     log.refused = {int(k): v for k, v in point.privacy.get("refused", {}).items()}
+    if log.selection is not None:
+        log.selection.replay(point.history)
     log.echo(f"fedclinic: resuming {log.run_dir.name} after round {point.round}; "
              f"rounds {point.round + 1}..{rounds} follow")
     return point.state_dict, point.round + 1
@@ -145,7 +154,7 @@ def _train(grid: Grid, strategy: RecordingStrategy, cfg: RunConfig, log: RoundLo
                                 num_rounds=cfg.rounds, timeout=cfg.round_timeout,
                                 train_config=config, evaluate_config=config,
                                 evaluate_fn=log.evaluate, first_round=first_round)
-    except (PrivacyBudgetSpent, PrivacyBudgetExhausted, QuorumLost) as stop:
+    except (PrivacyBudgetSpent, PrivacyBudgetExhausted, QuorumLost, EarlyStopped) as stop:
         log.echo(f"fedclinic: {stop}")
         latest = torch.load(log.run_dir / rundir.CHECKPOINT, weights_only=False)
         log.stopped = str(stop)
@@ -190,7 +199,24 @@ def run_record(cfg: RunConfig, log: RoundLog, wall_seconds: float) -> RunRecord:
     privacy = privacy_outcome(cfg, log.history, log.privacy, log.exhausted, log.central_plan,
                               refused=log.refused)
     return RunRecord(config=cfg, history=log.history, wall_seconds=wall_seconds,
-                     privacy=privacy, stopped_early=log.stopped)
+                     privacy=privacy, stopped_early=log.stopped, selection=_selection(log))
+
+
+def _selection(log: RoundLog) -> Selection | None:
+    """The chosen global model (best_model.pt, else the final one) and its operating point,
+    scored on the server's global test split at that point."""
+    if log.selection is None or not log.history:
+        return None
+    stopped = log.stopped if log.selection.should_stop() else ""
+    selection = log.selection.outcome(log.history[-1]["round"], stopped=stopped)
+    state = chosen_state(log.run_dir, selection)
+    if state is None and (log.run_dir / rundir.FINAL_MODEL).exists():
+        state = torch.load(log.run_dir / rundir.FINAL_MODEL, weights_only=False)["state_dict"]
+    if state is None:
+        return selection
+    model = log.make_model()
+    model.load_state_dict(state)
+    return score_at_operating_point(selection, model, log.global_test, log.task)
 
 
 def write_deployment_report(record: RunRecord, run_dir: Path) -> None:

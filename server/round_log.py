@@ -23,6 +23,7 @@ from common.packing import PACKED_KEY, unpack_state
 from common.privacy.central import ClientDPPlan
 from common.training.prediction import evaluate
 from common.wire import ReplyCode, refused_rule
+from server.model_selection import BEST_MODEL, EarlyStopped, ModelSelection
 from server.progress import progress_line
 
 PRIVACY_LEDGER = "privacy_ledger.json"
@@ -98,6 +99,7 @@ class RoundLog:
     timing: dict[str, float] = field(default_factory=dict)  # this round's phases, seconds
     sent: dict[str, int] = field(default_factory=dict)      # message id -> node, this phase
     checkpoint_state: Callable[[], dict] = dict   # strategy + RNG state saved with each round
+    selection: ModelSelection | None = None      # the best model by validation statistics
     _t0: float = field(default_factory=time.perf_counter)
 
     def node_name(self, node: int) -> str:
@@ -175,6 +177,7 @@ class RoundLog:
         model.load_state_dict(state)
         glob = evaluate(model, self.global_test, self.task) if self.global_test is not None else {}
         line = self.round_line(server_round, glob)
+        self._select(server_round, line, state)
         rundir.append_jsonl(self.run_dir / rundir.METRICS, line)
         if self.privacy or self.exhausted or self.refused:
             self.write_privacy_ledger()
@@ -183,10 +186,30 @@ class RoundLog:
                            "privacy": {"sites": self.privacy, "exhausted": self.exhausted,
                                        "refused": self.refused}})
         self.history.append(line)
-        self.echo(progress_line(line, self.num_rounds))
+        self.echo(progress_line(line, self.num_rounds)
+                  + (self.selection.progress() if self.selection is not None else ""))
         self.train, self.test, self.failures, self.skipped = {}, {}, {}, ""
         self.timing = {}
+        selection = self.selection
+        if selection is not None and server_round < self.num_rounds and selection.should_stop():
+            raise EarlyStopped(selection.stop_reason(server_round))
         return MetricRecord({k: float(v) for k, v in glob.items()}) if glob else None
+
+    def _select(self, server_round: int, line: dict, state: dict) -> None:
+        """Show the round's sites to the model selection; keep the model as best_model.pt
+        when it is the best so far, and note the round's validation score in its line."""
+        selection = self.selection
+        if selection is None or server_round < 1:
+            return
+        best = selection.observe(server_round, line["sites"])
+        if server_round in selection.scores:
+            line["validation"] = {"criterion": selection.criterion,
+                                  "value": selection.scores[server_round],
+                                  "best_round": selection.best_round}
+        if best:
+            rundir.save_model(self.run_dir / BEST_MODEL, state,
+                              {"round": server_round, **self.meta,
+                               "selection": line["validation"]})
 
     def round_line(self, server_round: int, glob: dict) -> dict:
         """The round's line of metrics.jsonl."""

@@ -1,30 +1,50 @@
 """Baselines with the same model, initial weights and compute as the federation.
 
-`local`: each site trains alone for rounds x local_epochs epochs on its own training split.
-`pooled`: one model trains for rounds x local_epochs epochs on every site's training data at once
-(what sharing the data would give). Both are scored on every site's test split and the global test
-with `common.training.prediction.evaluate` (classification metrics, or Dice/IoU/HD95/ASD for segmentation).
-With dp='sample' both train under DP-SGD with the same epsilon budget and delta rule as the sites.
+`local`: each site trains alone on its own training split. `pooled`: one model trains on every
+site's training data at once (what sharing the data would give). Both train as a site does:
+``rounds`` rounds of ``local_epochs`` epochs (a fresh optimiser each round, as each round of the
+federation has), printing a line per round. They select their round on validation data the
+way the federation does: the model after the round with the lowest validation loss (local: the
+site's own val split; pooled: every site's), ``patience`` rounds without a better one ending the
+training; their operating point comes from their own validation scores
+(`common.operating_point`, the same histograms and rule as the federation's). A baseline's
+validation data never leave its one holder, so it selects on the exact values, under DP too.
+The test splits choose nothing: both are scored on every site's test split and the global test
+with `common.training.prediction.evaluate`, and at their operating point. With dp='sample' both
+train under DP-SGD with the same epsilon budget and delta rule as the sites (each round's steps
+as a site's plan has them).
 """
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from common.config import RunConfig
 from common.datasets import Split
 from common.metrics import mean_metrics
 from common.models import build_model
+from common.operating_point import (OperatingPoint, argmax_point, choose_operating_point,
+                                    metrics_at, positive_class)
 from common.training.dp_local import train_local_dp
 from common.privacy.ledger import PrivacyLedger
-from common.privacy.planner import plan_from_config
+from common.privacy.planner import PrivacyPlan, plan_from_config
 from common.training.local import train_local
+from common.training.schedule import round_window
 from common.partitions.federation import Federation
 from common.report.privacy import SpentPrivacy
 from common.report.record import BaselineScores
-from common.training.prediction import evaluate
+from common.report.selection import Selection
+from common.training.prediction import evaluate, predict_proba
+from common.validation_stats import validation_counts
+
+SCORED_KINDS = ("binary", "multiclass", "ordinal")
+ROUND_SEED = 100_003             # round r of a baseline trains with seed + r x ROUND_SEED
 
 
 def initial_model(cfg: RunConfig, fed: Federation) -> torch.nn.Module:
@@ -34,23 +54,111 @@ def initial_model(cfg: RunConfig, fed: Federation) -> torch.nn.Module:
                        num_classes=fed.task.num_classes, norm=cfg.norm, width=cfg.width)
 
 
-def _train(model: torch.nn.Module, split: Split, cfg: RunConfig, fed: Federation,
-           seed: int) -> SpentPrivacy | None:
-    """Train for rounds x local_epochs epochs; under DP-SGD with the same budget as each site
-    (noise calibrated for this data set's size). Returns the privacy spent (None without DP)."""
-    epochs = cfg.rounds * cfg.local_epochs
-    if cfg.dp != "sample":
-        train_local(model, split, fed.task, cfg, epochs=epochs, seed=seed)
-        return None
-    plan = plan_from_config(cfg, len(split))
-    result = train_local_dp(model, split, fed.task, cfg, epochs=epochs, seed=seed,
+@dataclass(frozen=True)
+class Trained:
+    """A baseline model after training: what it spent, and how its round was chosen."""
+
+    spent: SpentPrivacy | None
+    selection: Selection
+
+
+def _train_round(model: torch.nn.Module, split: Split, cfg: RunConfig, fed: Federation,
+                 server_round: int, seed: int, plan: PrivacyPlan | None,
+                 ledger: PrivacyLedger | None) -> float:
+    """Round ``server_round``: local_epochs epochs at that round's place in the run's
+    learning-rate schedule (as a site's, `round_window`), under DP-SGD the plan's steps of one
+    round, recorded in ``ledger``; returns the training loss of its last epoch."""
+    window = round_window(cfg, server_round)
+    if plan is None:
+        return train_local(model, split, fed.task, cfg, epochs=cfg.local_epochs, seed=seed,
+                           window=window).loss
+    result = train_local_dp(model, split, fed.task, cfg, epochs=cfg.local_epochs, seed=seed,
                             noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                            steps=plan.total_steps)
-    ledger = PrivacyLedger(cfg.accountant)
+                            steps=plan.steps_per_round, window=window)
     ledger.record(result.noise_multiplier, result.sample_rate, result.steps)
+    return result.loss
+
+
+def _val_loss(model: torch.nn.Module, val: Split | None, fed: Federation) -> float | None:
+    """The model's validation loss; None without a val split, or for segmentation (no
+    selection there yet, as in the federation)."""
+    if val is None or len(val) == 0 or fed.task.kind == "segmentation":
+        return None
+    return evaluate(model, val, fed.task)["loss"]
+
+
+def _spent(plan: PrivacyPlan | None, ledger: PrivacyLedger | None) -> SpentPrivacy | None:
+    if plan is None:
+        return None
     return SpentPrivacy(epsilon=ledger.epsilon(plan.delta), delta=plan.delta,
-                        noise_multiplier=result.noise_multiplier, sample_rate=result.sample_rate,
-                        dp_steps=result.steps)
+                        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                        dp_steps=ledger.steps)
+
+
+def train_selected(model: torch.nn.Module, split: Split, val: Split | None, cfg: RunConfig,
+                   fed: Federation, seed: int, name: str,
+                   echo: Callable[[str], None]) -> Trained:
+    """Train round by round (module docstring), scoring ``val`` after each round; leave
+    ``model`` holding the weights of the round with the lowest validation loss (the last
+    round's without validation data)."""
+    plan = plan_from_config(cfg, len(split)) if cfg.dp == "sample" else None
+    ledger = PrivacyLedger(cfg.accountant) if plan is not None else None
+    best, best_round, best_state, scores, since, stopped = None, 0, None, {}, 0, ""
+    last = 0
+    for r in range(1, cfg.rounds + 1):
+        clock = time.perf_counter()
+        loss = _train_round(model, split, cfg, fed, r, seed + r * ROUND_SEED, plan, ledger)
+        last, value = r, _val_loss(model, val, fed)
+        note = ""
+        if value is not None:
+            scores[r] = value
+            if best is None or value < best:
+                best, best_round, best_state, since = value, r, copy.deepcopy(
+                    model.state_dict()), 0
+                note = " (best)"
+            else:
+                since += 1
+        shown = "" if value is None else f", val loss {value:.3f}{note}"
+        echo(f"[baseline {name}] round {r}/{cfg.rounds}: train loss {loss:.3f}{shown} "
+             f"({time.perf_counter() - clock:.1f}s)")
+        if cfg.patience and since >= cfg.patience and r < cfg.rounds:
+            stopped = (f"early stopping: {since} rounds without a lower validation loss (best "
+                       f"{best:.4f} at round {best_round}, patience {cfg.patience})")
+            echo(f"[baseline {name}] {stopped}")
+            break
+    if best_state is None:
+        reason = ("no model selection for segmentation yet" if fed.task.kind == "segmentation"
+                  else "no validation data")
+        return Trained(_spent(plan, ledger), Selection("", last, last, skipped=reason,
+                                                       stopped=stopped))
+    model.load_state_dict(best_state)
+    return Trained(_spent(plan, ledger), Selection("val_loss", best_round, last, best, scores,
+                                                   stopped=stopped))
+
+
+def operating_point_of(model: torch.nn.Module, val: Split | None, cfg: RunConfig,
+                       fed: Federation, source: str) -> OperatingPoint:
+    """The model's operating point from its own validation scores (as the federation's, from
+    the same histograms / confusion matrix)."""
+    positive = positive_class(fed.task, cfg.positive_class)
+    if fed.task.kind not in SCORED_KINDS:
+        return argmax_point(f"no operating point for {fed.task.kind} tasks", positive)
+    if val is None or len(val) == 0:
+        return argmax_point("no validation data", positive)
+    probs = predict_proba(model, val.images, fed.task)
+    counts = validation_counts(fed.task.kind, np.asarray(val.labels), probs)
+    return choose_operating_point(fed.task, counts, target_sensitivity=cfg.target_sensitivity,
+                                  positive=positive, source=source)
+
+
+def scored_at(point: OperatingPoint, model: torch.nn.Module, split: Split | None,
+              fed: Federation) -> dict[str, float]:
+    """The model's metrics on ``split`` at ``point`` ({} without a split, or for tasks without
+    an operating point)."""
+    if split is None or len(split) == 0 or fed.task.kind not in SCORED_KINDS:
+        return {}
+    probs = predict_proba(model, split.images, fed.task)
+    return metrics_at(point, fed.task.kind, np.asarray(split.labels), probs)
 
 
 def headline(metrics: dict) -> str:
@@ -60,33 +168,71 @@ def headline(metrics: dict) -> str:
     return f"acc {metrics['accuracy']:.3f}" if "accuracy" in metrics else "n/a"
 
 
+def _site_model(cfg: RunConfig, fed: Federation, s, echo: Callable[[str], None]
+                ) -> tuple[torch.nn.Module, Trained]:
+    model = initial_model(cfg, fed)
+    trained = train_selected(model, s.train, s.val, cfg, fed, cfg.seed + 7919 * (s.site + 1),
+                             f"local site {s.site}", echo)
+    point = operating_point_of(model, s.val, cfg, fed, f"site {s.site}'s validation split")
+    own = scored_at(point, model, s.test, fed)
+    glob = scored_at(point, model, fed.global_test, fed)
+    selection = replace(trained.selection, operating_point=point, at_operating_point=glob,
+                        sites_at_operating_point={str(s.site): own} if own else {})
+    return model, replace(trained, selection=selection)
+
+
 def run_local(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> BaselineScores:
     """One model per site; each site's entry is its own model on its own test split."""
-    sites, globals_, weights, privacy = {}, [], [], {}
+    sites, globals_, weights, privacy, chosen = {}, [], [], {}, {}
+    at_point, glob_at_point = {}, []
     for s in fed.sites:
-        model = initial_model(cfg, fed)
-        spent = _train(model, s.train, cfg, fed, seed=cfg.seed + 7919 * (s.site + 1))
-        if spent is not None:
-            privacy[str(s.site)] = spent
+        model, trained = _site_model(cfg, fed, s, echo)
+        if trained.spent is not None:
+            privacy[str(s.site)] = trained.spent
+        chosen[str(s.site)] = trained.selection
         sites[str(s.site)] = evaluate(model, s.test, fed.task)
+        at_point.update(trained.selection.sites_at_operating_point)
         if fed.global_test is not None:
             globals_.append(evaluate(model, fed.global_test, fed.task))
+            glob_at_point.append(trained.selection.at_operating_point)
             weights.append(len(s.train))
-        echo(f"[baseline local] site {s.site}: test {headline(sites[str(s.site)])}")
+        echo(f"[baseline local] site {s.site}: test {headline(sites[str(s.site)])} "
+             f"({_chosen(trained.selection)})")
     glob = mean_metrics(globals_, weights) if globals_ else {}
+    glob_op = (mean_metrics(glob_at_point, weights)
+               if glob_at_point and all(glob_at_point) else {})
     return BaselineScores(sites, glob, note="mean of the local models, weighted by training "
-                          "samples", site_privacy=privacy)
+                          "samples", site_privacy=privacy, site_selection=chosen,
+                          at_operating_point=glob_op, sites_at_operating_point=at_point)
+
+
+def _chosen(selection: Selection) -> str:
+    if not selection.selected:
+        return f"last round, {selection.skipped}"
+    return f"round {selection.chosen} of {selection.last} by validation loss"
 
 
 def run_pooled(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> BaselineScores:
-    """One model on the union of the sites' training data."""
+    """One model on the union of the sites' training data, selected on the union of their
+    val splits."""
     model = initial_model(cfg, fed)
     pooled = Split.concat([s.train for s in fed.sites])
-    spent = _train(model, pooled, cfg, fed, seed=cfg.seed + 104729)
+    vals = [s.val for s in fed.sites if s.val is not None and len(s.val)]
+    val = Split.concat(vals) if vals else None
+    trained = train_selected(model, pooled, val, cfg, fed, cfg.seed + 104729, "pooled", echo)
+    point = operating_point_of(model, val, cfg, fed, "the sites' pooled validation splits")
     sites = {str(s.site): evaluate(model, s.test, fed.task) for s in fed.sites}
     glob = evaluate(model, fed.global_test, fed.task) if fed.global_test is not None else {}
-    echo("[baseline pooled] done" + (f": global {headline(glob)}" if glob else ""))
-    return BaselineScores(sites, glob, privacy=spent)
+    at_sites = {str(s.site): m for s in fed.sites
+                if (m := scored_at(point, model, s.test, fed))}
+    selection = replace(trained.selection, operating_point=point,
+                        at_operating_point=scored_at(point, model, fed.global_test, fed),
+                        sites_at_operating_point=at_sites)
+    echo("[baseline pooled] done" + (f": global {headline(glob)}" if glob else "")
+         + f" ({_chosen(selection)})")
+    return BaselineScores(sites, glob, privacy=trained.spent, selection=selection,
+                          at_operating_point=selection.at_operating_point,
+                          sites_at_operating_point=at_sites)
 
 
 BASELINE_RUNNERS = {"local": run_local, "pooled": run_pooled}

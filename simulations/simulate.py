@@ -29,6 +29,7 @@ from common.config import RunConfig
 from common.datasets import load_dataset
 from common.datasets.base import Dataset
 from common.mia import audit, per_sample_loss
+from common.operating_point import positive_class
 from common.partitions.federation import Federation, build_federation
 from common.report.policy import policy_summary
 from common.report.privacy import SamplePrivacy
@@ -39,7 +40,8 @@ from common.training.losses import check_dp_loss
 from common.training.prediction import evaluate
 from common.training.seg_inference import per_sample_seg_loss
 from common.wire import SITE_POLICY_KEY
-from simulations.baselines import BASELINE_RUNNERS, initial_model
+from server.model_selection import BEST_MODEL
+from simulations.baselines import BASELINE_RUNNERS, initial_model, scored_at
 from simulations.overlays import write_overlays
 from simulations.partition_report import write_partition_report
 
@@ -113,6 +115,16 @@ def final_model(cfg: RunConfig, fed: Federation, run_dir: Path) -> torch.nn.Modu
     return model
 
 
+def chosen_model(cfg: RunConfig, fed: Federation, run_dir: Path,
+                 record: RunRecord) -> torch.nn.Module:
+    """The global model the run chose on validation data (best_model.pt), else the final one."""
+    if record.selection is None or not record.selection.selected:
+        return final_model(cfg, fed, run_dir)
+    model = initial_model(cfg, fed)
+    model.load_state_dict(torch.load(run_dir / BEST_MODEL, weights_only=False)["state_dict"])
+    return model
+
+
 def audit_final_model(cfg: RunConfig, fed: Federation, run_dir: Path) -> dict:
     """Membership inference on the final global model: each site's training members against its
     held-out test split, loss-threshold and difficulty-calibrated (initial model as reference).
@@ -136,6 +148,7 @@ def load_checked_dataset(cfg: RunConfig, echo: Callable[[str], None]) -> tuple[R
     if len(dataset.skipped) > SHOWN_SKIPPED:
         echo(f"... and {len(dataset.skipped) - SHOWN_SKIPPED} more skipped files")
     check_dp_volume_mode(cfg, dataset.task)
+    positive_class(dataset.task, cfg.positive_class)     # a --positive-class the task lacks
     return cfg, dataset
 
 
@@ -190,9 +203,24 @@ def with_site_scores(record: RunRecord, cfg: RunConfig, fed: Federation,
     federated per-site scores, when the sites did not release theirs exactly."""
     if not sites_withheld(record):
         return record
-    model = final_model(cfg, fed, run_dir)
+    model = chosen_model(cfg, fed, run_dir, record)
     scores = {str(site.site): evaluate(model, site.test, fed.task) for site in fed.sites}
     return dataclasses.replace(record, site_scores=scores, site_scores_note=SITE_SCORES_NOTE)
+
+
+def with_operating_scores(record: RunRecord, cfg: RunConfig, fed: Federation,
+                          run_dir: Path) -> RunRecord:
+    """The chosen global model scored by the simulator on each site's test split at the
+    operating point the server chose on validation data (the server scored the global test)."""
+    selection = record.selection
+    if selection is None or selection.operating_point is None:
+        return record
+    model = chosen_model(cfg, fed, run_dir, record)
+    point = selection.operating_point
+    sites = {str(s.site): m for s in fed.sites if (m := scored_at(point, model, s.test, fed))}
+    glob = selection.at_operating_point or scored_at(point, model, fed.global_test, fed)
+    return dataclasses.replace(record, selection=dataclasses.replace(
+        selection, sites_at_operating_point=sites, at_operating_point=glob))
 
 
 def with_policy(record: RunRecord, site_policy: str) -> RunRecord:
@@ -202,6 +230,29 @@ def with_policy(record: RunRecord, site_policy: str) -> RunRecord:
     policy = policy_for({PARTITION_ID: 0}, {SITE_POLICY_KEY: site_policy} if site_policy else {})
     summary = policy_summary(policy, dp=True)
     return dataclasses.replace(record, privacy=dataclasses.replace(record.privacy, policy=summary))
+
+
+def with_selection_note(record: RunRecord, site_policy: str) -> RunRecord:
+    """Under DP with nothing selected: say which rule of the simulated sites' policy kept their
+    validation statistics local."""
+    selection = record.selection
+    if selection is None or selection.selected or record.config.dp != "sample":
+        return record
+    policy = policy_for({PARTITION_ID: 0}, {SITE_POLICY_KEY: site_policy} if site_policy else {})
+    how = policy.test_metrics_release(dp=True)
+    if how != "local":
+        return record
+    reason = (f"under DP the sites' policy ({policy.source}: test_metrics = "
+              f"'{policy.test_metrics}', which under DP means 'local') kept their validation "
+              f"statistics at the sites, so the server selected no model and chose no "
+              f"operating point (a policy with test_metrics = 'noised' releases them noised "
+              f"and charged in its metric-release rounds)")
+    point = selection.operating_point
+    if point is not None:
+        point = dataclasses.replace(point, skipped="no validation statistics reached the "
+                                                    "server (see the federated model above)")
+    return dataclasses.replace(record, selection=dataclasses.replace(
+        selection, skipped=reason, operating_point=point))
 
 
 def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool = False,
@@ -217,6 +268,8 @@ def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool =
     record = with_simulation_facts(record, dataset, fed, run_dir, heterogeneity, baselines,
                                    time.perf_counter() - start)
     record = with_site_scores(with_policy(record, site_policy), cfg, fed, run_dir)
+    record = with_operating_scores(with_selection_note(record, site_policy), cfg, fed,
+                                   run_dir)
     record = with_audit(record, cfg, fed, run_dir)
     write_report(run_dir, record)
     echo(f"report: {run_dir / rundir.REPORT}  (summary: {run_dir / rundir.SUMMARY})")

@@ -36,12 +36,13 @@ def _agreement(images: torch.Tensor, masks: torch.Tensor) -> float:
 
 
 def test_parse_augment() -> None:
-    assert AUGMENTATIONS == ("flip", "rotate", "elastic", "intensity")
+    assert AUGMENTATIONS == ("flip", "hflip", "rotate", "crop", "elastic", "intensity")
     assert parse_augment("") == ()
     assert parse_augment("  ") == ()
     assert parse_augment("intensity, flip") == ("flip", "intensity")   # canonical order
-    assert parse_augment("flip,rotate,elastic,intensity") == AUGMENTATIONS
-    with pytest.raises(ConfigError, match="'blur'.*flip, rotate, elastic, intensity"):
+    assert parse_augment("flip,hflip,rotate,crop,elastic,intensity") == AUGMENTATIONS
+    assert parse_augment("crop, flip") == ("flip", "crop")
+    with pytest.raises(ConfigError, match="'blur'.*flip, hflip, rotate, crop, elastic, intensity"):
         parse_augment("flip,blur")
     with pytest.raises(ConfigError, match="flip listed more than once"):
         parse_augment("flip,flip")

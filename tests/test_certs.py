@@ -46,7 +46,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> certs.CertBundle:
 def test_layout_is_as_documented(bundle: certs.CertBundle) -> None:
     out = bundle.out
     expected = {"ca/ca.crt", "ca/ca.key", "server/server.crt", "server/server.key",
-                "server/ca.crt"}
+                "server/ca.crt", "operator/operator.crt", "operator/operator.key"}
     for name in ("site-1", "site_2", "Site3"):
         expected |= {f"sites/{name}/{name}.key", f"sites/{name}/{name}.pub",
                      f"sites/{name}/ca.crt", f"site-keys/{name}.pub"}
@@ -89,6 +89,62 @@ def test_server_cert_has_exactly_the_requested_names_and_server_auth(
     assert bundle.server_not_after == server.not_valid_after_utc
 
 
+def test_operator_cert_is_a_client_cert_with_the_operator_role(bundle: certs.CertBundle) -> None:
+    operator, ca = _cert(bundle.operator_cert), _cert(bundle.ca_cert)
+    operator.verify_directly_issued_by(ca)
+    eku = operator.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]        # never a server's
+    assert operator.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    units = operator.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)
+    assert [u.value for u in units] == [certs.OPERATOR_ROLE]
+    key = serialization.load_pem_private_key(bundle.operator_key.read_bytes(), None)
+    assert key.public_key() == operator.public_key()
+    assert 100 <= (operator.not_valid_after_utc - operator.not_valid_before_utc).days <= 101
+
+
+def test_issue_operator_needs_the_ca_key_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    bundle = init_consortium(tmp_path / "c", ["localhost"], [], [])
+    cert, key = certs.issue_operator(bundle.out, "alice", days=10)
+    assert (cert.name, key.name, _mode(key)) == ("alice.crt", "alice.key", 0o600)
+    assert _cert(cert).subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "alice"
+    with pytest.raises(CertError, match="already exists"):
+        certs.issue_operator(bundle.out, "alice")
+    certs.issue_operator(bundle.out, "alice", force=True)
+    with pytest.raises(CertError, match="operator name"):
+        certs.issue_operator(bundle.out, "../x")
+    bundle.ca_key.unlink()                                     # the CA key stays offline
+    with pytest.raises(CertError, match="ca/ca.key"):
+        certs.issue_operator(bundle.out, "bob")
+
+
+def test_retire_site_key_moves_it_to_revoked(tmp_path: Path) -> None:
+    bundle = init_consortium(tmp_path / "c", ["localhost"], [], ["a", "b"])
+    text = (bundle.site_keys_dir / "a.pub").read_bytes()
+    moved = certs.retire_site_key(bundle.out, "a")
+    assert moved == bundle.out / "revoked" / "a.pub" and moved.read_bytes() == text
+    assert sorted(p.name for p in bundle.site_keys_dir.iterdir()) == ["b.pub"]
+    with pytest.raises(CertError, match="no such registered site key"):
+        certs.retire_site_key(bundle.out, "a")
+
+
+def test_cli_revoke_site_changes_nothing_when_the_server_does_not_answer(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fedclinic.cli import main
+    from runtime.ports import free_port
+
+    bundle = init_consortium(tmp_path / "c", ["localhost"], ["127.0.0.1"], ["a"])
+    args = ["certs", "revoke-site", "--consortium", str(bundle.out), "--name", "a",
+            "--server", f"127.0.0.1:{free_port()}"]
+    assert main(args) == 1                                      # worth a retry
+    assert "did not answer" in capsys.readouterr().err
+    assert (bundle.site_keys_dir / "a.pub").exists()           # still registered here
+    assert main([*args[:5], "nobody", *args[6:]]) == 2
+    assert "no such registered site key" in capsys.readouterr().err
+    bundle.operator_key.unlink()
+    assert main(args) == 2
+    assert "--operator-key" in capsys.readouterr().err
+
+
 def test_ca_is_a_signing_only_ca(bundle: certs.CertBundle) -> None:
     ca = _cert(bundle.ca_cert)
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
@@ -102,9 +158,9 @@ def test_ca_is_a_signing_only_ca(bundle: certs.CertBundle) -> None:
 
 
 def test_private_keys_are_0600_and_key_dirs_0700(bundle: certs.CertBundle) -> None:
-    keys = [bundle.ca_key, bundle.server_key, *(s.key for s in bundle.sites)]
+    keys = [bundle.ca_key, bundle.server_key, bundle.operator_key, *(s.key for s in bundle.sites)]
     assert {_mode(k) for k in keys} == {0o600}
-    dirs = [bundle.out / "ca", bundle.out / "server", bundle.out / "sites",
+    dirs = [bundle.out / "ca", bundle.out / "server", bundle.out / "sites", bundle.out / "operator",
             *(s.key.parent for s in bundle.sites)]
     assert {_mode(d) for d in dirs} == {0o700}
     assert _mode(bundle.site_keys_dir) != 0o700   # public keys: the server's user reads them
@@ -355,12 +411,12 @@ def test_site_unit_reads_data_read_only_and_uses_the_env_file() -> None:
                     (DEPLOY / "fedclinic.env.example").read_text().splitlines()
                     if line.strip() and not line.lstrip().startswith("#"))
     required = {"FEDCLINIC_SERVER", "FEDCLINIC_CA_CERT", "FEDCLINIC_SITE_KEY",
-                "FEDCLINIC_SITE_ID", "FEDCLINIC_DATA", "FEDCLINIC_STATE",
+                "FEDCLINIC_SITE_ID", "FEDCLINIC_DATA", "FEDCLINIC_STATE", "FEDCLINIC_POLICY",
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"}
     assert set(env_vars) == required
     assert env_vars["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
     used = set(re.findall(r"\$\{(\w+)\}", service["ExecStart"]))
-    assert used <= set(env_vars) and len(used) == 6
+    assert used <= set(env_vars) and len(used) == 7
     assert env_vars["FEDCLINIC_DATA"] in service["ReadOnlyPaths"].split()
     assert env_vars["FEDCLINIC_STATE"] in service["ReadWritePaths"].split()
 

@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from common.task_defaults import CLASSIFICATION_RECIPE
 from common.config import RunConfig
 from fedclinic.cli import build_parser, main
 
@@ -35,7 +36,8 @@ def _error(capsys, argv: list[str]) -> str:
     code = main(["simulate", *argv])
     err = capsys.readouterr().err
     assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines()     # the task defaults' note aside
+             if line.strip() and "defaults for options not given" not in line]
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return lines[0]
@@ -103,8 +105,11 @@ def test_segmentation_brings_settings_that_learn_for_options_not_given(capsys):
                          "--lr", "0.05"], capsys)         # what the user gives wins
     assert (cfg.model, cfg.loss, cfg.lr, cfg.optimizer) == ("basicunet", "dice", 0.05, "adam")
     assert "--model" not in said and "--optimizer adam" in said
-    cfg, said = _parsed([], capsys)                      # classification: nothing changes
-    assert cfg == RunConfig() and said == ""
+    cfg, said = _parsed([], capsys)                      # classification: its recipe
+    assert cfg == RunConfig(**CLASSIFICATION_RECIPE)
+    assert "classification defaults" in said and "--lr-schedule cosine" in said
+    cfg, said = _parsed(["--dp", "sample"], capsys)      # ... except under DP
+    assert cfg == RunConfig(dp="sample") and said == ""
 
 
 def test_run_and_tradeoff_commands_use_the_same_task_defaults(capsys):
@@ -207,8 +212,60 @@ def test_deployment_commands_hand_typed_options_to_their_packages(monkeypatch, t
     assert main(["server", "--insecure", "--state", str(tmp_path)]) == 0
     assert calls["serve"] == (None, None, tmp_path, "0.0.0.0:8000")
     assert main(["run", "--insecure", "--rounds", "3", "--strict", "--detach"]) == 0
-    assert calls["submit"] == (("127.0.0.1:8000", None, {"rounds": 3, "strict": True}),
+    assert calls["submit"] == (("127.0.0.1:8000", None,
+                                {"rounds": 3, "strict": True,
+                                 **{k.replace("_", "-"): v
+                                    for k, v in CLASSIFICATION_RECIPE.items()}}),
                                {"detach": True, "verbose": False})
     assert main(["site", "--data", "d", "--allow-app-hash", "ab", "--threads", "2"]) == 0
     assert calls["site"] == client.service.SiteOptions(data=Path("d"), allow_app_hash=("ab",),
                                                        threads=2)
+
+
+# ---------------------------------------------------------- exit codes (README "Exit codes")
+
+def _site_exit(capsys, tmp_path, *flags: str) -> tuple[int, str]:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    code = main(["site", "--insecure", "--skip-validation", "--data", str(data),
+                 "--state", str(tmp_path / "state"), *flags])
+    return code, capsys.readouterr().err
+
+
+def test_a_taken_runtime_port_is_exit_2_naming_the_port(capsys, tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        code, err = _site_exit(capsys, tmp_path, "--runtime-port", str(port))
+    assert code == 2
+    assert f"--runtime-port {port}: 127.0.0.1:{port} is already in use" in err
+    assert "Traceback" not in err
+
+
+def test_a_bad_policy_file_is_exit_2(capsys, tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text("require_dp = maybe\n")
+    code, err = _site_exit(capsys, tmp_path, "--policy", str(policy))
+    assert code == 2 and "--policy" in err and "Traceback" not in err
+
+
+def test_a_certificate_that_does_not_verify_is_exit_2_wherever_it_is_raised(capsys):
+    import argparse
+    import ssl
+
+    from fedclinic.cli.errors import ExitCode, run_command
+
+    def connect(_args):
+        try:
+            raise ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] self-signed")
+        except ssl.SSLError as exc:
+            raise ConnectionError("could not reach the server") from exc
+
+    args = argparse.Namespace(debug=False)
+    assert run_command(connect, args) == ExitCode.CONFIG == 2
+    assert "does not verify against --ca-cert" in capsys.readouterr().err
+    assert run_command(lambda _: 1 / 0, args) == ExitCode.FAILED == 1
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 130]

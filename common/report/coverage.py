@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from common import releases
-from common.releases import CLASS, Release
+from common.releases import PLACEHOLDERS, Release
 
 COVERING = (releases.DP_SGD, releases.CHARGED, releases.PUBLIC)
 MESSAGES = {"train": releases.TRAIN, "test": releases.EVALUATE}   # history key -> message type
@@ -39,14 +39,18 @@ def _mode(dp: str) -> str:
 
 
 def _pattern(field: str) -> re.Pattern[str]:
-    return re.compile(re.escape(field).replace(re.escape(CLASS), r"\d+") + r"\Z")
+    pattern = re.escape(field)
+    for placeholder in PLACEHOLDERS:
+        pattern = pattern.replace(re.escape(placeholder), r"\d+")
+    return re.compile(pattern + r"\Z")
 
 
 def table_row(message: str, field: str, dp: str) -> Release | None:
     """The table's row for ``field`` of a ``message`` reply under run mode ``dp``, if any."""
     when = (releases.ALWAYS, _mode(dp))
     for row in releases.RELEASES:
-        if row.message == message and row.when in when and _pattern(row.field).match(field):
+        if row.message == message and row.when in when and (
+                row.field == field or _pattern(row.field).match(field)):
             return row
     return None
 
@@ -62,10 +66,22 @@ def observed_fields(history: list[dict]) -> dict[tuple[str, str], set[str]]:
     return seen
 
 
+def _families(seen: dict[tuple[str, str], set[str]], dp: str
+              ) -> dict[tuple[str, str], set[str]]:
+    """One entry per row for the fields of a row with a bin or second class placeholder
+    (``val_hist_0_<b>``, ``val_cm_<c>_<d>``: tens to thousands of keys), else per field."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for (message, field), sites in seen.items():
+        row = table_row(message, field, dp)
+        family = row is not None and (releases.BIN in row.field or releases.CLASS2 in row.field)
+        out.setdefault((message, row.field if family else field), set()).update(sites)
+    return out
+
+
 def release_coverage(history: list[dict], dp: str) -> tuple[CoveredRelease, ...]:
     """Every field the run's replies carried, in table order (unlisted ones last), plus the
     model weights of every train reply."""
-    seen = observed_fields(history)
+    seen = _families(observed_fields(history), dp)
     trained = {s for (message, _), sites in seen.items() if message == releases.TRAIN
                for s in sites}
     if trained:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from common import rundir
 from common.report.coverage import CoveredRelease
+from common.report.operating import operating_section
 from common.report.policy import PolicySummary, policy_hex
 from common.report.privacy import ClientPrivacy, SamplePrivacy
 from common.report.record import RunRecord, SkippedFile
@@ -205,13 +206,22 @@ def privacy_section(privacy: SamplePrivacy | ClientPrivacy | None) -> list[str]:
     return []
 
 
+def selection_section(record: RunRecord) -> list[str]:
+    """Which model each method kept and its operating point (`operating_section`)."""
+    local = record.baselines.get("local")
+    pooled = record.baselines.get("pooled")
+    return operating_section(record.selection, local.site_selection if local else {},
+                             pooled.selection if pooled else None, record.operating_points(),
+                             dp=record.config.dp == "sample")
+
+
 def report_markdown(record: RunRecord, sites_table: str, partition: bool) -> str:
     """report.md; ``sites_table`` is `tables.sites_table` of the summary, ``partition`` whether
     the run directory holds a partition report to link."""
     note = record.federated.sites_note or withheld_note(record)
     lines = [*header(record), sites_table, *([note, ""] if note else []),
              *(segmentation_notes(record) if record.is_segmentation else []),
-             f"![learning curve]({rundir.CURVE})", ""]
+             *selection_section(record), f"![learning curve]({rundir.CURVE})", ""]
     if partition:
         lines += ["Partition: see [partition.md](partition.md) and ![partition](partition.png).",
                   ""]

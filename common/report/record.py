@@ -15,6 +15,8 @@ from common.datasets.base import TaskInfo
 from common.report.comparison import federation_helped, is_segmentation
 from common.report.coverage import CoveredRelease, release_coverage
 from common.report.privacy import ClientPrivacy, SamplePrivacy, SpentPrivacy
+from common.report.selection import Selection
+from common.validation_stats import without_validation
 
 Metrics = dict[str, float]     # one model on one test split: accuracy, auc, dice, hd95, loss ...
 
@@ -39,11 +41,20 @@ class BaselineScores(Scores):
     note: str = ""                                  # how ``overall`` was formed, if not plainly
     site_privacy: dict[str, SpentPrivacy] = field(default_factory=dict)   # local: per site
     privacy: SpentPrivacy | None = None                                   # pooled: one model
+    selection: Selection | None = None           # pooled: its round chosen on validation data
+    site_selection: dict[str, Selection] = field(default_factory=dict)    # local: per site
+    at_operating_point: Metrics = field(default_factory=dict)   # global test (local: mean)
+    sites_at_operating_point: dict[str, Metrics] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         out: dict = {"sites": self.sites, "global": self.overall}
         if self.note:
             out["global_note"] = self.note
+        if self.selection is not None:
+            out["selection"] = self.selection.to_json()
+        if self.site_selection:
+            out["selection"] = {"sites": {s: sel.to_json()
+                                          for s, sel in self.site_selection.items()}}
         if self.site_privacy:
             out["privacy"] = {site: asdict(p) for site, p in self.site_privacy.items()}
         elif self.privacy is not None:
@@ -86,22 +97,34 @@ class RunRecord:
     overlays: dict[str, list[str]] = field(default_factory=dict)   # site -> PNGs (run-relative)
     site_scores: dict[str, Metrics] = field(default_factory=dict)  # simulator-scored, see below
     site_scores_note: str = ""           # how ``site_scores`` were computed
+    selection: Selection | None = None   # the chosen global model and its operating point
 
     @property
     def rounds(self) -> int:
         return self.history[-1]["round"]
 
     @property
+    def chosen_line(self) -> dict:
+        """The metrics.jsonl line of the chosen global model: the round model selection chose
+        on validation data (`selection`), else the last round."""
+        if self.selection is not None and self.selection.selected:
+            for line in self.history:
+                if line["round"] == self.selection.chosen:
+                    return line
+        return self.history[-1]
+
+    @property
     def federated(self) -> Scores:
-        """The final global model on each site's test split and on the global test: as each site
-        reported it in the last round, or, when the simulator scored the sites itself (under DP
-        the sites keep their test metrics local), ``site_scores``."""
-        last = self.history[-1]
+        """The chosen global model (`chosen_line`) on each site's test split and on the global
+        test: as each site reported it in that round, or, when the simulator scored the sites
+        itself (under DP the sites keep their test metrics local), ``site_scores``."""
+        chosen = self.chosen_line
         if self.site_scores:
-            return Scores(sites=dict(self.site_scores), overall=last["global"],
+            return Scores(sites=dict(self.site_scores), overall=chosen["global"],
                           sites_note=self.site_scores_note)
-        return Scores(sites={s: v["test"] for s, v in last["sites"].items()},
-                      overall=last["global"])
+        return Scores(sites={s: without_validation(v["test"])
+                             for s, v in chosen["sites"].items()},
+                      overall=chosen["global"])
 
     @property
     def released(self) -> tuple[CoveredRelease, ...]:
@@ -118,6 +141,28 @@ class RunRecord:
         if "local" not in self.baselines:
             return None
         return federation_helped(self.federated.sites, self.baselines["local"].sites)
+
+    def operating_points(self) -> dict[str, dict]:
+        """Per model (federated, local, pooled): the metrics at its operating point on the
+        global test split (``global``; local: the mean of the local models) and on each site's
+        test split (``sites``, when scored), and how the point was chosen."""
+        out: dict[str, dict] = {}
+        sel = self.selection
+        if sel is not None and sel.operating_point is not None:
+            out["federated"] = {"global": sel.at_operating_point,
+                                "sites": sel.sites_at_operating_point,
+                                "rule": sel.operating_point.describe()}
+        for name, scores in self.baselines.items():
+            if not (scores.at_operating_point or scores.sites_at_operating_point):
+                continue
+            chosen = scores.selection or next(iter(scores.site_selection.values()), None)
+            point = chosen.operating_point if chosen is not None else None
+            rule = ("each site's own model at its own operating point, chosen on its own "
+                    "validation split" if scores.site_selection else
+                    point.describe() if point is not None else "")
+            out[name] = {"global": scores.at_operating_point,
+                         "sites": scores.sites_at_operating_point, "rule": rule}
+        return out
 
     def to_json(self) -> dict:
         """summary.json: the record as plain JSON values (optional parts only when present)."""
@@ -141,5 +186,7 @@ class RunRecord:
                     "stopped_early": self.stopped_early,
                     "privacy": None if self.privacy is None else self.privacy.to_json(),
                     "audit": audit, "overlays": self.overlays,
+                    "selection": None if self.selection is None else self.selection.to_json(),
+                    "operating_point": self.operating_points(),
                     "released": [asdict(c) for c in self.released]}
         return {key: value for key, value in optional.items() if value}

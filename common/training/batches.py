@@ -1,7 +1,8 @@
 """Training items of a split as batches of tensors on the model's device.
 
 A classification item is a sample; a segmentation item is an image/volume, or one axial slice
-when a 2D network meets 3D volumes (`slice_depth` > 1), with ``cfg.augment`` applied per batch.
+when a 2D network meets 3D volumes (`slice_depth` > 1). ``cfg.augment`` is applied per batch,
+each sample transformed on its own (to its mask too, for segmentation).
 """
 
 from __future__ import annotations
@@ -37,15 +38,23 @@ def batch_source(split: Split, task: TaskInfo, cfg: RunConfig, device: torch.dev
                  seed: int) -> tuple[int, BatchFn]:
     """``(number of training items, index -> (inputs, targets) on device)`` for ``split``.
 
-    Segmentation: items are images/volumes or slices (`slice_depth`), and ``cfg.augment``'s
-    operations are applied to every batch with a torch generator seeded from ``seed`` (its own
-    stream, so switching augmentation on does not change the batch order).
+    Segmentation items are images/volumes or slices (`slice_depth`). ``cfg.augment``'s
+    operations are applied to every batch (classification: to the images) with a torch
+    generator seeded from ``seed`` (its own stream, so switching augmentation on does not change
+    the batch order); every sample draws its own parameters, so no record affects another's.
     """
-    if task.kind != "segmentation":
-        return len(split), lambda index: _batch(split, index, task, device)
-    depth = slice_depth(split, task)
     ops = parse_augment(cfg.augment)
     generator = torch.Generator().manual_seed(substream(seed, 1))
+    if task.kind != "segmentation":
+        if not ops:
+            return len(split), lambda index: _batch(split, index, task, device)
+
+        def fetch_augmented(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            images, labels = _batch(split, index, task, device)
+            return augment_batch(images, None, ops, generator)[0], labels
+
+        return len(split), fetch_augmented
+    depth = slice_depth(split, task)
 
     def fetch(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         images, masks = _seg_batch(split, index, depth, device)

@@ -27,7 +27,9 @@ sampling and the noise to be unknown to the adversary:
   chooses it) can replay the noise and cancel it, so the guarantee holds only against parties
   who do not know the seed: fine for a simulation, void in deployment.
 
-The optimiser and loss are ``cfg``'s (`make_optimizer`, `training_loss`); with
+The optimiser and loss are ``cfg``'s (`make_optimizer`, `training_loss`), the learning rate of
+logical step ``k`` of ``steps`` follows ``cfg.lr_schedule`` at ``epochs * (k + 1/2) / steps``
+epochs into the call (`common.training.schedule`; public, data-independent); with
 ``cfg.loss='weighted_ce'`` the class weights come from the site's labels (masks), a
 data-dependent choice outside the DP guarantee. FedProx: the gradient ``mu * (w - w_global)`` of
 the proximal term involves no record, so it is added after clipping and noising
@@ -70,6 +72,7 @@ from common.training.losses import training_loss
 from common.training.memory import retain_freed_memory
 from common.training.optimiser import make_optimizer
 from common.training.poisson_sampling import poisson_loader
+from common.training.schedule import EpochWindow, StepSchedule, step_schedule
 from common.training.secure_random import CsprngSource
 
 MAX_PHYSICAL_BATCH = 64   # samples per forward/backward; larger Poisson batches are split
@@ -110,6 +113,7 @@ class _Schedule:
     seed: int                # noise/sampling only when not secure; augmentation, probes always
     proximal_mu: float
     secure: bool = False     # sampling and noise from a CsprngSource
+    window: EpochWindow | None = None   # where the call sits in the run's lr schedule
 
     @property
     def last_epoch_from(self) -> int:
@@ -136,6 +140,7 @@ class _DPLoop:
     mode: str                        # Opacus grad-sample mode
     lr: float                        # named in the error when the loss diverges
     started: float                   # time.perf_counter() when the loop began
+    lr_schedule: StepSchedule        # the learning rate of every logical step
 
 
 def _per_sample_loss(loss_fn: nn.Module) -> LossFn:
@@ -225,7 +230,8 @@ def _dp_loop(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig,
             noise_multiplier=schedule.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
             expected_batch_size=int(schedule.n * schedule.sample_rate), **_noise(schedule, device)
     ) as (net, optimizer):
-        yield _DPLoop(schedule, net, optimizer, params, loss_fn, fetch, prox, mode, cfg.lr, started)
+        yield _DPLoop(schedule, net, optimizer, params, loss_fn, fetch, prox, mode, cfg.lr, started,
+                      step_schedule(cfg, schedule.epochs, schedule.window))
 
 
 def _backward(loop: _DPLoop, index: np.ndarray, taken: int) -> tuple[float, int]:
@@ -245,13 +251,16 @@ def _empty_grad_samples(params: list[nn.Parameter]) -> None:
         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
 
 
-def _optimiser_step(loop: _DPLoop) -> int:
+def _optimiser_step(loop: _DPLoop, taken: int) -> int:
     """Clip and accumulate the physical batch; when it ends a logical batch, add the noise, the
-    FedProx gradient and take the step. Returns the logical steps taken (0 or 1)."""
+    FedProx gradient and take the step (logical step ``taken``, at its scheduled lr). Returns
+    the logical steps taken (0 or 1)."""
     stepped = loop.optimizer.pre_step()   # clip, accumulate; at a batch's end: noise
     if stepped:
         for p, g in loop.prox:
             p.grad.add_(p.detach() - g, alpha=loop.schedule.proximal_mu)
+        at = loop.schedule.epochs * (taken + 0.5) / loop.schedule.steps
+        loop.lr_schedule.apply_at(loop.optimizer.original_optimizer, at)
         loop.optimizer.original_optimizer.step()
     loop.optimizer.zero_grad(set_to_none=True)
     return int(stepped)
@@ -272,7 +281,7 @@ def _run_steps(loop: _DPLoop) -> tuple[int, np.ndarray]:
                 sums[0] += batch_sum
                 if taken >= loop.schedule.last_epoch_from:
                     sums[1] += batch_sum
-            taken += _optimiser_step(loop)
+            taken += _optimiser_step(loop, taken)
     return taken, sums
 
 
@@ -295,7 +304,7 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
                    seed: int, noise_multiplier: float, sample_rate: float,
                    steps: int | None = None, proximal_mu: float = 0.0,
                    global_params: list[torch.Tensor] | None = None,
-                   secure: bool = False) -> DPTrainResult:
+                   secure: bool = False, window: EpochWindow | None = None) -> DPTrainResult:
     """Train ``model`` in place on ``split`` with DP-SGD; see the module docstring.
 
     ``steps`` logical steps are taken (default `default_steps` ``(epochs, sample_rate)``, equal
@@ -309,6 +318,8 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
 
     The reported loss is the mean per-sample loss over the records sampled in the last epoch's
     steps (the last ``steps / epochs``), a training diagnostic that is not privatised.
+
+    ``window``: where this call sits in the run's learning-rate schedule (`train_local`).
     """
     _check_dp_split(split, task)
     if not isinstance(secure, bool):
@@ -316,7 +327,7 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
     n = len(split)
     _check_dp_args(n, epochs, noise_multiplier, sample_rate, steps, proximal_mu)
     schedule = _Schedule(n, epochs, default_steps(epochs, sample_rate) if steps is None else steps,
-                         sample_rate, noise_multiplier, seed, proximal_mu, secure)
+                         sample_rate, noise_multiplier, seed, proximal_mu, secure, window)
     with _dp_loop(model, split, task, cfg, schedule, global_params) as loop:
         taken, sums = _run_steps(loop)
     return _result(loop, taken, sums)

@@ -1,7 +1,9 @@
-"""The local training loop of one site for one round (plain SGD/Adam, optional FedProx term)."""
+"""The local training loop of one site for one round (plain SGD/Adam, optional FedProx term,
+the run's learning-rate schedule, ``cfg.augment``)."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from common.training.batches import BatchFn, batch_source, model_device
 from common.training.checks import check_split
 from common.training.losses import training_loss
 from common.training.optimiser import make_optimizer
+from common.training.schedule import EpochWindow, StepSchedule, step_schedule
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ class _Loop:
     proximal_mu: float
     anchor: list[torch.Tensor] | None        # FedProx global weights, None without FedProx
     lr: float                                # named in the error when the loss diverges
+    schedule: StepSchedule                   # the learning rate of every step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.items / self.batch_size)
 
 
 def _check_args(split: Split, task: TaskInfo, epochs: int, proximal_mu: float) -> None:
@@ -83,7 +91,8 @@ def _check_args(split: Split, task: TaskInfo, epochs: int, proximal_mu: float) -
 
 
 def _setup(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, *, seed: int,
-           proximal_mu: float, global_params: list[torch.Tensor] | None) -> _Loop:
+           proximal_mu: float, global_params: list[torch.Tensor] | None,
+           schedule: StepSchedule) -> _Loop:
     """Batches, loss, optimiser and FedProx anchor of one call (ConfigError for a BatchNorm
     model on a single item)."""
     device = model_device(model)
@@ -96,7 +105,7 @@ def _setup(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, *, se
     loss_fn = training_loss(cfg, task, split).to(device)
     optimizer = make_optimizer(cfg, model.parameters())
     return _Loop(model, optimizer, loss_fn, fetch, items, cfg.batch_size, skip_single,
-                 proximal_mu, anchor, cfg.lr)
+                 proximal_mu, anchor, cfg.lr, schedule)
 
 
 def _step(loop: _Loop, index: np.ndarray, epoch: int, steps: int) -> float:
@@ -119,10 +128,11 @@ def _step(loop: _Loop, index: np.ndarray, epoch: int, steps: int) -> float:
 def _epoch(loop: _Loop, order: np.ndarray, epoch: int, steps: int) -> tuple[int, float]:
     """One pass over the items in ``order``; ``(steps taken so far, mean item loss)``."""
     total, seen = 0.0, 0
-    for lo in range(0, loop.items, loop.batch_size):
+    for i, lo in enumerate(range(0, loop.items, loop.batch_size)):
         index = order[lo:lo + loop.batch_size]
         if loop.skip_single and len(index) == 1:
             continue
+        loop.schedule.apply(loop.optimizer, epoch, i, loop.steps_per_epoch)
         total += _step(loop, index, epoch, steps) * len(index)
         steps += 1
         seen += len(index)
@@ -131,7 +141,8 @@ def _epoch(loop: _Loop, order: np.ndarray, epoch: int, steps: int) -> tuple[int,
 
 def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, *, epochs: int,
                 seed: int, proximal_mu: float = 0.0,
-                global_params: list[torch.Tensor] | None = None) -> TrainResult:
+                global_params: list[torch.Tensor] | None = None,
+                window: EpochWindow | None = None) -> TrainResult:
     """Train ``model`` in place on ``split`` for ``epochs`` epochs with ``cfg``'s optimiser and loss.
 
     Segmentation tasks train on the masks with `make_seg_training_loss` and ``cfg.augment``
@@ -145,10 +156,15 @@ def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, 
     FedProx: when ``proximal_mu > 0`` and ``global_params`` (one tensor per
     ``model.parameters()`` entry) are given, ``(mu / 2) * ||w - w_global||^2`` is added to every
     batch loss; otherwise no proximal term is used.
+
+    The learning rate of every step follows ``cfg.lr_schedule`` / ``cfg.warmup_fraction``
+    (`common.training.schedule`) over the run; ``window`` says where this call sits in it (a
+    FedAvg site or a baseline's round: `round_window`), None means the call is the whole run.
+    Classification batches get ``cfg.augment`` too (`batch_source`).
     """
     _check_args(split, task, epochs, proximal_mu)
     loop = _setup(model, split, task, cfg, seed=seed, proximal_mu=proximal_mu,
-                  global_params=global_params)
+                  global_params=global_params, schedule=step_schedule(cfg, epochs, window))
     generator, device = torch.Generator().manual_seed(seed), model_device(model)
     start, steps, epoch_loss = time.perf_counter(), 0, 0.0
     model.train()

@@ -1,4 +1,5 @@
-"""`fedclinic certs init | site-key | add-site`: the consortium's certificates and site keys."""
+"""`fedclinic certs init | site-key | add-site | revoke-site | operator`: the consortium's
+certificates, the operator's credential and the site keys."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deploy.certs import (CA_DAYS, DEFAULT_OUT, DEFAULT_SITES, CertError, add_site,
-                          init_consortium, instructions, new_site_key)
+from deploy.certs import (CA_DAYS, DEFAULT_OPERATOR, DEFAULT_OUT, DEFAULT_SITES, CertError,
+                          add_site, init_consortium, instructions, issue_operator, new_site_key,
+                          operator_files, registered_key, retire_site_key)
 from fedclinic.cli.options import add_debug
 
 DEFAULT_DAYS = 825
+DEFAULT_SERVER = "127.0.0.1:8000"
 
 
 def add_parser(sub: Any) -> None:
-    """``certs`` with its ``init``, ``site-key`` and ``add-site`` actions."""
+    """``certs`` with its ``init``, ``site-key``, ``add-site``, ``revoke-site`` and ``operator``
+    actions."""
     certs = sub.add_parser(
         "certs", help="make the consortium's TLS certificates and the sites' keys",
         description="TLS certificates for the server and authentication keys for the sites. "
@@ -27,6 +31,8 @@ def add_parser(sub: Any) -> None:
     _add_init(actions)
     _add_site_key(actions)
     _add_add_site(actions)
+    _add_revoke_site(actions)
+    _add_operator(actions)
 
 
 def _add_init(actions: Any) -> None:
@@ -81,6 +87,48 @@ def _add_add_site(actions: Any) -> None:
     _add_force_and_debug(add)
 
 
+def _add_revoke_site(actions: Any) -> None:
+    revoke = actions.add_parser(
+        "revoke-site", help="revoke a site on the running server (as the operator)",
+        description="Revoke a registered site at once: the running server (reached with the "
+                    "operator certificate) unregisters its key, refuses its next request and "
+                    "leaves it out of every later round; then its key moves from site-keys/ to "
+                    "revoked/. A revoked key stays refused; a site that must come back makes a "
+                    "new key (add-site --force).")
+    revoke.add_argument("--consortium", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help=f"directory made by `certs init` (default: ./{DEFAULT_OUT})")
+    revoke.add_argument("--name", required=True, metavar="NAME",
+                        help="the site's name, as in site-keys/NAME.pub (default: none, "
+                             "required)")
+    revoke.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
+                        help=f"the running server (default: {DEFAULT_SERVER})")
+    revoke.add_argument("--ca-cert", type=Path, default=None, metavar="PATH",
+                        help="the consortium CA certificate (default: DIR/ca/ca.crt)")
+    revoke.add_argument("--operator-cert", type=Path, default=None, metavar="PATH",
+                        help="the operator's certificate (default: DIR/operator/operator.crt)")
+    revoke.add_argument("--operator-key", type=Path, default=None, metavar="PATH",
+                        help="its private key (default: DIR/operator/operator.key)")
+    add_debug(revoke)
+
+
+def _add_operator(actions: Any) -> None:
+    operator = actions.add_parser(
+        "operator", help="issue another operator certificate (needs the CA key)",
+        description="Issue a client certificate for an operator (EKU clientAuth, OU=operator), "
+                    "signed with the CA key in DIR/ca: what `fedclinic run` and `certs "
+                    "revoke-site` present to the server. `init` already made one named "
+                    f"{DEFAULT_OPERATOR!r}.")
+    operator.add_argument("--consortium", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                          help=f"directory made by `certs init` (default: ./{DEFAULT_OUT})")
+    operator.add_argument("--name", default=DEFAULT_OPERATOR, metavar="NAME",
+                          help="the operator's name: the certificate's CN, shown by the server "
+                               "for each operator connection; files operator/NAME.crt and .key "
+                               f"(default: {DEFAULT_OPERATOR})")
+    operator.add_argument("--days", type=int, default=DEFAULT_DAYS, metavar="DAYS",
+                          help=f"lifetime of the certificate in days (default: {DEFAULT_DAYS})")
+    _add_force_and_debug(operator)
+
+
 def _add_force_and_debug(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace existing certificate and key files (default: off)")
@@ -116,8 +164,34 @@ def _add_site(args: argparse.Namespace) -> str:
             "over a secure channel, copy the site-keys/ directory to the server and restart it.")
 
 
+def _operator(args: argparse.Namespace) -> str:
+    cert, key = issue_operator(args.consortium, args.name, days=args.days, force=args.force)
+    return (f"Wrote {cert} and {key} (private, mode 0600): operator {args.name!r}'s credential "
+            f"for `fedclinic run --operator-cert {cert} --operator-key {key}`. Keep it on the "
+            "operator's workstation; never on the server or at a hospital.")
+
+
+def _revoke_site(args: argparse.Namespace) -> str:
+    from server.control import operator_session
+    from server.enrollment import revoke_site
+
+    consortium = args.consortium
+    public_key = registered_key(consortium, args.name)
+    cert, key = operator_files(consortium)
+    operator = (args.operator_cert or cert, args.operator_key or key)
+    with operator_session(args.server, args.ca_cert or consortium / "ca" / "ca.crt", operator,
+                          f"revoke site {args.name}") as control:
+        node = revoke_site(control, public_key)
+    moved = retire_site_key(consortium, args.name)
+    return (f"Revoked site {args.name!r} (node {node}) on the server at {args.server}: its next "
+            f"request is refused and it takes part in no later round. Its key moved to {moved}; "
+            f"delete site-keys/{args.name}.pub on the server host too (a restart keeps the key "
+            "refused either way).")
+
+
 ACTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
-    "init": _init, "site-key": _site_key, "add-site": _add_site}
+    "init": _init, "site-key": _site_key, "add-site": _add_site,
+    "revoke-site": _revoke_site, "operator": _operator}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ METAVARS: dict[str, str] = {
     "data_path": "PATH", "cache_dir": "DIR", "output_dir": "DIR", "dicom_window": "CENTER,WIDTH",
     "spacing": "MM[,MM...]", "augment": "LIST", "baselines": "LIST", "partition": "SPEC",
     "resume": "NAME", "target_epsilon": "EPS", "noise_multiplier": "SIGMA",
-    "round_timeout": "SECONDS",
+    "round_timeout": "SECONDS", "positive_class": "NAME",
 }
 TYPE_METAVARS: dict[type, str] = {int: "N", float: "X", str: "TEXT"}
 MAX_CHOICES_METAVAR = 32   # longer choice lists show as NAME; the help lists them
@@ -111,7 +111,7 @@ def given_options(args: argparse.Namespace, skip: Collection[str] = ()) -> dict[
     given = {f.name: getattr(args, f.name) for f in describe_fields()
              if f.name not in skip and getattr(args, f.name, None) is not None}
     values, filled = with_task_defaults(given)
-    note = describe_task_defaults(str(values.get("task", "")), filled)
+    note = describe_task_defaults(str(values.get("task", RunConfig.task)), filled)
     if note:
         print(note, file=sys.stderr)
     return values

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from fedclinic.cli.options import add_debug, add_run_options, add_verbose, given_options
 from server.service import DEFAULT_ADDRESS, DEFAULT_STATE
 
@@ -14,6 +14,7 @@ DEFAULT_CERTS = "fedclinic-certs/server"
 DEFAULT_SITE_KEYS = "fedclinic-certs/site-keys"
 DEFAULT_SERVER = "127.0.0.1:8000"
 DEFAULT_CA_CERT = "fedclinic-certs/ca/ca.crt"
+BESIDE_CA = "../operator/{} beside --ca-cert's folder"   # what `certs init` writes
 
 
 def add_server_parser(sub: Any) -> None:
@@ -21,8 +22,10 @@ def add_server_parser(sub: Any) -> None:
         "server", help="run the consortium's coordinator (a Flower SuperLink with TLS)",
         description="Start the coordinator: a Flower SuperLink serving TLS on one port, keeping "
                     "its state in a database under --state (runs survive a restart), accepting "
-                    "only the sites whose public keys are in --site-keys. Sites connect out to "
-                    "this port; `fedclinic run` submits runs to it.")
+                    "only the sites whose public keys are in --site-keys (registered at start; "
+                    "a registered key whose file is gone is revoked). Sites connect out to "
+                    "this port; `fedclinic run` submits runs to it with the operator "
+                    "certificate, which alone reaches the Control API.")
     p.add_argument("--certs", default=DEFAULT_CERTS, metavar="DIR",
                    help="folder with ca.crt, server.crt and server.key from `fedclinic certs "
                         f"init` (default: {DEFAULT_CERTS})")
@@ -36,7 +39,8 @@ def add_server_parser(sub: Any) -> None:
                    help="HOST:PORT to serve; the one port sites and `fedclinic run` reach "
                         f"(default: {DEFAULT_ADDRESS})")
     p.add_argument("--insecure", action="store_true",
-                   help="no TLS and no site authentication, for a local test only (default: off)")
+                   help="no TLS, no site and no operator authentication, for a local test only "
+                        "(default: off)")
     add_debug(p)
     p.set_defaults(func=run_server)
 
@@ -52,17 +56,29 @@ def run_server(args: argparse.Namespace) -> int:
 def add_run_parser(sub: Any) -> None:
     p = sub.add_parser(
         "run", help="submit a federated run to a fedclinic server and stream its progress",
-        description="Submit the federation (the same ServerApp as `simulate`) to the server. "
-                    "Only the options you give are sent; the rest keep their defaults. Sites run "
-                    "the fedclinic installed at each site. Exits 0 only if the run completed.")
+        description="Submit the federation (the same ServerApp as `simulate`) to the server, "
+                    "as the operator: the server takes runs only from a connection that shows "
+                    "the operator certificate `fedclinic certs init` wrote. Only the options "
+                    "you give are sent; the rest keep their defaults. Sites run the fedclinic "
+                    "installed at each site. Exits 0 only if the run completed, 2 if the "
+                    "operator credential is missing or refused.")
     p.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
                    help=f"the server's HOST:PORT (default: {DEFAULT_SERVER})")
     p.add_argument("--ca-cert", default=DEFAULT_CA_CERT, metavar="PATH",
                    help="the consortium CA certificate that signed the server's certificate "
                         f"(default: {DEFAULT_CA_CERT})")
+    p.add_argument("--operator-cert", default=None, metavar="PATH",
+                   help="the operator's client certificate from `fedclinic certs init`: the "
+                        "server takes runs only from it (default: "
+                        f"{BESIDE_CA.format('operator.crt')}, i.e. "
+                        "fedclinic-certs/operator/operator.crt)")
+    p.add_argument("--operator-key", default=None, metavar="PATH",
+                   help="the operator certificate's private key (default: "
+                        f"{BESIDE_CA.format('operator.key')}, i.e. "
+                        "fedclinic-certs/operator/operator.key)")
     p.add_argument("--insecure", action="store_true",
-                   help="connect without TLS (only to a server started with --insecure) "
-                        "(default: off)")
+                   help="connect without TLS and without the operator certificate (only to a "
+                        "server started with --insecure) (default: off)")
     p.add_argument("--detach", action="store_true",
                    help="submit and return without following the run (default: off)")
     add_verbose(p, "show every log line of the run, not only progress")
@@ -78,9 +94,31 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
     return {name.replace("_", "-"): getattr(cfg, name) for name in given}
 
 
+def operator_login(args: argparse.Namespace):
+    """The operator credential `run` presents (ConfigError, exit code 2, when a file is missing:
+    without it the server takes no run)."""
+    from server.service import OperatorLogin
+
+    from server.control import operator_beside
+
+    ca = Path(args.ca_cert)
+    beside_cert, beside_key = operator_beside(ca)
+    cert = Path(args.operator_cert) if args.operator_cert else beside_cert
+    key = Path(args.operator_key) if args.operator_key else beside_key
+    for flag, path in (("--ca-cert", ca), ("--operator-cert", cert), ("--operator-key", key)):
+        if not path.is_file():
+            raise ConfigError(
+                f"{flag} {path}: file not found. `fedclinic run` needs the consortium's ca.crt "
+                f"and the operator credential that `fedclinic certs init` wrote "
+                f"(CERTS/operator/operator.crt and operator.key, found beside CERTS/ca/ca.crt "
+                f"unless --operator-cert/--operator-key say otherwise); the server takes runs "
+                f"from nobody else")
+    return OperatorLogin(ca, cert, key)
+
+
 def run_submit(args: argparse.Namespace) -> int:
     from server.service import submit_run
 
     overrides = overrides_from_args(args)
-    ca = None if args.insecure else Path(args.ca_cert)
-    return submit_run(args.server, ca, overrides, detach=args.detach, verbose=args.verbose)
+    login = None if args.insecure else operator_login(args)
+    return submit_run(args.server, login, overrides, detach=args.detach, verbose=args.verbose)

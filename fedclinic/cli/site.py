@@ -86,14 +86,17 @@ def add_site_arguments(p: argparse.ArgumentParser) -> None:
                    help="also run the app bundle with this sha256 (repeatable); by default only "
                         "the installed fedclinic's own bundle runs (default: none)")
     p.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT, metavar="PORT",
-                   help="local port (127.0.0.1 only) between the SuperNode and the executor "
-                        f"(default: {DEFAULT_RUNTIME_PORT})")
+                   help="local port (127.0.0.1 only) between the SuperNode and the executor; "
+                        "0 picks a free one at each start, so several sites can share a host; "
+                        "a port given here that is taken stops the site with exit status 2 "
+                        f"(default: {DEFAULT_RUNTIME_PORT}, a free port)")
     p.add_argument("--activation-wait", type=float, default=DEFAULT_ACTIVATION_WAIT,
                    metavar="SECONDS",
-                   help="how long to keep retrying when the server refuses to activate this site: "
-                        "after a restart it counts the previous session as online until two "
-                        "heartbeats are missed (up to 60 s); an unregistered key fails after "
-                        f"this too (default: {DEFAULT_ACTIVATION_WAIT:g})")
+                   help="how long to keep retrying when the server knows this site's key but "
+                        "refuses to activate it because it still counts a previous session as "
+                        "online (until two heartbeats are missed, up to 60 s after an unclean "
+                        "end); a key the server does not know fails at once with exit status 2 "
+                        f"(default: {DEFAULT_ACTIVATION_WAIT:g})")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="CPU threads for training at this site; 0 = $FEDCLINIC_CLIENT_THREADS if "
                         "set, else all cores (default: 0)")

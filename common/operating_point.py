@@ -1,0 +1,290 @@
+"""The operating point of a classifier, chosen on validation data only.
+
+* Binary: a decision threshold on P(label 1), read from per-class histograms of the validation
+  scores (`HIST_BINS` equal bins of P(label 1) on [0, 1], one histogram per true label: sites
+  send these aggregate counts, never a patient's score). A case is called label 1 when
+  P(label 1) >= the threshold, the threshold being a bin edge k / HIST_BINS. By default the
+  threshold maximises Youden's J (sensitivity + specificity - 1); with a target sensitivity, it
+  is the most specific threshold whose sensitivity for the positive class is at least the
+  target. Ties go to the threshold nearest 0.5 (the argmax rule of a calibrated model).
+* Multi-class and ordinal: post-hoc class-prior logit adjustment (Menon et al., ICLR 2021):
+  predict argmax_c log p_c - log pi_c, pi the class prior of the validation data (its class
+  counts, Laplace-smoothed). It targets balanced accuracy; AUC is threshold-free and is scored
+  on the unadjusted probabilities.
+* The positive class of a binary task is the finding, not whichever label is 1
+  (`positive_class`): the one ``--positive-class`` names, else the class whose label name is not
+  a normal one ("normal", "benign", ...; e.g. breastmnist's label 0 "malignant"), else label 1.
+
+Skipped (the plain argmax, threshold 0.5), when no validation statistics reached the chooser:
+the `OperatingPoint` then says why.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from common.config import ConfigError
+from common.datasets.base import TaskInfo
+from common.metrics import classification_metrics, prediction_metrics
+
+HIST_BINS = 50
+NORMAL_NAMES = ("normal", "benign", "healthy", "negative", "no finding", "no disease",
+                "control", "absent", "none")
+THRESHOLD, LOGIT_ADJUSTMENT, ARGMAX = "threshold", "logit-adjustment", "argmax"
+_DIGITS = 12                      # comparisons of J / specificity ignore float noise below this
+
+
+@dataclass(frozen=True)
+class PositiveClass:
+    """The class a binary task's sensitivity is about, and where that came from."""
+
+    index: int
+    name: str
+    source: str
+
+
+def _is_normal(name: str) -> bool:
+    parts = re.split(r"\s*(?:,|/|;|\band\b|\bor\b)\s*", name.strip().lower())
+    return any(part.strip() in NORMAL_NAMES for part in parts)
+
+
+def _class_index(names: tuple[str, ...], requested: str) -> int:
+    wanted = requested.strip().lower()
+    for i, name in enumerate(names):
+        if name.lower() == wanted:
+            return i
+    if wanted.isdigit() and int(wanted) < len(names):
+        return int(wanted)
+    shown = ", ".join(f"{i} {n!r}" for i, n in enumerate(names))
+    raise ConfigError(f"positive_class={requested!r}: not a class of this dataset; expected one "
+                      f"of its names or indices ({shown})")
+
+
+def positive_class(task: TaskInfo, requested: str = "") -> PositiveClass | None:
+    """The positive class of a binary task (module docstring); None for other kinds. A
+    ``requested`` class a binary task does not have, or one given for another kind of task, is a
+    ConfigError naming the choices."""
+    if task.kind != "binary":
+        if requested:
+            raise ConfigError(f"positive_class={requested!r}: a positive class applies to binary "
+                              f"tasks; this task is {task.kind}")
+        return None
+    names = tuple(task.class_names) if len(task.class_names) == 2 else ("0", "1")
+    if requested:
+        index = _class_index(names, requested)
+        return PositiveClass(index, names[index], "--positive-class")
+    normal = [i for i, name in enumerate(names) if _is_normal(name)]
+    if len(normal) == 1:
+        index = 1 - normal[0]
+        return PositiveClass(index, names[index], "the dataset's label names")
+    return PositiveClass(1, names[1], "label 1 (the label names do not say which class is the "
+                                      "finding; --positive-class NAME sets it)")
+
+
+# ---------------------------------------------------------------------------- binary threshold
+
+def score_bins(p1: np.ndarray) -> np.ndarray:
+    """The histogram bin of each P(label 1): floor(p x HIST_BINS), 1.0 in the last bin."""
+    p1 = np.asarray(p1, dtype=np.float64)
+    return np.clip(np.floor(p1 * HIST_BINS), 0, HIST_BINS - 1).astype(np.int64)
+
+
+def score_histograms(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(2, HIST_BINS) int counts: row y holds the P(label 1) bins of the cases of true label y."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != 2 or labels.shape != (probs.shape[0],):
+        raise ValueError(f"score_histograms: probs {probs.shape} and labels {labels.shape}; "
+                         f"expected (N, 2) and (N,)")
+    out = np.zeros((2, HIST_BINS), dtype=np.int64)
+    np.add.at(out, (labels, score_bins(probs[:, 1])), 1)
+    return out
+
+
+@dataclass(frozen=True)
+class RocPoint:
+    """One candidate threshold on P(label 1) and what it gives on the validation data."""
+
+    threshold: float          # call label 1 when P(label 1) >= threshold
+    sensitivity: float        # of the positive class
+    specificity: float
+
+    @property
+    def youden(self) -> float:
+        return self.sensitivity + self.specificity - 1.0
+
+
+def roc_points(hist: np.ndarray, positive: int) -> list[RocPoint]:
+    """Every bin-edge threshold k / HIST_BINS (k = 0..HIST_BINS) with its sensitivity and
+    specificity for class ``positive``; [] when a class has no (positive) count. Noised counts
+    are clamped at 0 first (post-processing)."""
+    h = np.clip(np.asarray(hist, dtype=np.float64), 0.0, None)
+    if h.shape != (2, HIST_BINS):
+        raise ValueError(f"roc_points: histograms of shape {h.shape}; expected (2, {HIST_BINS})")
+    totals = h.sum(axis=1)
+    if (totals <= 0).any():
+        return []
+    above = np.concatenate([np.cumsum(h[:, ::-1], axis=1)[:, ::-1],
+                            np.zeros((2, 1))], axis=1)       # (2, B+1): counts in bins >= k
+    called_1 = above / totals[:, None]                       # share of each class called label 1
+    points = []
+    for k in range(HIST_BINS + 1):
+        tpr1, fpr1 = called_1[1, k], called_1[0, k]
+        sens, spec = (tpr1, 1.0 - fpr1) if positive == 1 else (1.0 - fpr1, tpr1)
+        points.append(RocPoint(k / HIST_BINS, float(sens), float(spec)))
+    return points
+
+
+def _near_half(point: RocPoint) -> float:
+    return -abs(point.threshold - 0.5)
+
+
+def choose_threshold(hist: np.ndarray, positive: int, target_sensitivity: float = 0.0
+                     ) -> RocPoint | None:
+    """Youden's J (``target_sensitivity`` 0), else the most specific threshold whose
+    sensitivity is >= the target; ties to the threshold nearest 0.5, then the lower one. None
+    when the histograms lack a class."""
+    points = roc_points(hist, positive)
+    if not points:
+        return None
+    if target_sensitivity > 0:
+        eligible = [p for p in points if round(p.sensitivity, _DIGITS) >= target_sensitivity]
+        return max(eligible, key=lambda p: (round(p.specificity, _DIGITS),
+                                            round(p.sensitivity, _DIGITS), _near_half(p),
+                                            -p.threshold))
+    return max(points, key=lambda p: (round(p.youden, _DIGITS), _near_half(p), -p.threshold))
+
+
+def histogram_auc(hist: np.ndarray) -> float:
+    """ROC AUC read from the two score histograms (a tie within a bin counts one half); NaN when
+    a class has no count. The same for either class as positive."""
+    h = np.clip(np.asarray(hist, dtype=np.float64), 0.0, None)
+    n0, n1 = h[0].sum(), h[1].sum()
+    if n0 <= 0 or n1 <= 0:
+        return float("nan")
+    below = np.cumsum(h[0]) - h[0]               # label-0 cases in lower bins
+    return float((h[1] * (below + 0.5 * h[0])).sum() / (n0 * n1))
+
+
+# ---------------------------------------------------------------------------- multi-class
+
+def class_log_prior(counts: np.ndarray) -> np.ndarray:
+    """log pi_c of Laplace-smoothed class counts (noised counts clamped at 0 first)."""
+    c = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    return np.log((c + 1.0) / (c.sum() + len(c)))
+
+
+# ---------------------------------------------------------------------------- the choice
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How predictions are made from a model's probabilities, and how that was chosen."""
+
+    kind: str                                  # THRESHOLD | LOGIT_ADJUSTMENT | ARGMAX
+    rule: str                                  # how it was chosen, for people
+    threshold: float | None = None             # THRESHOLD: label 1 iff P(label 1) >= it
+    log_prior: tuple[float, ...] = ()          # LOGIT_ADJUSTMENT: subtracted from log p
+    positive: PositiveClass | None = None      # binary tasks
+    validation: dict[str, float] = field(default_factory=dict)   # what it gave on val data
+    skipped: str = ""                          # ARGMAX: why nothing was chosen
+
+    def predict(self, probs: np.ndarray) -> np.ndarray:
+        """Class index per row of (N, K) probabilities."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if self.kind == THRESHOLD:
+            return (probs[:, 1] >= self.threshold).astype(np.int64)
+        if self.kind == LOGIT_ADJUSTMENT:
+            logp = np.log(np.clip(probs, 1e-300, None))
+            return (logp - np.asarray(self.log_prior)[None, :]).argmax(axis=1)
+        return probs.argmax(axis=1)
+
+    def positive_threshold(self) -> float | None:
+        """The threshold as a rule on P(positive class): ">= t" for label 1, "> t" for label 0
+        (P(label 0) > 1 - threshold is P(label 1) < threshold)."""
+        if self.threshold is None or self.positive is None:
+            return self.threshold
+        return self.threshold if self.positive.index == 1 else 1.0 - self.threshold
+
+    def describe(self) -> str:
+        """One sentence for the report."""
+        if self.kind == THRESHOLD and self.positive is not None:
+            sign = ">=" if self.positive.index == 1 else ">"
+            return (f"call '{self.positive.name}' when P({self.positive.name}) {sign} "
+                    f"{self.positive_threshold():.2f} ({self.rule})")
+        if self.kind == LOGIT_ADJUSTMENT:
+            return f"class-prior logit adjustment ({self.rule})"
+        return f"argmax of the probabilities (threshold 0.5): {self.skipped or self.rule}"
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["positive_threshold"] = self.positive_threshold()
+        out["log_prior"] = list(self.log_prior)
+        return out
+
+
+def argmax_point(reason: str, positive: PositiveClass | None = None) -> OperatingPoint:
+    """No operating point was chosen (``reason`` says why): the plain argmax."""
+    return OperatingPoint(ARGMAX, "not chosen", positive=positive, skipped=reason)
+
+
+def choose_operating_point(task: TaskInfo, counts: np.ndarray | None, *,
+                           target_sensitivity: float, positive: PositiveClass | None,
+                           source: str) -> OperatingPoint:
+    """The operating point from validation counts: binary (2, HIST_BINS) score histograms,
+    multi-class/ordinal a (K, K) confusion matrix (its row sums are the class counts); ``source``
+    names where they came from, for the rule's text."""
+    if task.kind not in ("binary", "multiclass", "ordinal"):
+        return argmax_point(f"no operating point for {task.kind} tasks", positive)
+    if counts is None:
+        return argmax_point(f"no validation statistics ({source})", positive)
+    if task.kind == "binary":
+        return _threshold_point(counts, target_sensitivity, positive, source)
+    rows = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None).sum(axis=1)
+    prior = class_log_prior(rows)
+    return OperatingPoint(LOGIT_ADJUSTMENT, f"prior from {rows.sum():.0f} validation cases, "
+                          f"{source}", log_prior=tuple(float(v) for v in prior))
+
+
+def _threshold_point(hist: np.ndarray, target: float, positive: PositiveClass | None,
+                     source: str) -> OperatingPoint:
+    positive = positive or PositiveClass(1, "1", "label 1")
+    point = choose_threshold(hist, positive.index, target)
+    if point is None:
+        return argmax_point(f"the validation data lack one of the classes ({source})", positive)
+    how = (f"the most specific threshold with sensitivity >= {target:g}" if target > 0
+           else "Youden's J")
+    return OperatingPoint(THRESHOLD, f"{how} on {source}, {HIST_BINS} bins",
+                          threshold=point.threshold, positive=positive,
+                          validation={"sensitivity": point.sensitivity,
+                                      "specificity": point.specificity,
+                                      "auc": histogram_auc(hist)})
+
+
+# ---------------------------------------------------------------------------- scoring
+
+OPERATING_METRICS = ("auc", "balanced_accuracy", "sensitivity", "specificity", "accuracy")
+
+
+def metrics_at(point: OperatingPoint, kind: str, labels: np.ndarray, probs: np.ndarray
+               ) -> dict[str, float]:
+    """AUC (threshold-free, unadjusted probabilities), balanced accuracy, sensitivity,
+    specificity and accuracy of the predictions at ``point``; binary ones for its positive class
+    (sensitivity NaN on a split without a positive case, specificity without a negative one).
+    Plus the threshold on P(positive) for a binary task (0.5 at the argmax)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    pred = point.predict(probs)
+    positive = point.positive.index if point.positive is not None else 1
+    hard = prediction_metrics(kind, labels, pred, positive=positive)
+    auc = classification_metrics(kind, labels, probs)["auc"]
+    out = {"auc": auc, **{k: hard[k] for k in OPERATING_METRICS if k != "auc"}}
+    if kind == "binary":                    # undefined, not 0, on a split without the class
+        if not (labels == positive).any():
+            out["sensitivity"] = float("nan")
+        if (labels == positive).all():
+            out["specificity"] = float("nan")
+        shown = point.positive_threshold() if point.kind == THRESHOLD else 0.5
+        out["threshold"] = float(shown)
+    return out
