@@ -483,6 +483,11 @@ def build_model(name: str, *, spatial_dims: int, in_channels: int, num_classes: 
             raise error(f"{field}={value!r}: expected an integer >= {lo}")
     if stem not in _STEM_LAYOUTS:
         raise ConfigError(f"stem={stem!r}: unknown stem; expected one of {', '.join(STEM_NAMES)}")
+    if name == "densenet121" and stem == DEFAULT_STEM:
+        # DenseNet's three transitions halve again: after a stride-2 stem a 16-28 px image
+        # reaches its last block at 1x1, where a GroupNorm with one channel per group holds a
+        # single value (per-sample gradients of one record then fail). It keeps 28 px.
+        stem = "stride1"
     extra = {"stem": stem, "input_norm": input_norm} if name in _STEMMED else {}
     model = _BUILDERS[name](name, spatial_dims, in_channels, num_classes, _NORMS[norm], width,
                             **extra)
