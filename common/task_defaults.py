@@ -37,6 +37,8 @@ TASK_DEFAULTS_3D_DP: dict[str, dict[str, Any]] = {"segmentation": {"loss": "dice
 def with_task_defaults(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """`given` (options set on the command line) plus the task's own defaults for the options it
     leaves out; also returns what was filled in, so the command can say so."""
+    if given.get("resume"):          # a resumed run keeps its own settings, defaults included
+        return dict(given), {}
     task = str(given.get("task", RunConfig.task))
     private = str(given.get("dp", RunConfig.dp)) == "sample"
     if task == "classification" and private:

@@ -269,3 +269,9 @@ def test_a_certificate_that_does_not_verify_is_exit_2_wherever_it_is_raised(caps
     assert "does not verify against --ca-cert" in capsys.readouterr().err
     assert run_command(lambda _: 1 / 0, args) == ExitCode.FAILED == 1
     assert [int(c) for c in ExitCode] == [0, 1, 2, 130]
+
+
+def test_a_resumed_run_gets_no_task_defaults(capsys):
+    """The run's own settings are kept on resume (the recipe's defaults would differ from them)."""
+    cfg, said = _parsed(["--resume", "RUN"], capsys)
+    assert said == "" and cfg == RunConfig(resume="RUN")
