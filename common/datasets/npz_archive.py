@@ -21,6 +21,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
+from tokenize import TokenError   # numpy parses a header dict with tokenize
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def _check_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(member)
             header_bytes = member.tell()
-    except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, TokenError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: member {name} has no readable .npy header "
                         f"({type(exc).__name__}: {exc})") from None
     if dtype.hasobject:
