@@ -246,7 +246,7 @@ def test_server_killed_after_round_1_resumes_and_epsilon_stays_the_whole_runs(co
             plan = plan_from_config(cfg, len(arrays["train_labels"]))
         assert sorted(e["round"] for e in charged) == [1, 2, 3]     # each round charged once
         assert sum(e["steps"] for e in charged) == 3 * plan.steps_per_round
-        assert rows[-1]["epsilon"] == pytest.approx(8.0, rel=1e-3)   # the site's own plan
+        assert rows[-1]["epsilon"] == pytest.approx(8.0, rel=5e-3)   # calibration's tolerance
         assert rows[-1]["epsilon"] <= 8.0 * (1 + 1e-6)
         sent = [e for e in _audit(lb, i)[audited[i]:]
                 if e["event"] == "reply" and e["type"] == "train" and e["round"] == 2]
