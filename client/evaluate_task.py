@@ -15,6 +15,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from client.admission import check_request, site_delta
 from client.fingerprint import data_fingerprint
 from client.ledger import site_ledger
+from client.personalize_task import finetune_at_site
 from client.policy import PolicyRefused, is_simulated
 from client.release import evaluate_metrics, releases_for
 from client.site import site_privacy
@@ -44,4 +45,6 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
                        server_round=server_round, ledger=ledger, delta=delta,
                        seed=local_seed(cfg.seed, server_round, site.site))
     metrics = evaluate_metrics(rel, model, site, cfg)
+    # --personalize finetune, deployed, last round: the site's own model, kept at the site
+    finetune_at_site(context.node_config, msg.content["config"], cfg, site, model, server_round)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,17 +1,20 @@
 """What every task of the ClientApp starts with: the run config the server sent, this site's
-data and the global model loaded from the message."""
+data and the global model loaded from the message (under local-norm: the shared weights from
+the message, the normalisation layers from the site's own store, `client.personal_state`)."""
 
 from __future__ import annotations
 
 import os
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MessageType
 
+from client.personal_state import norm_store, restore_norms
 from client.site import LocalSite, load_site
 from common.config import RunConfig
 from common.models import build_model
-from common.packing import PACKED_KEY, unpack_state
+from common.packing import PACKED_KEY
+from common.training.local_norm import local_keys, unpack_federated
 from common.wire import EXTRA_CONFIG_KEYS
 
 
@@ -26,5 +29,10 @@ def task_setup(msg: Message, context: Context) -> tuple[RunConfig, LocalSite, to
                         in_channels=site.task.channels, num_classes=site.task.num_classes,
                         norm=cfg.norm, width=cfg.width)
     packed = msg.content["arrays"][PACKED_KEY].numpy()
-    model.load_state_dict(unpack_state(packed, model.state_dict()))
+    model.load_state_dict(unpack_federated(packed, model, cfg.personalize))
+    keys = local_keys(model, cfg.personalize)
+    if keys:                 # local-norm: this site's own norm layers, never sent by the server
+        store = norm_store(context.node_config, config, context, site.site)
+        before = msg.metadata.message_type.split(".", 1)[0] == MessageType.TRAIN
+        restore_norms(model, keys, store.latest(server_round, before=before))
     return cfg, site, model, server_round

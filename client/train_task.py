@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from client.admission import Admitted, admit, check_request
 from client.fingerprint import data_fingerprint
 from client.ledger import SiteLedger, site_ledger
+from client.personal_state import norm_store, packed_norms
 from client.policy import PolicyRefused, SitePolicy, is_simulated, policy_for
 from client.release import releases_for, sample_count, train_metrics
 from client.replay import CachedReply, load_reply, reply_path, request_digest, save_reply
@@ -28,10 +29,11 @@ from client.site import LocalSite, site_privacy
 from client.site_audit import save_last_global
 from client.task_setup import task_setup
 from common.config import ConfigError, RunConfig
-from common.packing import PACKED_KEY, pack_state
+from common.packing import PACKED_KEY
 from common.privacy.ledger import BudgetExhausted
 from common.training.dp_local import DPTrainResult, train_local_dp
 from common.training.local import train_local
+from common.training.local_norm import local_keys, pack_federated
 from common.training.schedule import round_window
 from common.wire import BUDGET_EXHAUSTED_REASON, EXTRA_CONFIG_KEYS, RUN_KEY, ReplyCode
 
@@ -95,7 +97,8 @@ def train_reply(msg: Message, context: Context) -> Message:
                        server_round=server_round, seed=seed)
     metrics = train_metrics(rel, result, site, sample_count(rel, len(site.train)),
                             proximal_mu=mu, client_seconds=time.perf_counter() - start)
-    return _reply(msg, pack_state(model.state_dict()), metrics)
+    packed = outgoing_weights(msg, context, cfg, site, model, server_round)
+    return _reply(msg, packed, metrics)
 
 
 def _train_private(msg: Message, context: Context, cfg: RunConfig, policy: SitePolicy,
@@ -134,10 +137,22 @@ def _train_private(msg: Message, context: Context, cfg: RunConfig, policy: SiteP
     metrics = train_metrics(rel, result, site, count, proximal_mu=mu,
                             client_seconds=time.perf_counter() - start,
                             privacy=privacy_metrics(result, admitted, ledger, run_key))
-    packed = pack_state(model.state_dict())
+    packed = outgoing_weights(msg, context, cfg, site, model, server_round)
     # kept until the next round: a resumed server may ask this one again
     save_reply(cache, CachedReply(digest, server_round, packed.numpy(), metrics))
     return _reply(msg, packed, {**metrics, "replayed": 0.0})
+
+
+def outgoing_weights(msg: Message, context: Context, cfg: RunConfig, site: LocalSite,
+                     model: torch.nn.Module, server_round: int) -> torch.Tensor:
+    """The packed weights of the reply: every tensor, or under local-norm all but the
+    normalisation layers', which the site keeps for its next round and its evaluation
+    (`client.personal_state`) and which never leave it."""
+    keys = local_keys(model, cfg.personalize)
+    if keys:
+        store = norm_store(context.node_config, msg.content["config"], context, site.site)
+        store.save(server_round, packed_norms(model, keys))
+    return pack_federated(model, cfg.personalize)
 
 
 def _budget_refusal(msg: Message, spent: BudgetExhausted, site: LocalSite,

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from common.partition_spec import PARTITION_HELP, PartitionSpec, parse_partition
 from common.spacing_spec import parse_spacing
+from common.tracking.spec import TRACK_HELP, parse_track
 
 DATASETS = ("synthetic", "medmnist", "dicom", "msd")
 TASKS = ("classification", "segmentation")
@@ -29,16 +30,17 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimme
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "step")
 STEMS = ("stride1", "stride2", "imagenet")
-LOSSES = ("ce", "weighted_ce", "focal", "dice", "dice_ce")
+LOSSES = ("ce", "weighted_ce", "focal", "dice", "dice_ce", "logit_adjusted")
 BASELINES = ("local", "pooled")
 DP_MODES = ("off", "sample", "client")
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch")
+PERSONALIZE_MODES = ("off", "finetune", "local-norm")
 
 
 # Settings a resumed run may change; everything else must stay what the run started with.
 RESUMABLE_CHANGES = ("rounds", "round_timeout", "min_sites", "min_site_fraction", "resume",
-                     "output_dir")
+                     "output_dir", "track")
 
 
 class ConfigError(ValueError):
@@ -114,15 +116,23 @@ class RunConfig:
                                         "3/4), after the warm-up", choices=LR_SCHEDULES)
     warmup_fraction: float = _opt(0.0, "share of the run over which the learning rate rises "
                                        "linearly from ~0 to lr", lo=0.0, hi=0.5)
+    grad_clip: float = _opt(0.0, "without sample-level DP: clip each batch's gradient to this "
+                                 "total L2 norm (0 = off); DP-SGD clips per sample with "
+                                 "max_grad_norm instead", lo=0.0, hi=1e6)
     momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
     weight_decay: float = _opt(0.0, "L2 weight decay", lo=0.0, hi=1.0)
     loss: str = _opt("ce", "loss: cross-entropy, class-weighted CE, focal; segmentation also "
-                           "dice and dice_ce", choices=LOSSES)
+                           "dice and dice_ce; classification also logit_adjusted (CE against "
+                           "the training split's own label prior, for label-skewed sites)",
+                     choices=LOSSES)
     focal_gamma: float = _opt(2.0, "focal loss gamma", lo=0.0, hi=10.0)
     # --- server ---
     rounds: int = _opt(5, "federated rounds", lo=1, hi=100_000)
     strategy: str = _opt("fedavg", "aggregation strategy", choices=STRATEGIES)
     fraction_train: float = _opt(1.0, "fraction of sites sampled each round", lo=0.01, hi=1.0)
+    fraction_evaluate: float = _opt(1.0, "fraction of sites asked to evaluate each round; below "
+                                        "1 the simulator scores the final model on every "
+                                        "site itself", lo=0.01, hi=1.0)
     proximal_mu: float = _opt(0.01, "FedProx proximal weight mu", lo=0.0, hi=100.0)
     server_lr: float = _opt(0.01, "FedAdam/FedYogi server learning rate (eta)", lo=1e-6, hi=10.0)
     trim_beta: float = _opt(0.2, "FedTrimmedAvg: fraction cut from each end", lo=0.0, hi=0.49)
@@ -149,6 +159,22 @@ class RunConfig:
                                    "index) for sensitivity and specificity; '' = from the "
                                    "dataset's label names (the class that is not 'normal'/"
                                    "'benign'), else label 1")
+    # --- initialisation and personalisation ---
+    init_from: str = _opt("", "start the federation and both baselines from this model file "
+                              "instead of a seeded random init: a fedclinic final_model.pt / "
+                              "best_model.pt / checkpoint, or a plain torch state dict (e.g. "
+                              "pretrained on public data); a head whose only difference is the "
+                              "number of classes is re-initialised; '' = off")
+    personalize: str = _opt("off", "per-site models after (finetune) or during (local-norm) the "
+                                   "federation: finetune = each site fine-tunes the chosen "
+                                   "global model for finetune_epochs epochs on its train split, "
+                                   "keeping the epoch with the lowest loss on its own val split; "
+                                   "local-norm = FedBN: the normalisation layers' parameters stay "
+                                   "at each site and are never sent or aggregated",
+                            choices=PERSONALIZE_MODES)
+    finetune_epochs: int = _opt(3, "personalize=finetune: most epochs of fine-tuning at each "
+                                   "site (the epoch kept, 0 included, is chosen on its val split)",
+                                lo=1, hi=1000)
     # --- differential privacy ---
     dp: str = _opt("off", "differential privacy: off, sample (DP-SGD at each site, protects each "
                           "patient), client (central DP on site updates)", choices=DP_MODES)
@@ -170,12 +196,14 @@ class RunConfig:
     output_dir: str = _opt("runs", "parent folder of run directories")
     resume: str = _opt("", "deployment: name of a run directory on the server to continue after "
                            "its last complete round ('' = start a new run)")
+    track: str = _opt("", TRACK_HELP)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         parse_partition(self.partition)
         parse_spacing(self.spacing, self.spatial_dims)
+        parse_track(self.track)
         unknown = set(self.baseline_list) - set(BASELINES)
         if unknown:
             raise ConfigError(f"baselines={self.baselines!r}: unknown {sorted(unknown)}; "

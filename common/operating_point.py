@@ -232,16 +232,21 @@ def argmax_point(reason: str, positive: PositiveClass | None = None) -> Operatin
 
 def choose_operating_point(task: TaskInfo, counts: np.ndarray | None, *,
                            target_sensitivity: float, positive: PositiveClass | None,
-                           source: str) -> OperatingPoint:
+                           source: str, prior_adjusted: bool = False) -> OperatingPoint:
     """The operating point from validation counts: binary (2, HIST_BINS) score histograms,
     multi-class/ordinal a (K, K) confusion matrix (its row sums are the class counts); ``source``
-    names where they came from, for the rule's text."""
+    names where they came from, for the rule's text. ``prior_adjusted``: the model was trained
+    with the logit-adjusted loss, whose raw logits already target balanced accuracy, so a
+    multi-class task keeps the argmax (adjusting again would over-correct)."""
     if task.kind not in ("binary", "multiclass", "ordinal"):
         return argmax_point(f"no operating point for {task.kind} tasks", positive)
     if counts is None:
         return argmax_point(f"no validation statistics ({source})", positive)
     if task.kind == "binary":
         return _threshold_point(counts, target_sensitivity, positive, source)
+    if prior_adjusted:
+        return argmax_point("the training loss is already logit-adjusted (loss=logit_adjusted)",
+                            positive)
     rows = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None).sum(axis=1)
     prior = class_log_prior(rows)
     return OperatingPoint(LOGIT_ADJUSTMENT, f"prior from {rows.sum():.0f} validation cases, "

@@ -1,7 +1,10 @@
 """Defaults that depend on the task, filled in at the command line for options not given.
 
 Classification gets the recipe of docs/recipes.md (width, batch, lr, weight decay, warm-up +
-cosine schedule; no augmentation: it hurt at these budgets), except under dp='sample'. With RunConfig's own defaults (ResNet, SGD at
+cosine schedule, logit-adjusted cross-entropy; no augmentation: it hurt at these budgets),
+except under dp='sample'. The logit-adjusted loss is what keeps FedAvg off the majority class
+under label skew (5 Dirichlet(0.5) PneumoniaMNIST sites, 10 rounds: val balanced accuracy
+0.500 with plain CE, 0.934 with it; pooled it changes nothing, 0.961 vs 0.962). With RunConfig's own defaults (ResNet, SGD at
 lr 0.02, plain cross-entropy, batch 16) a U-Net
 settles on "all background" when lesions cover a few percent of the pixels; these settings learn
 on the synthetic data (README, Segmentation). 3D lesions are about 1% of a volume, where
@@ -22,7 +25,7 @@ from common.config import RunConfig
 # the batch size and learning rate set the privacy plan, and the DP defaults are their own.
 CLASSIFICATION_RECIPE: dict[str, Any] = {
     "width": 32, "batch_size": 64, "lr": 0.01, "weight_decay": 5e-4, "lr_schedule": "cosine",
-    "warmup_fraction": 0.1,
+    "warmup_fraction": 0.1, "loss": "logit_adjusted",
 }
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {

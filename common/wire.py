@@ -13,9 +13,14 @@ RUN_KEY = "fedclinic-run"
 # Only simulated sites read it; a deployed site never trusts a policy the server sends.
 SITE_POLICY_KEY = "site-policy"
 
+# Config-record key of a simulation's folder for the simulated sites' personal parameters
+# (--personalize local-norm), so the simulator can score them. Only simulated sites read it; a
+# deployed site keeps them in its own state folder and never writes where the server says.
+PERSONAL_DIR_KEY = "personal-dir"
+
 # Keys in a site's config record that are not RunConfig fields: Flower strategies add the first
-# two, the server the run key, a simulation the site policy.
-EXTRA_CONFIG_KEYS = ("server-round", "proximal-mu", RUN_KEY, SITE_POLICY_KEY)
+# two, the server the run key, a simulation the site policy and the personal folder.
+EXTRA_CONFIG_KEYS = ("server-round", "proximal-mu", RUN_KEY, SITE_POLICY_KEY, PERSONAL_DIR_KEY)
 
 # Human text a budget refusal's reason starts with (the code, not this text, is what the server
 # reads).

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.keys import NIST_CURVES
+from common.site_names import default_names
 
 SITE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
@@ -43,7 +44,7 @@ CA_DAYS = 3650        # the CA outlives several server certificates (re-issued e
 CLOCK_SKEW = dt.timedelta(minutes=5)   # valid a little before "now": hosts' clocks differ
 ORGANIZATION = "fedclinic consortium"
 DEFAULT_OUT = Path("fedclinic-certs")
-DEFAULT_SITES = "site-1,site-2,site-3"
+DEFAULT_SITES = ",".join(default_names(3))   # site-0,site-1,site-2 (common/site_names.py)
 # The role an operator certificate carries (subject OU); server/operator_role.py checks the same
 # value (tests/test_operator_access.py asserts the two agree: deploy/ and server/ never import
 # each other).
@@ -93,7 +94,7 @@ class CertBundle:
 def check_site_name(name: str) -> str:
     if not isinstance(name, str) or not SITE_NAME.fullmatch(name):
         raise CertError(f"site name {name!r} is not allowed; use letters, digits, '-' and '_' "
-                        "only (e.g. site-1, charite_berlin)")
+                        "only (e.g. site-0, charite_berlin)")
     return name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -15,16 +16,21 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Result, Strategy
 
 from common import rundir
-from common.packing import PACKED_KEY, pack_state, unpack_state
+from common.packing import PACKED_KEY
 from common.config import RESUMABLE_CHANGES, ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.models import build_model
 from common.operating_point import positive_class
 from common.training.losses import check_dp_loss
+from common.training.init import initial_state
+from common.training.local_norm import pack_federated, unpack_federated
 from common.report.privacy import privacy_outcome
 from common.report.record import RunRecord
 from common.report.selection import Selection
 from common.report.writer import write_report
+from common.tracking.base import Tracker
+from common.tracking.files import log_report
+from common.tracking.open import open_trackers
 from common.wire import RUN_KEY
 from runtime.transport import use_fast_object_pulls
 from server.central_dp import wrap_client_dp
@@ -33,7 +39,9 @@ from server.checkpoint import (load_resume_point, restore_strategy_state, rng_st
 from server.model_selection import (EarlyStopped, ModelSelection, chosen_state,
                                     score_at_operating_point)
 from server.recording_strategy import PrivacyBudgetSpent, QuorumLost, RecordingStrategy
+from server import run_events
 from server.round_log import RoundLog
+from server.superlink_child import end_with_parent
 from server.strategies import build_strategy, quorum, sampled_sites
 
 
@@ -63,17 +71,23 @@ def _wait_for_sites(grid: Grid, cfg: RunConfig, log: RoundLog) -> None:
 
 def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path,
                    echo: Callable[[str], None] | None = None,
-                   site_config: Mapping[str, str] | None = None) -> tuple[Result | None, RoundLog]:
+                   site_config: Mapping[str, str] | None = None,
+                   tracker: Tracker | None = None) -> tuple[Result | None, RoundLog]:
     """Train cfg.rounds rounds over the sites on `grid`; write metrics, checkpoints, final model.
     If `run_dir` holds a checkpoint and cfg.resume names it, continue after its last round.
     ``site_config``: extra keys sent to every site with the run config (simulation: the site
-    policy the simulated sites enforce; `common.wire.EXTRA_CONFIG_KEYS`)."""
+    policy the simulated sites enforce; `common.wire.EXTRA_CONFIG_KEYS`). ``tracker`` gets
+    every round's metrics (`--track`)."""
     check_dp_loss(cfg)      # class weights from private labels: refused under DP, before any round
     log, initial = _round_log(cfg, run_dir, echo)
+    if tracker is not None:
+        log.tracker = tracker
     strategy = _recording_strategy(cfg, log)
     first_round = 1
     if cfg.resume:
         initial, first_round = _resume(strategy, log, cfg.rounds)
+    if run_events.deployed():           # this start of the run, for the report's parts
+        run_events.part_started(run_dir, first_round, resumed=bool(cfg.resume))
     _wait_for_sites(grid, cfg, log)
     result, final, final_round = _train(grid, strategy, cfg, log, initial, first_round,
                                         site_config)
@@ -91,15 +105,47 @@ def _round_log(cfg: RunConfig, run_dir: Path, echo: Callable[[str], None] | None
                          in_channels=task.channels, num_classes=task.num_classes,
                          norm=cfg.norm, width=cfg.width)
     torch.manual_seed(cfg.seed)
-    initial = make_model().state_dict()
+    model = make_model()
+    init = initial_state(cfg.init_from, model, task.num_classes)   # --init-from, else seeded
+    initial = model.state_dict()
     log = RoundLog(run_dir=run_dir, num_rounds=cfg.rounds, task=task, make_model=make_model,
-                   global_test=dataset.test, meta={"config": cfg.to_dict(), "task": task.__dict__})
+                   global_test=_global_test(cfg, dataset), meta={"config": cfg.to_dict(), "task": task.__dict__})
+    log.unpack = partial(unpack_federated, personalize=cfg.personalize, base=initial)
     log.selection = ModelSelection(task, patience=cfg.patience,
                                    target_sensitivity=cfg.target_sensitivity,
-                                   positive=positive_class(task, cfg.positive_class))
+                                   positive=positive_class(task, cfg.positive_class),
+                                   prior_adjusted=cfg.loss == "logit_adjusted")
     if echo is not None:
         log.echo = echo
+    if init is not None:
+        log.echo(init.note)
     return log, initial
+
+
+def _global_test(cfg: RunConfig, dataset):
+    """The split the global model is scored on each round: the simulation's global test split;
+    deployed, the operator's held-out set (`fedclinic server --global-test PATH`: a .npz in the
+    MedMNIST layout, its test split, or a DICOM/MSD folder) or none (evaluation per site)."""
+    if not run_events.deployed():
+        return dataset.test
+    path = os.environ.get(run_events.GLOBAL_TEST_ENV)
+    if not path:
+        return None
+    folder = Path(path)
+    kind = ("medmnist" if folder.suffix == ".npz" else
+            "msd" if (folder / "dataset.json").exists() else "dicom")
+    return load_dataset(cfg.replace(dataset=kind, data_path=str(folder))).test
+
+
+def deployed_record(record: RunRecord, log: RoundLog) -> RunRecord:
+    """A deployed run's record: its sites by name, their declared data, its global test set and
+    its parts (the wall time adds up every part, a resumed run's included)."""
+    dep = run_events.deployment(log.run_dir, log.sites_of_nodes)
+    if dep.global_test and log.global_test is not None:
+        dep = dataclasses.replace(dep, global_test=f"{dep.global_test} "
+                                                   f"({len(log.global_test.images)} samples)")
+    return dataclasses.replace(record, deployment=dep,
+                               wall_seconds=dep.wall_seconds or record.wall_seconds)
 
 
 def _recording_strategy(cfg: RunConfig, log: RoundLog) -> RecordingStrategy:
@@ -139,6 +185,7 @@ def _resume(strategy: RecordingStrategy, log: RoundLog, rounds: int) -> tuple[di
         log.selection.replay(point.history)
     log.echo(f"fedclinic: resuming {log.run_dir.name} after round {point.round}; "
              f"rounds {point.round + 1}..{rounds} follow")
+    run_events.emit("resumed", after_round=point.round, rounds=rounds)
     return point.state_dict, point.round + 1
 
 
@@ -149,7 +196,8 @@ def _train(grid: Grid, strategy: RecordingStrategy, cfg: RunConfig, log: RoundLo
     A spent privacy budget or a lost quorum ends the run early at its last checkpoint."""
     config = ConfigRecord({**cfg.to_dict(), RUN_KEY: log.run_dir.name, **(site_config or {})})
     try:
-        packed = ArrayRecord({PACKED_KEY: pack_state(initial)})
+        model = log.make_model()            # local-norm: the norm layers never travel
+        packed = ArrayRecord({PACKED_KEY: pack_federated(model, cfg.personalize, initial)})
         result = strategy.start(grid=grid, initial_arrays=packed,
                                 num_rounds=cfg.rounds, timeout=cfg.round_timeout,
                                 train_config=config, evaluate_config=config,
@@ -159,7 +207,8 @@ def _train(grid: Grid, strategy: RecordingStrategy, cfg: RunConfig, log: RoundLo
         latest = torch.load(log.run_dir / rundir.CHECKPOINT, weights_only=False)
         log.stopped = str(stop)
         return None, latest["state_dict"], latest["round"]
-    return result, unpack_state(result.arrays[PACKED_KEY].numpy(), initial), cfg.rounds
+    final = log.unpack(result.arrays[PACKED_KEY].numpy(), model)
+    return result, final, cfg.rounds
 
 
 def deployment_run_dir(cfg: RunConfig) -> Path:
@@ -229,10 +278,13 @@ def write_deployment_report(record: RunRecord, run_dir: Path) -> None:
 def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
                     echo: Callable[[str], None] | None = None,
                     on_record: Callable[[RunRecord], None] | None = None,
-                    site_config: Mapping[str, str] | None = None) -> ServerApp:
+                    site_config: Mapping[str, str] | None = None,
+                    tracker: Tracker | None = None) -> ServerApp:
     """A ServerApp bound to a config and run dir (simulation), or reading Flower's run config
     (`[tool.flwr.app.config]` plus overrides) and creating its run dir (deployment). Once the
-    run is done, a deployed ServerApp writes the report; ``on_record`` gets the run record."""
+    run is done, a deployed ServerApp writes the report; ``on_record`` gets the run record.
+    ``tracker``: the simulator's (it logs the report itself); without one, the ServerApp opens
+    the trackers ``track`` names and sends them the report too."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -245,11 +297,32 @@ def make_server_app(cfg: RunConfig | None = None, run_dir: Path | None = None,
             if run_cfg.resume:
                 run_cfg = resumed_config(run_cfg, directory)
             print(f"fedclinic: run directory {directory}", flush=True)
+            run_events.bind(context.run_id, directory.name)        # `fedclinic server`'s console
+            if run_events.deployed():
+                end_with_parent()       # no ServerApp outlives its SuperExec (superlink_child)
+            if not run_cfg.resume:
+                run_events.emit("started", rounds=run_cfg.rounds, sites=run_cfg.sites)
         started = time.perf_counter()
-        _, log = run_federation(grid, run_cfg, directory, echo, site_config)
-        record = run_record(run_cfg, log, time.perf_counter() - started)
-        if cfg is None:                        # deployment: the ServerApp writes the report
-            write_deployment_report(record, directory)
+        own = tracker is None
+        track = open_trackers(run_cfg, directory, tags={"kind": "deployment"}) if own else tracker
+        try:
+            _, log = run_federation(grid, run_cfg, directory, echo, site_config, track)
+            if cfg is None:
+                run_events.part_finished(directory, run_events.outcome(log.stopped, run_cfg))
+            record = run_record(run_cfg, log, time.perf_counter() - started)
+            if cfg is None:                        # deployment: the ServerApp writes the report
+                record = deployed_record(record, log)
+                write_deployment_report(record, directory)
+                run_events.emit("finished", outcome=run_events.outcome(log.stopped, run_cfg))
+            if own:
+                log_report(track, directory, record.to_json())
+        except BaseException as exc:
+            run_events.emit("finished", outcome=f"failed ({type(exc).__name__}: {exc})")
+            if own:
+                track.close(ok=False)
+            raise
+        if own:
+            track.close()
         if on_record is not None:
             on_record(record)
 

@@ -47,6 +47,8 @@ class OperatorRefused(ConfigError):
 class ServerUnreachable(RuntimeError):
     """The server did not answer (down, wrong address, network): worth a retry."""
 
+    reason: str = ""            # what the transport said (connection refused, reset, ...)
+
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,10 @@ def operator_session(address: str, ca_cert: Path | None, operator: tuple[Path, P
             raise OperatorRefused(f"the server at {address} refused the TLS connection to {what} "
                                   f"({said}); it takes only a client certificate that its "
                                   f"consortium CA signed for the operator") from None
-        raise ServerUnreachable(f"the server at {address} did not answer while trying to "
-                                f"{what} ({text})") from None
+        unreachable = ServerUnreachable(f"the server at {address} did not answer while trying "
+                                        f"to {what} ({text})")
+        unreachable.reason = text
+        raise unreachable from None
     finally:
         client.close()
 

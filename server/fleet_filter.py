@@ -62,7 +62,9 @@ def fleet_proxy(upstream: str, verify: ssl.SSLContext) -> Callable[[Scope, Recei
                                                                     Awaitable[None]]:
     """The ASGI app: Fleet requests to `upstream` (https://127.0.0.1:PORT), the rest 403."""
     client = httpx.AsyncClient(base_url=upstream, verify=verify,
-                               timeout=httpx.Timeout(600.0, connect=10.0),
+                               # pool: a request waits at most 30 s for a free upstream
+                               # connection (else 502 and the site retries), never 600 s
+                               timeout=httpx.Timeout(600.0, connect=10.0, pool=30.0),
                                limits=httpx.Limits(max_connections=200))
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -69,6 +69,7 @@ class ModelSelection:
     patience: int = 0
     target_sensitivity: float = 0.0
     positive: PositiveClass | None = None
+    prior_adjusted: bool = False     # trained with loss=logit_adjusted (choose_operating_point)
     criterion: str = ""
     best_round: int = 0
     best_value: float | None = None
@@ -128,7 +129,8 @@ class ModelSelection:
                   f"round {self.best_round}" + (", noised" if self.best_stats.noised else ""))
         return choose_operating_point(self.task, self.best_stats.counts,
                                       target_sensitivity=self.target_sensitivity,
-                                      positive=self.positive, source=source)
+                                      positive=self.positive, source=source,
+                                      prior_adjusted=self.prior_adjusted)
 
     def outcome(self, last_round: int, stopped: str = "") -> Selection:
         """What the report says: the chosen round (or why none), the operating point."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import ssl
 import threading
 from collections.abc import Callable
@@ -98,9 +99,19 @@ async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await _close(writer)
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+_REQUEST_LINE = re.compile(rb"(?:^|\r\n)POST (/v1/control/[a-z-]+) HTTP/1\.[01]\r\n")
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                seen: Callable[[str], None] | None = None) -> None:
+    """Copy until EOF; `seen` gets the path of each Control API request line passing through
+    (the operator's calls: who submitted or revoked what, for the server's console)."""
     with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, asyncio.CancelledError):
         while data := await reader.read(CHUNK):
+            if seen is not None:
+                for path in _REQUEST_LINE.findall(data):
+                    with contextlib.suppress(Exception):
+                        seen(path.decode("ascii"))
             writer.write(data)
             await writer.drain()
 
@@ -112,10 +123,11 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+                upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                seen: Callable[[str], None] | None = None) -> None:
     """Both directions until either side closes; then close both."""
     up_reader, up_writer = upstream
-    tasks = [asyncio.ensure_future(_copy(reader, up_writer)),
+    tasks = [asyncio.ensure_future(_copy(reader, up_writer, seen)),
              asyncio.ensure_future(_copy(up_reader, writer))]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -153,6 +165,8 @@ class Gate:
         self._thread = threading.Thread(target=self._run, name="fedclinic-gate", daemon=True)
         self._proxy_port = 0
         self._tasks: set[asyncio.Future] = set()      # connections being served
+        # (operator name, Control API path) of each operator call: server/events.py
+        self.on_operator_request: Callable[[str, str], None] | None = None
 
     # --------------------------------------------------------------- life cycle (caller side)
 
@@ -249,8 +263,12 @@ class Gate:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       peer: str) -> None:
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        seen = None
         try:
             upstream = await self._upstream(der, peer)
+            if der is not None and self.on_operator_request is not None:
+                name, hook = operator_name(der), self.on_operator_request
+                seen = lambda path: hook(name, path)  # noqa: E731
         except NotOperator as exc:
             self.echo(f"fedclinic server: refused {peer}: {exc}")
             await _refuse(reader, writer, f"fedclinic server: {exc}; the Control API takes "
@@ -260,7 +278,7 @@ class Gate:
             self.echo(f"fedclinic server: the SuperLink did not accept a connection ({exc})")
             await _close(writer)
             return
-        await _pipe(reader, writer, upstream)
+        await _pipe(reader, writer, upstream, seen)
 
     async def _upstream(self, der: bytes | None, peer: str
                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

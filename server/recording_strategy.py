@@ -19,6 +19,18 @@ MAX_ROUNDS_WITHOUT_QUORUM = 3
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
+def in_site_order(replies: Iterable[Message]) -> list[Message]:
+    """The replies sorted by the site each one names (errors last, by node): aggregation sums
+    in this order, not in the order replies arrived, so that the same seed gives bitwise the
+    same global model (floating-point sums depend on their order)."""
+    def key(msg: Message) -> tuple[int, float, int]:
+        if msg.has_error() or not msg.content.metric_records:
+            return 1, 0.0, msg.metadata.src_node_id
+        metrics = next(iter(msg.content.metric_records.values()))
+        return 0, float(metrics.get("site", -1.0)), msg.metadata.src_node_id
+    return sorted(replies, key=key)
+
+
 class PrivacyBudgetSpent(Exception):
     """Every site has refused to train, because its privacy budget is spent or the run is
     outside its own privacy policy: end the run cleanly (the message names the rules)."""
@@ -131,7 +143,7 @@ class RecordingStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = self._phase_replies("train", replies)
+        replies = in_site_order(self._phase_replies("train", replies))
         clock = time.perf_counter()
         aggregated = self._aggregate_train(server_round + self._offset, replies)
         self.log.timing["aggregate"] = time.perf_counter() - clock
@@ -158,7 +170,7 @@ class RecordingStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        replies = self._phase_replies("evaluate", replies)
+        replies = in_site_order(self._phase_replies("evaluate", replies))
         self.log.record_evaluate(server_round + self._offset, replies)
         return self.inner.aggregate_evaluate(server_round + self._offset, replies)
 

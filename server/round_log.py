@@ -7,6 +7,7 @@ and site evaluation are done, so it writes the round's complete line and checkpo
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,8 +22,11 @@ from common import rundir
 from common.datasets import Split, TaskInfo
 from common.packing import PACKED_KEY, unpack_state
 from common.privacy.central import ClientDPPlan
+from common.tracking.base import Tracker
+from common.tracking.values import round_values
 from common.training.prediction import evaluate
 from common.wire import ReplyCode, refused_rule
+from server import run_events
 from server.model_selection import BEST_MODEL, EarlyStopped, ModelSelection
 from server.progress import progress_line
 
@@ -100,9 +104,22 @@ class RoundLog:
     sent: dict[str, int] = field(default_factory=dict)      # message id -> node, this phase
     checkpoint_state: Callable[[], dict] = dict   # strategy + RNG state saved with each round
     selection: ModelSelection | None = None      # the best model by validation statistics
+    registered: dict[int, str] | None = None     # node id -> registered site name (deployed)
+    tracker: Tracker = field(default_factory=Tracker)   # --track: MLflow / TensorBoard
+    # packed global weights -> the model's full state dict (local-norm: the federated part
+    # only travels, `common.training.local_norm`)
+    unpack: Callable[[Any, torch.nn.Module], dict] = (
+        lambda flat, model: unpack_state(flat, model.state_dict()))
     _t0: float = field(default_factory=time.perf_counter)
 
     def node_name(self, node: int) -> str:
+        """A site as people know it: its registered name in a deployment ("site-2", from
+        `fedclinic server`: server/run_events.py), else its number, else the node id."""
+        names = self.registered or {}
+        if node not in names and run_events.SITE_NAMES_ENV in os.environ:
+            names = self.registered = run_events.site_names()     # a site registered since
+        if node in names:
+            return names[node]
         site = self.sites_of_nodes.get(node)
         return f"node {node}" if site is None else f"site {site} (node {node})"
 
@@ -123,11 +140,17 @@ class RoundLog:
         self.train, failed = site_metrics(replies, self.sites_of_nodes, self.sent)
         self.failures.update({f"{self.node_name(n)} (train)": reason
                               for n, reason in failed.items()})
+        if run_events.deployed():
+            self._not_asked()
         budget = {node_of(m, self.sent) for m in replies if is_budget_refusal(m)}
         for node in budget:
+            if node not in self.exhausted:
+                self._say_refused(node, f"privacy budget spent ({failed[node]})")
             self.exhausted.setdefault(node, {"round": server_round, "reason": failed[node]})
         policy = {node_of(m, self.sent) for m in replies if is_policy_refusal(m)}
         for node in policy:
+            if node not in self.refused:
+                self._say_refused(node, failed[node])
             self.refused.setdefault(node, {"round": server_round, "reason": failed[node],
                                            "rule": refused_rule(failed[node])})
         for site, metrics in self.train.items():
@@ -139,6 +162,23 @@ class RoundLog:
         if failed and not self.train and not refused and len(replies) == len(failed):
             detail = "; ".join(f"{k}: {v}" for k, v in self.failures.items())
             raise RuntimeError(f"round {server_round}: every site failed to train: {detail}")
+
+    def _not_asked(self) -> None:
+        """Registered sites this round did not ask (offline when it began, or revoked): named as
+        excluded too, so the report lists every site that missed the round."""
+        asked = set(self.sent.values())
+        for node, (name, status) in run_events.site_registry().items():
+            if node in asked or node in self.out_of_run():
+                continue
+            self.failures.setdefault(f"{name} (train)", (
+                "revoked: its key is no longer registered" if status == "unregistered" else
+                "not connected when the round began, so not asked"))
+
+    def _say_refused(self, node: int, reason: str) -> None:
+        """A site refused this run (policy or budget): one line, and one server event."""
+        self.echo(f"fedclinic: {self.node_name(node)} refused: {reason}; not asked again in "
+                  f"this run")
+        run_events.emit("refused", site=self.node_name(node), reason=reason)
 
     def out_of_run(self) -> set[int]:
         """Nodes not asked again in this run: budget spent, or refused by their policy."""
@@ -173,12 +213,15 @@ class RoundLog:
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Strategy evaluate_fn: global test metrics, then the round's line and checkpoint."""
         model = self.make_model()
-        state = unpack_state(arrays[PACKED_KEY].numpy(), model.state_dict())
+        state = self.unpack(arrays[PACKED_KEY].numpy(), model)
         model.load_state_dict(state)
         glob = evaluate(model, self.global_test, self.task) if self.global_test is not None else {}
         line = self.round_line(server_round, glob)
         self._select(server_round, line, state)
         rundir.append_jsonl(self.run_dir / rundir.METRICS, line)
+        if run_events.deployed():
+            run_events.part_progress(self.run_dir, server_round)
+        self.tracker.log_metrics(round_values(line), step=server_round)
         if self.privacy or self.exhausted or self.refused:
             self.write_privacy_ledger()
         rundir.save_model(self.run_dir / rundir.CHECKPOINT, state,

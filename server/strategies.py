@@ -112,7 +112,7 @@ def build_strategy(cfg: RunConfig, num_sites: int) -> Strategy:
     sampled = sampled_sites(cfg, num_sites)
     floor = min(quorum(cfg, sampled), num_sites)
     weight = UNIFORM_WEIGHT_KEY if cfg.dp == "client" else WEIGHT_KEY
-    common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=1.0,
+    common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
                   min_train_nodes=floor, min_evaluate_nodes=floor,
                   min_available_nodes=floor, weighted_by_key=weight)
     name = cfg.strategy

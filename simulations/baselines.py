@@ -32,6 +32,7 @@ from common.models import build_model
 from common.operating_point import (OperatingPoint, argmax_point, choose_operating_point,
                                     metrics_at, positive_class)
 from common.training.dp_local import train_local_dp
+from common.training.init import initial_state
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.planner import PrivacyPlan, plan_from_config
 from common.training.local import train_local
@@ -42,16 +43,21 @@ from common.report.record import BaselineScores
 from common.report.selection import Selection
 from common.training.prediction import evaluate, predict_proba
 from common.validation_stats import validation_counts
+from simulations.progress import Progress, Task
 
 SCORED_KINDS = ("binary", "multiclass", "ordinal")
 ROUND_SEED = 100_003             # round r of a baseline trains with seed + r x ROUND_SEED
 
 
 def initial_model(cfg: RunConfig, fed: Federation) -> torch.nn.Module:
-    """The same initial network the ServerApp starts from (seeded by cfg.seed)."""
+    """The same initial network the ServerApp starts from (seeded by cfg.seed; with
+    cfg.init_from, that file's weights, `common.training.init`)."""
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, spatial_dims=fed.task.spatial_dims, in_channels=fed.task.channels,
-                       num_classes=fed.task.num_classes, norm=cfg.norm, width=cfg.width)
+    model = build_model(cfg.model, spatial_dims=fed.task.spatial_dims,
+                        in_channels=fed.task.channels, num_classes=fed.task.num_classes,
+                        norm=cfg.norm, width=cfg.width)
+    initial_state(cfg.init_from, model, fed.task.num_classes)
+    return model
 
 
 @dataclass(frozen=True)
@@ -64,18 +70,21 @@ class Trained:
 
 def _train_round(model: torch.nn.Module, split: Split, cfg: RunConfig, fed: Federation,
                  server_round: int, seed: int, plan: PrivacyPlan | None,
-                 ledger: PrivacyLedger | None) -> float:
+                 ledger: PrivacyLedger | None, task: Task) -> float:
     """Round ``server_round``: local_epochs epochs at that round's place in the run's
     learning-rate schedule (as a site's, `round_window`), under DP-SGD the plan's steps of one
-    round, recorded in ``ledger``; returns the training loss of its last epoch."""
+    round, recorded in ``ledger``; returns the training loss of its last epoch. ``task``
+    counts the epochs (each one without DP; under DP-SGD, whose epochs are logical, the
+    round's at its end)."""
     window = round_window(cfg, server_round)
     if plan is None:
         return train_local(model, split, fed.task, cfg, epochs=cfg.local_epochs, seed=seed,
-                           window=window).loss
+                           window=window, on_epoch=lambda _: task.advance()).loss
     result = train_local_dp(model, split, fed.task, cfg, epochs=cfg.local_epochs, seed=seed,
                             noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                             steps=plan.steps_per_round, window=window)
     ledger.record(result.noise_multiplier, result.sample_rate, result.steps)
+    task.advance(cfg.local_epochs)
     return result.loss
 
 
@@ -97,17 +106,20 @@ def _spent(plan: PrivacyPlan | None, ledger: PrivacyLedger | None) -> SpentPriva
 
 def train_selected(model: torch.nn.Module, split: Split, val: Split | None, cfg: RunConfig,
                    fed: Federation, seed: int, name: str,
-                   echo: Callable[[str], None]) -> Trained:
+                   echo: Callable[[str], None], task: Task | None = None) -> Trained:
     """Train round by round (module docstring), scoring ``val`` after each round; leave
     ``model`` holding the weights of the round with the lowest validation loss (the last
-    round's without validation data)."""
+    round's without validation data). ``task`` counts its epochs (`simulations.progress`);
+    each round's line says how many are done and the time left."""
+    task = task or Progress().task(name, cfg.rounds * cfg.local_epochs)
     plan = plan_from_config(cfg, len(split)) if cfg.dp == "sample" else None
     ledger = PrivacyLedger(cfg.accountant) if plan is not None else None
     best, best_round, best_state, scores, since, stopped = None, 0, None, {}, 0, ""
     last = 0
     for r in range(1, cfg.rounds + 1):
         clock = time.perf_counter()
-        loss = _train_round(model, split, cfg, fed, r, seed + r * ROUND_SEED, plan, ledger)
+        loss = _train_round(model, split, cfg, fed, r, seed + r * ROUND_SEED, plan, ledger,
+                            task)
         last, value = r, _val_loss(model, val, fed)
         note = ""
         if value is not None:
@@ -120,11 +132,12 @@ def train_selected(model: torch.nn.Module, split: Split, val: Split | None, cfg:
                 since += 1
         shown = "" if value is None else f", val loss {value:.3f}{note}"
         echo(f"[baseline {name}] round {r}/{cfg.rounds}: train loss {loss:.3f}{shown} "
-             f"({time.perf_counter() - clock:.1f}s)")
+             f"({time.perf_counter() - clock:.1f}s; {task.status()})")
         if cfg.patience and since >= cfg.patience and r < cfg.rounds:
             stopped = (f"early stopping: {since} rounds without a lower validation loss (best "
                        f"{best:.4f} at round {best_round}, patience {cfg.patience})")
             echo(f"[baseline {name}] {stopped}")
+            task.drop((cfg.rounds - r) * cfg.local_epochs)
             break
     if best_state is None:
         reason = ("no model selection for segmentation yet" if fed.task.kind == "segmentation"
@@ -148,7 +161,8 @@ def operating_point_of(model: torch.nn.Module, val: Split | None, cfg: RunConfig
     probs = predict_proba(model, val.images, fed.task)
     counts = validation_counts(fed.task.kind, np.asarray(val.labels), probs)
     return choose_operating_point(fed.task, counts, target_sensitivity=cfg.target_sensitivity,
-                                  positive=positive, source=source)
+                                  positive=positive, source=source,
+                                  prior_adjusted=cfg.loss == "logit_adjusted")
 
 
 def scored_at(point: OperatingPoint, model: torch.nn.Module, split: Split | None,
@@ -168,11 +182,11 @@ def headline(metrics: dict) -> str:
     return f"acc {metrics['accuracy']:.3f}" if "accuracy" in metrics else "n/a"
 
 
-def _site_model(cfg: RunConfig, fed: Federation, s, echo: Callable[[str], None]
-                ) -> tuple[torch.nn.Module, Trained]:
+def _site_model(cfg: RunConfig, fed: Federation, s, echo: Callable[[str], None],
+                task: Task | None = None) -> tuple[torch.nn.Module, Trained]:
     model = initial_model(cfg, fed)
     trained = train_selected(model, s.train, s.val, cfg, fed, cfg.seed + 7919 * (s.site + 1),
-                             f"local site {s.site}", echo)
+                             f"local site {s.site}", echo, task)
     point = operating_point_of(model, s.val, cfg, fed, f"site {s.site}'s validation split")
     own = scored_at(point, model, s.test, fed)
     glob = scored_at(point, model, fed.global_test, fed)
@@ -181,12 +195,16 @@ def _site_model(cfg: RunConfig, fed: Federation, s, echo: Callable[[str], None]
     return model, replace(trained, selection=selection)
 
 
-def run_local(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> BaselineScores:
-    """One model per site; each site's entry is its own model on its own test split."""
+def run_local(cfg: RunConfig, fed: Federation, echo: Callable[[str], None],
+              progress: Progress | None = None) -> BaselineScores:
+    """One model per site; each site's entry is its own model on its own test split.
+    ``progress`` shows the epochs of all the sites' models as one task."""
     sites, globals_, weights, privacy, chosen = {}, [], [], {}, {}
     at_point, glob_at_point = {}, []
+    task = (progress or Progress()).task("baseline local",
+                                         len(fed.sites) * cfg.rounds * cfg.local_epochs)
     for s in fed.sites:
-        model, trained = _site_model(cfg, fed, s, echo)
+        model, trained = _site_model(cfg, fed, s, echo, task)
         if trained.spent is not None:
             privacy[str(s.site)] = trained.spent
         chosen[str(s.site)] = trained.selection
@@ -198,6 +216,7 @@ def run_local(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> B
             weights.append(len(s.train))
         echo(f"[baseline local] site {s.site}: test {headline(sites[str(s.site)])} "
              f"({_chosen(trained.selection)})")
+    task.finish()
     glob = mean_metrics(globals_, weights) if globals_ else {}
     glob_op = (mean_metrics(glob_at_point, weights)
                if glob_at_point and all(glob_at_point) else {})
@@ -212,14 +231,18 @@ def _chosen(selection: Selection) -> str:
     return f"round {selection.chosen} of {selection.last} by validation loss"
 
 
-def run_pooled(cfg: RunConfig, fed: Federation, echo: Callable[[str], None]) -> BaselineScores:
+def run_pooled(cfg: RunConfig, fed: Federation, echo: Callable[[str], None],
+               progress: Progress | None = None) -> BaselineScores:
     """One model on the union of the sites' training data, selected on the union of their
     val splits."""
     model = initial_model(cfg, fed)
     pooled = Split.concat([s.train for s in fed.sites])
     vals = [s.val for s in fed.sites if s.val is not None and len(s.val)]
     val = Split.concat(vals) if vals else None
-    trained = train_selected(model, pooled, val, cfg, fed, cfg.seed + 104729, "pooled", echo)
+    task = (progress or Progress()).task("baseline pooled", cfg.rounds * cfg.local_epochs)
+    trained = train_selected(model, pooled, val, cfg, fed, cfg.seed + 104729, "pooled", echo,
+                             task)
+    task.finish()
     point = operating_point_of(model, val, cfg, fed, "the sites' pooled validation splits")
     sites = {str(s.site): evaluate(model, s.test, fed.task) for s in fed.sites}
     glob = evaluate(model, fed.global_test, fed.task) if fed.global_test is not None else {}

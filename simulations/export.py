@@ -15,6 +15,7 @@ from common.config import ConfigError, RunConfig
 from common.datasets import load_dataset
 from common.datasets.base import Split
 from common.partitions.federation import build_federation
+from common.site_names import site_name
 
 
 def _uint8(split: Split) -> np.ndarray:
@@ -30,10 +31,10 @@ def _labels(split: Split) -> np.ndarray:
 
 
 def export_sites(cfg: RunConfig, out: Path, force: bool = False) -> list[Path]:
-    """One `site-<i>.npz` per site under `out`; returns their paths."""
+    """One `site-<i>.npz` per site under `out` (common/site_names.py); returns their paths."""
     fed = build_federation(load_dataset(cfg), cfg)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"site-{site.site}.npz" for site in fed.sites]
+    paths = [out / f"{site_name(site.site)}.npz" for site in fed.sites]
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
         raise ConfigError(f"{existing[0]} exists; pass --force to overwrite")

@@ -16,18 +16,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from client.policy import PARTITION_ID, policy_for
 from common import rundir
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from common.datasets import load_dataset
-from common.datasets.base import Dataset
+from common.datasets.base import Dataset, DataError
 from common.mia import audit, per_sample_loss
 from common.operating_point import positive_class
 from common.partitions.federation import Federation, build_federation
@@ -39,11 +42,19 @@ from common.seg_data import check_dp_volume_mode, check_task_model, for_task
 from common.training.losses import check_dp_loss
 from common.training.prediction import evaluate
 from common.training.seg_inference import per_sample_seg_loss
-from common.wire import SITE_POLICY_KEY
+from common.tracking.base import Tracker
+from common.tracking.files import log_report
+from common.tracking.open import EXPERIMENT, check_tracking
+from common.wire import PERSONAL_DIR_KEY, SITE_POLICY_KEY
 from server.model_selection import BEST_MODEL
 from simulations.baselines import BASELINE_RUNNERS, initial_model, scored_at
+from simulations.engine import (RayResources, SimulationCrashed, backend_config, crash_aware,
+                                simulated_site_app, start_ray)
 from simulations.overlays import write_overlays
+from simulations.personalised import personal_dir, with_personalised
 from simulations.partition_report import write_partition_report
+from simulations.progress import Progress, progress_for
+from simulations.tracked_run import TrackedRun
 
 SEG_AUDIT_NOTE = ("Segmentation: the attacks score each image by its mean per-pixel (per-voxel) "
                   "cross-entropy under the model, the image-level analogue of the per-sample "
@@ -66,45 +77,85 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def backend_config(verbose: bool = False) -> dict:
-    """Ray: one CPU per virtual site, as many sites at once as the machine has cores. Site errors
-    reach the server as error replies (and are reported), so actor logs are shown only if verbose."""
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": max(1, os.cpu_count() or 1),
-                      "logging_level": "INFO" if verbose else "ERROR",
-                      "log_to_driver": verbose, "include_dashboard": False},
-    }
-
-
 def run_flower_simulation(cfg: RunConfig, run_dir: Path, echo: Callable[[str], None],
-                          verbose: bool = False, site_policy: str = "") -> RunRecord:
+                          verbose: bool = False, site_policy: str = "",
+                          resources: RayResources | None = None,
+                          tracker: Tracker | None = None) -> RunRecord:
     """Run the real ServerApp and ClientApp on Flower's Ray simulation engine. Returns the run
     record the ServerApp made: history (one entry per round), privacy outcome, early stop.
     ``site_policy``: TOML text of the policy every simulated site enforces; it travels in the
-    config the sites receive (`common.wire.SITE_POLICY_KEY`; the server only forwards it)."""
+    config the sites receive (`common.wire.SITE_POLICY_KEY`; the server only forwards it).
+    ``resources``: a Ray of this machine's own (default) or an existing cluster, and what each
+    site takes (`simulations.engine`). Whatever crashes (the engine, the ServerApp, a site), the
+    run ends at once with SimulationCrashed carrying the first error's message."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
-    from client.app import app as client_app
     from server.app import make_server_app
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
+    resources = resources or RayResources()
     records: list[RunRecord] = []
-    forwarded = {SITE_POLICY_KEY: site_policy} if site_policy else None
+    forwarded = {SITE_POLICY_KEY: site_policy} if site_policy else {}
+    if cfg.personalize == "local-norm":          # the simulator scores the sites' own layers
+        forwarded[PERSONAL_DIR_KEY] = str(personal_dir(run_dir))
+    forwarded = forwarded or None
     server_app = make_server_app(cfg, run_dir, echo, on_record=records.append,
-                                 site_config=forwarded)
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.sites,
-                   backend_config=backend_config(verbose), verbose_logging=verbose)
+                                 site_config=forwarded, tracker=tracker)
+    random.seed(cfg.seed)                  # the server's own draws (Flower's sampling, the
+    np.random.seed(cfg.seed % 2**32)       # client-level DP noise): seeded in simulation
+    at_once = start_ray(resources, verbose)
+    if resources.cluster_address():
+        echo(f"fedclinic: Ray cluster at {resources.cluster_address()}: {at_once} site(s) at "
+             f"once ({resources.cpus_per_site:g} CPU, {resources.gpus_per_site:g} GPU each)")
+    stopped, grids = threading.Event(), []
+    try:
+        run_simulation(server_app=crash_aware(server_app, stopped, grids),
+                       client_app=simulated_site_app, num_supernodes=cfg.sites,
+                       backend_config=backend_config(resources, verbose),
+                       verbose_logging=verbose)
+    except (ConfigError, DataError):      # the ServerApp's own clean errors: exit 2 as ever
+        stopped.set()
+        raise
+    except Exception as exc:  # noqa: BLE001 - one message: the first error's
+        stopped.set()                      # a ServerApp thread still waiting ends at once
+        first = next((g.first_error for g in grids if g.first_error), "") or root_cause(exc)
+        raise SimulationCrashed(f"the simulation crashed: {first}") from exc
+    finally:
+        stopped.set()
+        _stop_ray()
     record = records[-1] if records and records[-1].history else None
     if record is None or not (record.rounds == cfg.rounds or record.stopped_early):
         done = record.rounds if record is not None else "no"
         raise RuntimeError(f"the simulation stopped after {done} round(s) of {cfg.rounds}; "
                            f"see the log above and {run_dir / rundir.METRICS}")
     return record
+
+
+def root_cause(exc: BaseException) -> str:
+    """The first error behind Flower's wrappers ("An error was encountered", "Simulation
+    Runtime crashed", each raised ``from`` the one before): the innermost cause's type and
+    message."""
+    seen: set[int] = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _stop_ray() -> None:
+    """Leave Ray as it was found: disconnect from a cluster (it keeps running), stop ours."""
+    import ray
+
+    from simulations.ray_session import kept
+
+    if kept():                       # a sweep's Ray outlives its cells (simulations.ray_session)
+        return
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def final_model(cfg: RunConfig, fed: Federation, run_dir: Path) -> torch.nn.Module:
@@ -142,6 +193,8 @@ def load_checked_dataset(cfg: RunConfig, echo: Callable[[str], None]) -> tuple[R
     check_dp_loss(cfg)                            # no class weights from private labels under DP
     if cfg.data_path and Path(cfg.data_path).exists():
         cfg = cfg.replace(data_path=str(Path(cfg.data_path).resolve()))
+    if cfg.init_from:                             # read by the ServerApp and the baselines
+        cfg = cfg.replace(init_from=str(Path(cfg.init_from).expanduser().resolve()))
     dataset = for_task(load_dataset(cfg), cfg)
     for path, reason in dataset.skipped[:SHOWN_SKIPPED]:
         echo(f"skipped {path}: {reason}")
@@ -160,6 +213,7 @@ def prepare_run(cfg: RunConfig, dataset: Dataset, run_name: str | None,
     from server.strategies import build_strategy
 
     build_strategy(cfg, cfg.sites)                # validates strategy settings likewise
+    initial_model(cfg, fed)                       # a --init-from file that does not fit
     run_dir = rundir.create_run_dir(cfg, run_name)
     echo(f"fedclinic: run directory {run_dir}")
     part = write_partition_report(fed, run_dir)
@@ -190,10 +244,14 @@ def with_audit(record: RunRecord, cfg: RunConfig, fed: Federation, run_dir: Path
 
 def sites_withheld(record: RunRecord) -> bool:
     """True when the sites' own test metrics of the final model are not the exact scores: under
-    sample-level DP (kept local or noised), or any site's last evaluate reply withheld them."""
+    sample-level DP (kept local or noised), any site's last evaluate reply withheld them, or not
+    every site evaluated the last round (``fraction_evaluate`` below 1)."""
     if record.config.dp == "sample":
         return True
-    tests = [v.get("test") or {} for v in record.history[-1]["sites"].values()]
+    last = record.history[-1]["sites"]
+    if len(last) < record.config.sites:
+        return True
+    tests = [v.get("test") or {} for v in last.values()]
     return any(not t or t.get("withheld") for t in tests)
 
 
@@ -256,21 +314,43 @@ def with_selection_note(record: RunRecord, site_policy: str) -> RunRecord:
 
 
 def simulate(cfg: RunConfig, echo: Callable[[str], None] = _say, verbose: bool = False,
-             run_name: str | None = None, site_policy: str = "") -> SimulationOutcome:
+             run_name: str | None = None, site_policy: str = "",
+             resources: RayResources | None = None, *, progress: Progress | None = None,
+             experiment: str = EXPERIMENT,
+             track_tags: dict[str, str] | None = None) -> SimulationOutcome:
     """Partition, federate, run baselines, write the report. Returns the run dir and summary.
     ``site_policy``: TOML text of the policy every simulated site enforces ('' = the
-    simulation policy, `client.policy.SIMULATION_POLICY`)."""
+    simulation policy, `client.policy.SIMULATION_POLICY`); ``resources``: where the sites run
+    (`simulations.engine.RayResources`: this machine by default, or a Ray cluster).
+    ``progress``: the bars to draw on (default: bars when printing to a terminal, else none);
+    ``experiment`` / ``track_tags``: where ``cfg.track`` files the run and what it tags it."""
+    progress = progress or (progress_for() if echo is _say else Progress())
+    with TrackedRun(progress, experiment, track_tags) as session:
+        return _simulate(cfg, echo, verbose, run_name, site_policy, resources, session)
+
+
+def _simulate(cfg: RunConfig, echo: Callable[[str], None], verbose: bool,
+              run_name: str | None, site_policy: str, resources: RayResources | None,
+              session: TrackedRun) -> SimulationOutcome:
+    """`simulate`'s work; ``session`` holds its trackers (closed by the caller) and progress."""
     start = time.perf_counter()
+    check_tracking(cfg)                 # a missing extra is one line before any work
     cfg, dataset = load_checked_dataset(cfg, echo)
     fed, run_dir, heterogeneity = prepare_run(cfg, dataset, run_name, echo)
-    record = run_flower_simulation(cfg, run_dir, echo, verbose, site_policy)
-    baselines = {name: BASELINE_RUNNERS[name](cfg, fed, echo) for name in cfg.baseline_list}
+    tracker = session.open(cfg, run_dir, echo)
+    record = run_flower_simulation(cfg, run_dir, echo, verbose, site_policy, resources, tracker)
+    baselines = {name: BASELINE_RUNNERS[name](cfg, fed, echo, session.progress)
+                 for name in cfg.baseline_list}
     record = with_simulation_facts(record, dataset, fed, run_dir, heterogeneity, baselines,
                                    time.perf_counter() - start)
     record = with_site_scores(with_policy(record, site_policy), cfg, fed, run_dir)
     record = with_operating_scores(with_selection_note(record, site_policy), cfg, fed,
                                    run_dir)
+    chosen = record
+    record = with_personalised(record, cfg, fed, run_dir,
+                               lambda: chosen_model(cfg, fed, run_dir, chosen), echo)
     record = with_audit(record, cfg, fed, run_dir)
     write_report(run_dir, record)
+    log_report(tracker, run_dir, record.to_json())
     echo(f"report: {run_dir / rundir.REPORT}  (summary: {run_dir / rundir.SUMMARY})")
     return SimulationOutcome(run_dir, record.to_json(), record.history)

@@ -319,7 +319,7 @@ def test_cli_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
-    assert sorted(p.name for p in (out / "sites").iterdir()) == ["site-1", "site-2", "site-3"]
+    assert sorted(p.name for p in (out / "sites").iterdir()) == ["site-0", "site-1", "site-2"]
     assert certs_cli.run(_parser().parse_args(["certs", "site-key", "--name", "h"])) == 0
     assert _mode(tmp_path / "h.key") == 0o600
     assert certs_cli.run(_parser().parse_args(["certs", "add-site", "--name", "h",
@@ -370,7 +370,10 @@ def test_compose_has_one_server_and_three_sites() -> None:
         assert any(m.endswith(":/data:ro") for m in mounts), mounts   # data read-only
         assert services[name]["depends_on"][server]["condition"] == "service_healthy"
         assert any(f"sites/{name}:" in m for m in mounts)   # only its own key
-    assert ids == {"1", "2", "3"} and len(keys) == 3
+        assert cmd[cmd.index("--site-id") + 1] == name.removeprefix("site-")  # site-N: id N
+        assert cmd[cmd.index("--site-key") + 1] == f"/certs/{name}.key"
+        assert services[name]["restart"] == "no"      # the entrypoint restarts, not Docker
+    assert ids == {"0", "1", "2"} and len(keys) == 3
     build = services[server]["build"]
     assert (DEPLOY / "compose" / build["context"] / build["dockerfile"]).resolve() == \
         (DEPLOY / "compose" / "Dockerfile").resolve()

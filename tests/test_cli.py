@@ -205,12 +205,14 @@ def test_deployment_commands_hand_typed_options_to_their_packages(monkeypatch, t
     import server.service
 
     calls = {}
-    monkeypatch.setattr(server.service, "serve", lambda *a: calls.setdefault("serve", a) and 0)
+    monkeypatch.setattr(server.service, "serve",
+                        lambda *a, **k: calls.setdefault("serve", (a, k)) and 0)
     monkeypatch.setattr(server.service, "submit_run",
                         lambda *a, **k: calls.setdefault("submit", (a, k)) and 0)
     monkeypatch.setattr(client.service, "run_site", lambda o: calls.setdefault("site", o) and 0)
     assert main(["server", "--insecure", "--state", str(tmp_path)]) == 0
-    assert calls["serve"] == (None, None, tmp_path, "0.0.0.0:8000")
+    assert calls["serve"] == ((None, None, tmp_path, "0.0.0.0:8000"),
+                              {"global_test": None, "manifests": None})
     assert main(["run", "--insecure", "--rounds", "3", "--strict", "--detach"]) == 0
     assert calls["submit"] == (("127.0.0.1:8000", None,
                                 {"rounds": 3, "strict": True,

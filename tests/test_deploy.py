@@ -197,16 +197,16 @@ def test_a_site_killed_mid_round_is_excluded_and_rejoins(consortium):
     assert sorted(lines[1]["sites"]) == ["0", "1", "2"]
     round2 = lines[2]
     assert "2" not in round2["sites"] and sorted(round2["sites"]) == ["0", "1"]
-    named = [k for k in round2["failures"] if k.startswith("site 2 ")]
+    named = [k for k in round2["failures"] if k.startswith("site-2 ")]
     reason = round2["failures"][named[0]]      # the SuperLink notices first, or the timeout
     assert "Node Unavailable" in reason or "no reply within the round timeout" in reason
     assert "skipped" not in round2                       # the quorum (2) held
     for line in lines[back + 2:]:             # the returning site takes part again
         assert sorted(line["sites"]) == ["0", "1", "2"]
     report = (run_dir / "report.md").read_text()
-    assert "## Sites excluded from rounds" in report and "- round 2: site 2 (node" in report
+    assert "## Sites excluded from rounds" in report and "- round 2: site-2 (train)" in report
     follower = lb.latest_output("run")
-    assert "[round 14/14]" in follower and "excluded: site 2" in follower
+    assert "[round 14/14]" in follower and "excluded: site-2" in follower
 
 
 @pytest.mark.slow   # about 3 min on 2 cores; CI runs it (`-m slow`)
@@ -233,6 +233,11 @@ def test_server_killed_after_round_1_resumes_and_epsilon_stays_the_whole_runs(co
     assert [line["round"] for line in lines] == [0, 1, 2, 3]
     final = torch.load(run_dir / "final_model.pt", weights_only=False)
     assert final["round"] == 3
+    report = (run_dir / "report.md").read_text()       # issue 15 item 6: both parts, timed
+    assert "## Interruptions and resumes" in report and "**interrupted** after round" in report
+    assert "- part 2: resumed" in report, report
+    assert re.search(rf"run \d+ \({run_dir.name}\) resumed after round \d",
+                     lb.latest_output("server")), lb.latest_output("server")
     cfg = RunConfig(sites=3, num_samples=240, model="cnn", width=4, local_epochs=1,
                     batch_size=32, rounds=3, dp="sample", target_epsilon=8.0)
     ledger = json.loads((run_dir / "privacy_ledger.json").read_text())

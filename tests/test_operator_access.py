@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -266,10 +267,6 @@ def _revoke_now(lb: Loopback, site: str) -> int:
         control.close()
 
 
-@pytest.mark.skip(reason="issue 15, open: with the site now exiting on its first 401 (client/"
-                         "activation.py), the federation stalled after the revocation in the "
-                         "integrated tree (no Fleet request reached the SuperLink afterwards); "
-                         "passed before that change. To be fixed before issue 15 closes.")
 def test_the_operator_submits_and_a_revoked_site_is_refused_from_its_next_round(consortium,
                                                                                capsys):
     lb = consortium
@@ -289,6 +286,23 @@ def test_the_operator_submits_and_a_revoked_site_is_refused_from_its_next_round(
                if "/v1/fleet/" in line and '" 401' in line]      # the site's next requests
     assert refused, "the revoked site's requests were not refused"
     assert "operator 'operator' connected" in lb.output("server")
+    # issue 15 item 5: the server says what happened, naming sites and the operator
+    server_said = lb.output("server")
+    assert re.search(r"run \d+ submitted by operator 'operator'", server_said), server_said
+    assert re.search(r"site site-2 \(node \d+\) revoked by operator 'operator'", server_said)
+    assert re.search(r"site site-0 \(node \d+\) connected", server_said), server_said
+    assert re.search(rf"run \d+ \({run_dir.name}\) started", server_said), server_said
+    assert re.search(rf"run \d+ \({run_dir.name}\) finished: completed", server_said)
+    follower = lb.latest_output("run")             # fedclinic run: names, no raw Flower lines
+    assert f"run name {run_dir.name}" in follower and "\x1b[" not in follower
+    assert "INFO" not in follower and "Received error in reply" not in follower, follower
+    assert "excluded: site-2" in follower, follower
+    # item 6: the report of a deployed run says what it knows, not the default config
+    report = (run_dir / "report.md").read_text()
+    assert report.startswith("# fedclinic deployed run: 3 sites (site-0, site-1, site-2)")
+    assert "synthetic" not in report.splitlines()[0] and "partition `iid`" not in report
+    assert "No global test set" in report and "baselines use" not in report
+    assert re.search(r"- round \d+: site-2 \(train\): ", report), report
     # the operator's command: site-1 revoked on the running server, its key file retired
     revoke = ("certs", "revoke-site", "--consortium", str(lb.certs), "--server", lb.address)
     code, said = _fedclinic(capsys, *revoke, "--name", "site-1")

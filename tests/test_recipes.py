@@ -21,6 +21,9 @@ from common.training import local as local_mod
 from common.training.batches import batch_source
 from common.training.dp_local import train_local_dp
 from common.training.local import train_local
+from common.training.logit_adjusted import (LogitAdjustedLoss, label_prior_offsets,
+                                            logit_adjusted_loss)
+from common.training.losses import check_dp_loss, make_loss
 from common.training.schedule import EpochWindow, lr_factor, round_window, step_schedule
 
 torch.set_num_threads(1)
@@ -238,3 +241,51 @@ def test_dp_sgd_trains_with_the_recipe_model_augmentation_and_schedule(dims) -> 
                             window=EpochWindow(2, 4))
     assert result.steps == 4 and math.isfinite(result.loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- loss, clipping
+
+
+def test_logit_adjusted_prior_hand_checked() -> None:
+    offsets = label_prior_offsets(np.array([1, 1, 1]), 2, multilabel=False)
+    assert torch.allclose(offsets, torch.log(torch.tensor([0.2, 0.8])))     # (0+1, 3+1) / 5
+    ml = label_prior_offsets(np.array([[1, 0], [1, 0]], dtype=np.float32), 2, multilabel=True)
+    assert torch.allclose(ml, torch.tensor([math.log(3), -math.log(3)]))    # p = 3/4, 1/4
+    loss = logit_adjusted_loss(np.array([1, 1, 1]), 2, multilabel=False)
+    zero = torch.zeros(4, 2)
+    # an all-positive site's loss is already small at zero logits (no push on the bias)
+    assert loss(zero, torch.ones(4, dtype=torch.long)).item() == pytest.approx(-math.log(0.8))
+    cfg = RunConfig(loss="logit_adjusted")
+    assert isinstance(make_loss(cfg, BINARY, np.array([0, 1])), LogitAdjustedLoss)
+    with pytest.raises(ConfigError, match="loss='logit_adjusted' with dp='sample'.*prior"):
+        check_dp_loss(cfg.replace(dp="sample"))
+
+
+def test_grad_clip_bounds_each_step() -> None:
+    split = _split(4, (1, 8, 8))
+    cfg = RunConfig(model="cnn", width=4, batch_size=4, lr=1.0, momentum=0.0, grad_clip=1e-3)
+    torch.manual_seed(0)
+    model = build_model("cnn", spatial_dims=2, in_channels=1, num_classes=2, width=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    train_local(model, split, BINARY, cfg, epochs=1, seed=0)     # one step of plain SGD
+    moved = math.sqrt(sum(float(((p.detach() - b) ** 2).sum())
+                          for p, b in zip(model.parameters(), before)))
+    assert 0 < moved <= 1e-3 * (1 + 1e-4)
+
+
+def test_a_logit_adjusted_model_keeps_the_argmax_for_multiclass_but_gets_a_threshold() -> None:
+    from common.datasets.base import TaskInfo
+    from common.operating_point import ARGMAX, HIST_BINS, THRESHOLD, choose_operating_point
+    multi = TaskInfo(kind="multiclass", num_classes=3, spatial_dims=2, channels=1, size=28)
+    counts = np.array([[50, 1, 1], [2, 5, 1], [1, 1, 3]])
+    plain = choose_operating_point(multi, counts, target_sensitivity=0.0, positive=None,
+                                   source="val")
+    adjusted = choose_operating_point(multi, counts, target_sensitivity=0.0, positive=None,
+                                      source="val", prior_adjusted=True)
+    assert plain.kind != ARGMAX and adjusted.kind == ARGMAX
+    assert "logit-adjusted" in adjusted.skipped
+    hist = np.zeros((2, HIST_BINS))
+    hist[0, :10], hist[1, 30:] = 5, 5
+    binary = choose_operating_point(BINARY, hist, target_sensitivity=0.0, positive=None,
+                                    source="val", prior_adjusted=True)
+    assert binary.kind == THRESHOLD

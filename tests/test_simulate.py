@@ -50,14 +50,13 @@ def test_metrics_have_a_line_per_round_with_every_site(run):
         assert {"accuracy", "auc", "balanced_accuracy", "loss"} <= set(line["global"])
 
 
-@pytest.mark.xfail(reason="issue 14, open: with the new classification recipe (lr 0.01, cosine) "
-                          "the tiny synthetic run no longer beats the initial model by 0.1; "
-                          "to be re-tuned or the test re-sized", strict=False)
 def test_federation_beats_the_initial_model(run):
+    # on AUC: after 2 short rounds the 4-class outputs are still near uniform, where accuracy
+    # flips with tiny logit differences (0.25 or 0.49 for the same losses); the ranking moves
     summary = json.loads((run / rundir.SUMMARY).read_text())
-    initial = summary["initial"]["global"]["accuracy"]
-    final = summary["federated"]["global"]["accuracy"]
-    assert final > initial + 0.1, (initial, final)
+    initial = summary["initial"]["global"]["auc"]
+    final = summary["federated"]["global"]["auc"]
+    assert final > initial + 0.15, (initial, final)
 
 
 def test_summary_compares_baselines_per_site(run):

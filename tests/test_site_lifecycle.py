@@ -275,3 +275,43 @@ def test_a_known_key_whose_session_is_online_is_retried_for_the_activation_wait(
     assert "another SuperNode with this key is still connected" in out
     assert lb.alive("site-0")                          # the live session was not disturbed
     assert not descendants(site.pid)
+
+
+def test_a_taken_server_address_is_exit_2_naming_the_port(consortium):
+    lb = consortium
+    done = lb.fedclinic("server", "--certs", str(lb.certs / "server"),
+                        "--site-keys", str(lb.certs / "site-keys"),
+                        "--state", str(lb.root / "second-server"), "--address", lb.address,
+                        timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"port {lb.port} is already in use" in done.stderr, done.stderr
+    assert not (lb.root / "second-server" / "superlink.db").exists()   # nothing was started
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_killing_the_server_mid_run_leaves_no_serverapp_and_run_says_how_to_resume(consortium):
+    """Last in this module: it kills the module's server. SIGKILL of `fedclinic server` alone
+    takes the SuperLink, its SuperExec and the run's flwr-serverapp with it; `fedclinic run`
+    then names the run and prints the exact command that resumes it (exit 1)."""
+    lb = consortium
+    before = set(lb.run_dirs())
+    lb.submit(*RUN, "--rounds", "30", "--local-epochs", "1", "--min-sites", "2")
+    run_dir = _new_run_dir(lb, before)
+    wait_until(lambda: 1 in lb.rounds_done(run_dir), 600, "round 1")
+    flower = [pid for pid in lb.child_pids("server")
+              if "flwr-serverapp" in _cmdline(pid) or "flower-superexec" in _cmdline(pid)]
+    assert any("flwr-serverapp" in _cmdline(pid) for pid in flower), flower
+    tree = lb.child_pids("server")
+    lb.signal_only("server", signal.SIGKILL)
+    wait_until(lambda: not any(map(_alive, tree)), 60,
+               "the SuperLink, SuperExec and flwr-serverapp to end with the server")
+    assert lb.processes["run"].wait(120) == 1
+    said = lb.latest_output("run")
+    assert f"lost the server at {lb.address} while following run" in said, said
+    assert f"--resume {run_dir.name}" in said and "--operator-cert" in said, said

@@ -61,7 +61,7 @@ class FakeSimulate:
     def __init__(self, audit: bool = False):
         self.audit, self.calls = audit, []
 
-    def __call__(self, cfg, echo=print, verbose=False, run_name=None):
+    def __call__(self, cfg, echo=print, verbose=False, run_name=None, **_):
         self.calls.append((cfg.dp, cfg.target_epsilon, cfg.seed))
         run_dir = rundir.create_run_dir(cfg, run_name)
         summary = fake_summary(cfg, self.audit)
@@ -247,3 +247,18 @@ def test_a_relative_data_path_is_recorded_absolute_so_a_resume_from_elsewhere_ma
     spec = SweepSpec(relative, (8.0,), (0,), "s")
     assert spec.record()["options"]["data_path"] == str(data.resolve())
     assert spec.config(8.0, 0).data_path == str(data.resolve())   # what a finished cell says
+
+
+def test_a_sweep_with_dp_cells_trains_every_cell_with_a_dp_safe_loss(tmp_path, capsys) -> None:
+    from fedclinic.cli import build_parser
+    from fedclinic.cli.tradeoff import spec_from_args
+
+    def spec(*extra: str):
+        args = build_parser().parse_args(["tradeoff", "--output-dir", str(tmp_path), *extra])
+        return spec_from_args(args)
+
+    mixed = spec("--epsilons", "inf,8")
+    assert {mixed.config(e, 0).loss for e, _ in mixed.cells()} == {"ce"}
+    assert "--loss ce in every cell" in capsys.readouterr().err
+    assert spec("--epsilons", "inf").base.loss == "logit_adjusted"   # no DP cell: the recipe's
+    assert spec("--epsilons", "inf,8", "--loss", "focal").base.loss == "focal"

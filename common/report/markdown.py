@@ -6,7 +6,9 @@ from pathlib import Path
 
 from common import rundir
 from common.report.coverage import CoveredRelease
+from common.report.deployment import deployment_lines, deployment_title
 from common.report.operating import operating_section
+from common.report.personalised import personalised_note
 from common.report.policy import PolicySummary, policy_hex
 from common.report.privacy import ClientPrivacy, SamplePrivacy
 from common.report.record import RunRecord, SkippedFile
@@ -19,6 +21,13 @@ SHOWN_SKIPPED = 20
 def header(record: RunRecord) -> list[str]:
     """Title and the run's settings in one paragraph, and how the sites are scored."""
     cfg = record.config
+    if record.deployment is not None:           # the sites' declared data, not the config's
+        return [deployment_title(cfg, record.deployment), "",
+                f"Model `{cfg.model}` (norm {cfg.norm}, width {cfg.width}), strategy "
+                f"`{cfg.strategy}`, {record.rounds} rounds x {cfg.local_epochs} local epoch(s), "
+                f"batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}. Wall time "
+                f"{round(record.wall_seconds, 2):.1f} s.", "",
+                *deployment_lines(record.deployment)]
     data = (f"Label heterogeneity {record.heterogeneity:.3f} (0 = IID)."
             if record.heterogeneity is not None else
             "Deployed run: every site trained on its own data.")
@@ -30,7 +39,9 @@ def header(record: RunRecord) -> list[str]:
         "",
         "Each site is scored on its own test split; baselines use the same model, initial weights "
         "and number of epochs. `local` = the site's own model; its global-test row is the mean "
-        "of the local models.", ""]
+        "of the local models."
+        + (f" Initial weights (federation and baselines): `{cfg.init_from}` (--init-from)."
+           if cfg.init_from else ""), ""]
 
 
 def withheld_note(record: RunRecord) -> str:
@@ -219,7 +230,9 @@ def report_markdown(record: RunRecord, sites_table: str, partition: bool) -> str
     """report.md; ``sites_table`` is `tables.sites_table` of the summary, ``partition`` whether
     the run directory holds a partition report to link."""
     note = record.federated.sites_note or withheld_note(record)
+    personal = personalised_note(record.personalised)
     lines = [*header(record), sites_table, *([note, ""] if note else []),
+             *([personal, ""] if personal else []),
              *(segmentation_notes(record) if record.is_segmentation else []),
              *selection_section(record), f"![learning curve]({rundir.CURVE})", ""]
     if partition:

@@ -52,9 +52,12 @@ def plot_learning_curve(record: RunRecord, path: Path) -> None:
     for ax, (key, label) in zip(axes, _panels(record.history)):
         _draw_panel(ax, record, key, label)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(4, len(labels)),
-               frameon=False)
+    if labels:        # nothing scored (e.g. every site refused the run): no legend
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(4, len(labels)),
+                   frameon=False)
     cfg = record.config
-    fig.suptitle(f"{cfg.dataset} / {cfg.partition} / {cfg.strategy} / {cfg.model}")
+    data = ("deployed" if record.deployment is not None      # not the config's default data
+            else f"{cfg.dataset} / {cfg.partition}")
+    fig.suptitle(f"{data} / {cfg.strategy} / {cfg.model}")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)

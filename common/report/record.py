@@ -14,6 +14,8 @@ from common.config import RunConfig
 from common.datasets.base import TaskInfo
 from common.report.comparison import federation_helped, is_segmentation
 from common.report.coverage import CoveredRelease, release_coverage
+from common.report.deployment import Deployment
+from common.report.personalised import PersonalisedScores, best_option_helped
 from common.report.privacy import ClientPrivacy, SamplePrivacy, SpentPrivacy
 from common.report.selection import Selection
 from common.validation_stats import without_validation
@@ -98,6 +100,8 @@ class RunRecord:
     site_scores: dict[str, Metrics] = field(default_factory=dict)  # simulator-scored, see below
     site_scores_note: str = ""           # how ``site_scores`` were computed
     selection: Selection | None = None   # the chosen global model and its operating point
+    personalised: PersonalisedScores | None = None   # --personalize: each site's own model
+    deployment: Deployment | None = None  # a deployed run: its sites, their data, its parts
 
     @property
     def rounds(self) -> int:
@@ -137,10 +141,15 @@ class RunRecord:
         return is_segmentation([fed.overall, *fed.sites.values()])
 
     def federation_helped(self) -> dict[str, dict] | None:
-        """`comparison.federation_helped` against the local baseline; None without one."""
+        """`comparison.federation_helped` against the local baseline; None without one. With
+        personalisation: of the better of the federated and the personalised model
+        (`personalised.best_option_helped`)."""
         if "local" not in self.baselines:
             return None
-        return federation_helped(self.federated.sites, self.baselines["local"].sites)
+        local = self.baselines["local"].sites
+        if self.personalised is not None:
+            return best_option_helped(self.federated.sites, self.personalised.sites, local)
+        return federation_helped(self.federated.sites, local)
 
     def operating_points(self) -> dict[str, dict]:
         """Per model (federated, local, pooled): the metrics at its operating point on the
@@ -172,6 +181,10 @@ class RunRecord:
                "initial": {"global": self.history[0]["global"]},
                "federated": self.federated.to_json(),
                **{name: scores.to_json() for name, scores in self.baselines.items()}}
+        if self.personalised is not None:
+            out["personalised"] = self.personalised.to_json()
+        if self.deployment is not None:
+            out["deployment"] = self.deployment.to_json()
         helped = self.federation_helped()
         if helped is not None:
             out["federation_helped"] = helped

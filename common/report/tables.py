@@ -23,33 +23,44 @@ def _cell(metrics: dict | None, key: str) -> str:
 def _helped_cell(verdict: dict) -> str:
     if verdict["helped"] is None:
         return "n/a"
+    via = f", {verdict['option']}" if "option" in verdict else ""
     return (f"{'yes' if verdict['helped'] else 'no'} ({verdict['delta']:+.3f} "
-            f"{METRIC_LABELS[verdict['metric']]})")
+            f"{METRIC_LABELS[verdict['metric']]}{via})")
 
 
 def sites_table(summary: dict) -> str:
-    """Markdown: per site, federated vs local vs pooled on that site's own test split
-    (accuracy and AUC, or Dice and HD95 for segmentation). Reads summary.json's form
+    """Markdown: per site, federated (and personalised) vs local vs pooled on that site's own
+    test split (accuracy and AUC, or Dice and HD95 for segmentation); with personalisation,
+    "did federation help" names the better federated option. Reads summary.json's form
     (`RunRecord.to_json`), so a saved run can be tabled again."""
-    models = [m for m in ("federated", "local", "pooled") if m in summary]
+    models = [m for m in ("federated", "personalised", "local", "pooled") if m in summary]
     keys = table_metrics(summary)
     helped = summary.get("federation_helped")
-    head = ["site", "train", "test"] + [f"{m} {METRIC_LABELS[k]}" for m in models for k in keys]
+    # a deployed run: sites named, no sizes (the server does not know them), no global row
+    # without a global test set
+    names = (summary.get("deployment") or {}).get("sites", {})
+    sized = bool(summary.get("site_counts"))
+    scored = any(summary[m].get("global") for m in models)
+    head = ["site", *(["train", "test"] if sized else [])] + [
+        f"{m} {METRIC_LABELS[k]}" for m in models for k in keys]
     if helped is not None:
         head.append("did federation help this site?")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for site in summary["federated"]["sites"]:
         counts = summary["site_counts"].get(site, {})
-        cells = [site, str(counts.get("train", "")), str(counts.get("test", ""))]
+        cells = [f"{site} ({names[site]})" if site in names else site]
+        if sized:
+            cells += [str(counts.get("train", "")), str(counts.get("test", ""))]
         cells += [_cell(summary[m]["sites"].get(site), k) for m in models for k in keys]
         if helped is not None:
             cells.append(_helped_cell(helped[site]))
         rows.append("| " + " | ".join(cells) + " |")
-    glob = ["global test", "", ""] + [_cell(summary[m].get("global"), k)
-                                      for m in models for k in keys]
-    if helped is not None:
-        glob.append("")
-    rows.append("| " + " | ".join(glob) + " |")
+    if scored or sized:
+        glob = ["global test", *(["", ""] if sized else [])] + [
+            _cell(summary[m].get("global"), k) for m in models for k in keys]
+        if helped is not None:
+            glob.append("")
+        rows.append("| " + " | ".join(glob) + " |")
     return "\n".join(rows) + "\n"
 
 

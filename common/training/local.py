@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,7 @@ class _Loop:
     anchor: list[torch.Tensor] | None        # FedProx global weights, None without FedProx
     lr: float                                # named in the error when the loss diverges
     schedule: StepSchedule                   # the learning rate of every step
+    grad_clip: float = 0.0                   # > 0: clip each batch's gradient norm to this
 
     @property
     def steps_per_epoch(self) -> int:
@@ -105,7 +107,7 @@ def _setup(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, *, se
     loss_fn = training_loss(cfg, task, split).to(device)
     optimizer = make_optimizer(cfg, model.parameters())
     return _Loop(model, optimizer, loss_fn, fetch, items, cfg.batch_size, skip_single,
-                 proximal_mu, anchor, cfg.lr, schedule)
+                 proximal_mu, anchor, cfg.lr, schedule, cfg.grad_clip)
 
 
 def _step(loop: _Loop, index: np.ndarray, epoch: int, steps: int) -> float:
@@ -121,6 +123,8 @@ def _step(loop: _Loop, index: np.ndarray, epoch: int, steps: int) -> float:
                                  f"{epoch + 1}, step {steps + 1}; lower lr={loop.lr}")
     loop.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if loop.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), loop.grad_clip)
     loop.optimizer.step()
     return data_loss.item()
 
@@ -142,7 +146,8 @@ def _epoch(loop: _Loop, order: np.ndarray, epoch: int, steps: int) -> tuple[int,
 def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, *, epochs: int,
                 seed: int, proximal_mu: float = 0.0,
                 global_params: list[torch.Tensor] | None = None,
-                window: EpochWindow | None = None) -> TrainResult:
+                window: EpochWindow | None = None,
+                on_epoch: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``model`` in place on ``split`` for ``epochs`` epochs with ``cfg``'s optimiser and loss.
 
     Segmentation tasks train on the masks with `make_seg_training_loss` and ``cfg.augment``
@@ -160,7 +165,9 @@ def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, 
     The learning rate of every step follows ``cfg.lr_schedule`` / ``cfg.warmup_fraction``
     (`common.training.schedule`) over the run; ``window`` says where this call sits in it (a
     FedAvg site or a baseline's round: `round_window`), None means the call is the whole run.
-    Classification batches get ``cfg.augment`` too (`batch_source`).
+    Classification batches get ``cfg.augment`` too (`batch_source`); ``cfg.grad_clip > 0``
+    clips each batch's total gradient norm (FedProx term included) before the step.
+    ``on_epoch(n)`` is called after each epoch with the epochs done (progress only).
     """
     _check_args(split, task, epochs, proximal_mu)
     loop = _setup(model, split, task, cfg, seed=seed, proximal_mu=proximal_mu,
@@ -173,5 +180,7 @@ def train_local(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig, 
         for epoch in range(epochs):
             order = torch.randperm(loop.items, generator=generator).numpy()
             steps, epoch_loss = _epoch(loop, order, epoch, steps)
+            if on_epoch is not None:          # progress display: epochs done so far
+                on_epoch(epoch + 1)
     return TrainResult(loss=float(epoch_loss), num_samples=len(split), steps=steps,
                        seconds=time.perf_counter() - start)

@@ -16,18 +16,24 @@ from torch import nn
 from common.config import ConfigError, RunConfig
 from common.datasets.base import Split, TaskInfo
 from common.segmentation import make_seg_loss, seg_class_weights
+from common.training.logit_adjusted import logit_adjusted_loss
 
 DP_SAFE_LOSSES = {"classification": ("ce", "focal"),
                   "segmentation": ("dice_ce", "dice", "focal", "ce")}
 
 
+PRIOR_LOSSES = ("weighted_ce", "logit_adjusted")   # built from the site's label counts
+
+
 def check_dp_loss(cfg: RunConfig) -> None:
-    """Refuse ``loss='weighted_ce'`` under dp='sample' (see module doc); dp='off' and
-    dp='client' (which protects a site's whole contribution) keep it."""
-    if cfg.dp != "sample" or cfg.loss != "weighted_ce":
+    """Refuse ``loss='weighted_ce'`` (and ``logit_adjusted``, whose prior is the same kind of
+    count) under dp='sample' (see module doc); dp='off' and dp='client' (which protects a
+    site's whole contribution) keep them."""
+    if cfg.dp != "sample" or cfg.loss not in PRIOR_LOSSES:
         return
     safe = "; ".join(f"{task}: {', '.join(losses)}" for task, losses in DP_SAFE_LOSSES.items())
-    raise ConfigError(f"loss='weighted_ce' with dp='sample': its class weights come from the "
+    what = "weights" if cfg.loss == "weighted_ce" else "prior"
+    raise ConfigError(f"loss={cfg.loss!r} with dp='sample': its class {what} come from the "
                       f"site's private label counts, which DP-SGD does not protect; choose a "
                       f"DP-safe loss ({safe}), or dp='off'/'client'")
 
@@ -66,21 +72,26 @@ def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Mo
       ``pos_weight = negatives / positives`` per label (1 for a label with no positives).
       Refused under dp='sample' (`check_dp_loss`).
     * ``focal``: `FocalLoss` with ``cfg.focal_gamma`` (sigmoid form for multilabel).
+    * ``logit_adjusted``: CE against the labels' prior (`common.training.logit_adjusted`).
+      Refused under dp='sample' (`check_dp_loss`).
     """
     if task.kind == "segmentation":
         raise ValueError("make_loss: a segmentation task trains on masks; use make_seg_training_"
                          "loss(cfg, task, masks) or training_loss(cfg, task, split)")
     if cfg.loss in ("dice", "dice_ce"):
         raise ConfigError(f"loss={cfg.loss!r} is a segmentation loss; a {task.kind} task accepts "
-                          f"ce, weighted_ce or focal")
+                          f"ce, weighted_ce, focal or logit_adjusted")
     check_dp_loss(cfg)
     multilabel = task.kind == "multilabel"
     if cfg.loss == "focal":
         return FocalLoss(cfg.focal_gamma, multilabel)
     if cfg.loss == "ce":
         return nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
+    if cfg.loss == "logit_adjusted":
+        return logit_adjusted_loss(train_labels, task.num_classes, multilabel)
     if cfg.loss != "weighted_ce":
-        raise ConfigError(f"loss={cfg.loss!r} unknown; expected one of ce, weighted_ce, focal")
+        raise ConfigError(f"loss={cfg.loss!r} unknown; expected one of ce, weighted_ce, focal, "
+                          f"logit_adjusted")
     labels = np.asarray(train_labels)
     if multilabel:
         return nn.BCEWithLogitsLoss(pos_weight=_pos_weight(labels, task.num_classes))

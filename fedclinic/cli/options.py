@@ -23,10 +23,12 @@ METAVARS: dict[str, str] = {
     "data_path": "PATH", "cache_dir": "DIR", "output_dir": "DIR", "dicom_window": "CENTER,WIDTH",
     "spacing": "MM[,MM...]", "augment": "LIST", "baselines": "LIST", "partition": "SPEC",
     "resume": "NAME", "target_epsilon": "EPS", "noise_multiplier": "SIGMA",
-    "round_timeout": "SECONDS", "positive_class": "NAME",
+    "round_timeout": "SECONDS", "positive_class": "NAME", "track": "KIND[:WHERE]",
+    "init_from": "PATH",
 }
 TYPE_METAVARS: dict[type, str] = {int: "N", float: "X", str: "TEXT"}
 MAX_CHOICES_METAVAR = 32   # longer choice lists show as NAME; the help lists them
+REPEATABLE = ("track",)    # text fields whose flag may be repeated: the values join with ','
 
 
 class ArgumentAdder(Protocol):
@@ -91,6 +93,9 @@ def add_run_options(parser: ArgumentAdder, *, only: Sequence[str] | None = None,
         if isinstance(field.default, bool):
             parser.add_argument(field.flag, dest=field.name, default=None,
                                 action=argparse.BooleanOptionalAction, help=text)
+        elif field.name in REPEATABLE:
+            parser.add_argument(field.flag, dest=field.name, default=None, action="append",
+                                metavar=metavar(field), help=text)
         else:
             parser.add_argument(field.flag, dest=field.name, default=None,
                                 metavar=metavar(field), help=text)
@@ -110,6 +115,8 @@ def given_options(args: argparse.Namespace, skip: Collection[str] = ()) -> dict[
     those left out, said on stderr (--task segmentation brings a U-Net, ...)."""
     given = {f.name: getattr(args, f.name) for f in describe_fields()
              if f.name not in skip and getattr(args, f.name, None) is not None}
+    given.update({name: ",".join(given[name]) for name in REPEATABLE
+                  if isinstance(given.get(name), list)})
     values, filled = with_task_defaults(given)
     note = describe_task_defaults(str(values.get("task", RunConfig.task)), filled)
     if note:

@@ -38,6 +38,16 @@ def add_server_parser(sub: Any) -> None:
     p.add_argument("--address", default=DEFAULT_ADDRESS, metavar="HOST:PORT",
                    help="HOST:PORT to serve; the one port sites and `fedclinic run` reach "
                         f"(default: {DEFAULT_ADDRESS})")
+    p.add_argument("--global-test", default="", metavar="PATH",
+                   help="a held-out test set on the server host that every deployed run scores "
+                        "the global model on each round: a .npz in the MedMNIST layout (its test "
+                        "split) or a DICOM/MSD folder; without it the server holds no data and "
+                        "evaluation is per site (default: none)")
+    p.add_argument("--manifests", default="", metavar="DIR",
+                   help="folder of the sites' manifests (NAME.json or NAME.manifest.json, the "
+                        "manifest.json `fedclinic site validate` writes, sent by each hospital "
+                        "with its key): the report describes the sites' data from them "
+                        "(default: none)")
     p.add_argument("--insecure", action="store_true",
                    help="no TLS, no site and no operator authentication, for a local test only "
                         "(default: off)")
@@ -50,7 +60,9 @@ def run_server(args: argparse.Namespace) -> int:
 
     certs = None if args.insecure else Path(args.certs)
     site_keys = None if args.insecure else Path(args.site_keys)
-    return serve(certs, site_keys, Path(args.state), args.address)
+    return serve(certs, site_keys, Path(args.state), args.address,
+                 global_test=Path(args.global_test) if args.global_test else None,
+                 manifests=Path(args.manifests) if args.manifests else None)
 
 
 def add_run_parser(sub: Any) -> None:

@@ -128,6 +128,6 @@ class SweepSpec:
     def record(self) -> dict[str, Any]:
         """What sweep.json stores; equal records mean the same experiment."""
         options = {k: v for k, v in self.base.to_dict().items()
-                   if k not in (*SWEPT, "seed", "output_dir")}
+                   if k not in (*SWEPT, "seed", "output_dir", "track")}
         return {"epsilons": [epsilon_label(e) for e in self.epsilons], "seeds": list(self.seeds),
                 "options": options}

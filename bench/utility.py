@@ -1,0 +1,186 @@
+"""Utility on the shared MedMNIST data: federated strategies vs local and pooled, by epsilon.
+
+Every cell is one public `fedclinic simulate` run (the CLI a user runs, recipe defaults
+included) on a shared MedMNIST file, with the local and pooled baselines; the numbers are the
+test-split metrics of summary.json at each model's operating point, chosen on validation data
+(`common.operating_point`): AUC, balanced accuracy, sensitivity, specificity. Cells are kept
+under bench/results/utility/ and reused when rerun (delete a cell's folder to redo it).
+
+    .venv/bin/python -m bench.utility                       # the issue's whole grid (hours)
+    .venv/bin/python -m bench.utility --datasets pneumonia --strategies fedavg \\
+        --epsilons inf --seeds 1 --rounds 10                # one cell
+
+Writes bench/results/utility.json (every cell and the mean +- std per row) and
+bench/results/utility.md (the table); prints one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "medmnist"
+RESULTS = Path(__file__).resolve().parent / "results"
+CELLS = RESULTS / "utility"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    file: str
+    sites: int
+    partition: str
+    model: str
+    extra: tuple[str, ...] = ()
+
+
+DATASETS = {
+    "pneumonia": DatasetSpec("pneumoniamnist.npz", 5, "dirichlet:0.5", "resnet18"),
+    "adrenal": DatasetSpec("adrenalmnist3d.npz", 4, "iid+shift", "resnet18"),
+}
+# strategy name in the table -> the simulate flags that make it
+STRATEGIES = {
+    "fedavg": ("--strategy", "fedavg"),
+    "fedprox": ("--strategy", "fedprox"),
+    "fedadam": ("--strategy", "fedadam"),
+    "fedavg+finetune": ("--strategy", "fedavg", "--personalize", "finetune"),
+    "fedavg+local-norm": ("--strategy", "fedavg", "--personalize", "local-norm"),
+}
+METRICS = ("auc", "balanced_accuracy", "sensitivity", "specificity")
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    strategy: str
+    epsilon: str           # "inf" = no DP
+    seed: int
+    rounds: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.strategy}-eps{self.epsilon}-r{self.rounds}-s{self.seed}"
+
+    def argv(self, out: Path) -> list[str]:
+        spec = DATASETS[self.dataset]
+        argv = [sys.executable, "-m", "fedclinic.cli", "simulate", "--dataset", "medmnist",
+                "--data-path", str(DATA / spec.file), "--sites", str(spec.sites),
+                "--partition", spec.partition, "--model", spec.model,
+                "--rounds", str(self.rounds), "--seed", str(self.seed),
+                "--baselines", "local,pooled", "--output-dir", str(out.parent),
+                "--run-name", out.name, *STRATEGIES[self.strategy], *spec.extra]
+        if self.epsilon != "inf":
+            argv += ["--dp", "sample", "--target-epsilon", self.epsilon]
+        return argv
+
+
+def run_cell(cell: Cell) -> dict:
+    """The cell's summary (run now, or read from an earlier run)."""
+    out = CELLS / cell.name
+    summary = out / "summary.json"
+    if not summary.exists():
+        start = time.perf_counter()
+        env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        proc = subprocess.run(cell.argv(out), cwd=ROOT, env=env, capture_output=True,
+                              text=True)
+        if proc.returncode != 0 or not summary.exists():
+            return {"cell": asdict(cell), "error": (proc.stderr or proc.stdout)[-2000:]}
+        (out / "bench-wall.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    data = json.loads(summary.read_text())
+    wall = out / "bench-wall.txt"
+    return {"cell": asdict(cell), "wall_s": float(wall.read_text()) if wall.exists() else None,
+            "operating_point": {model: point.get("global", {})
+                                for model, point in data.get("operating_point", {}).items()}}
+
+
+def _mean_std(values: list[float]) -> dict:
+    values = [v for v in values if v == v]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def rows(results: list[dict]) -> list[dict]:
+    """Mean +- std over seeds per (dataset, epsilon, model), model = strategy or baseline."""
+    grouped: dict[tuple, list[dict]] = {}
+    for r in results:
+        if "error" in r:
+            continue
+        c = r["cell"]
+        for model, point in r["operating_point"].items():
+            label = c["strategy"] if model == "federated" else model
+            key = (c["dataset"], c["epsilon"], label)
+            grouped.setdefault(key, []).append({**point, "wall_s": r["wall_s"]})
+    out = []
+    for (dataset, eps, label), points in sorted(grouped.items()):
+        row = {"dataset": dataset, "epsilon": eps, "model": label, "seeds": len(points)}
+        for m in (*METRICS, "wall_s"):
+            row[m] = _mean_std([float(p[m]) for p in points if p.get(m) is not None])
+        out.append(row)
+    return out
+
+
+def markdown(table: list[dict]) -> str:
+    head = ("| dataset | epsilon | model | seeds | AUC | balanced acc | sensitivity | "
+            "specificity | wall s (cell) |\n|---|---|---|---|---|---|---|---|---|\n")
+
+    def cell(s: dict) -> str:
+        return "-" if s["mean"] is None else f"{s['mean']:.3f} +- {s['std']:.3f}"
+
+    lines = [f"| {r['dataset']} | {r['epsilon']} | {r['model']} | {r['seeds']} | "
+             + " | ".join(cell(r[m]) for m in METRICS)
+             + f" | {cell(r['wall_s'])} |" for r in table]
+    return head + "\n".join(lines) + "\n"
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--datasets", default="pneumonia,adrenal")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--epsilons", default="inf,8,2")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=10)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    cells = [Cell(d, s, e, seed, args.rounds) for d in args.datasets.split(",")
+             for s in args.strategies.split(",") for e in args.epsilons.split(",")
+             for seed in range(args.seeds)]
+    unknown = [c for c in cells if c.dataset not in DATASETS or c.strategy not in STRATEGIES]
+    if unknown:
+        print(f"bench.utility: unknown dataset/strategy in {unknown[0]}; datasets "
+              f"{', '.join(DATASETS)}, strategies {', '.join(STRATEGIES)}", file=sys.stderr)
+        return 2
+    results = []
+    for i, cell in enumerate(cells, 1):
+        print(f"[{i}/{len(cells)}] {cell.name}", file=sys.stderr, flush=True)
+        results.append(run_cell(cell))
+    table = rows(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "utility.json").write_text(json.dumps(
+        {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+         "cells": results, "rows": table}, indent=1))
+    (RESULTS / "utility.md").write_text(markdown(table))
+    failed = sum("error" in r for r in results)
+    best = [r for r in table if r["model"] not in ("local", "pooled")]
+    shown = "; ".join(f"{r['dataset']} eps {r['epsilon']} {r['model']} AUC "
+                      f"{r['auc']['mean']:.3f} bal {r['balanced_accuracy']['mean']:.3f}"
+                      for r in best if r["auc"]["mean"] is not None)
+    print(f"bench.utility: {len(results) - failed}/{len(results)} cells; {shown}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
