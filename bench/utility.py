@@ -96,9 +96,29 @@ def run_cell(cell: Cell) -> dict:
         (out / "bench-wall.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     data = json.loads(summary.read_text())
     wall = out / "bench-wall.txt"
+    points = {model: point.get("global", {})
+              for model, point in data.get("operating_point", {}).items()}
+    if "personalised" in data:          # per-site scores only: the mean over sites of AUC
+        points["personalised (site mean)"] = {"auc": _site_mean(data["personalised"]["sites"])}
+        points["worse_than_local"] = _worse_than_local(data)
     return {"cell": asdict(cell), "wall_s": float(wall.read_text()) if wall.exists() else None,
-            "operating_point": {model: point.get("global", {})
-                                for model, point in data.get("operating_point", {}).items()}}
+            "operating_point": points}
+
+
+def _site_mean(sites: dict) -> float:
+    values = [float(m["auc"]) for m in sites.values() if m.get("auc") == m.get("auc")
+              and m.get("auc") is not None]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _worse_than_local(data: dict, margin: float = 0.02, min_test: int = 30) -> dict:
+    """Sites with >= ``min_test`` test cases whose best federated option (global or
+    personalised) trails their local model by more than ``margin`` AUC (issue 14's target)."""
+    sizes = data.get("site_counts", {})
+    worse = [site for site, verdict in data.get("federation_helped", {}).items()
+             if verdict.get("metric") == "auc" and verdict.get("delta") is not None
+             and verdict["delta"] < -margin and sizes.get(site, {}).get("test", 0) >= min_test]
+    return {"sites": worse}
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -117,7 +137,12 @@ def rows(results: list[dict]) -> list[dict]:
             continue
         c = r["cell"]
         for model, point in r["operating_point"].items():
-            label = c["strategy"] if model == "federated" else model
+            if model == "worse_than_local":
+                continue
+            if model.startswith("personalised"):
+                label = f"{c['strategy']} personalised (site mean AUC)"
+            else:
+                label = c["strategy"] if model == "federated" else model
             key = (c["dataset"], c["epsilon"], label)
             grouped.setdefault(key, []).append({**point, "wall_s": r["wall_s"]})
     out = []

@@ -23,6 +23,9 @@ from common.config import RunConfig
 # and AdrenalMNIST3D only, bench/recipes.py reproduces the table), one for 2D and 3D: a MedMNIST
 # file's dimensionality is only known once it is read. Not under dp='sample': there
 # the batch size and learning rate set the privacy plan, and the DP defaults are their own.
+# (bench/dp_recipes.py, docs/recipes.md "Under --dp sample": at epsilon 8 no larger-batch /
+# higher-lr / cosine / clip-0.5 candidate clearly beat RunConfig's own defaults, so none is
+# filled in there.)
 CLASSIFICATION_RECIPE: dict[str, Any] = {
     "width": 32, "batch_size": 64, "lr": 0.01, "weight_decay": 5e-4, "lr_schedule": "cosine",
     "warmup_fraction": 0.1, "loss": "logit_adjusted",

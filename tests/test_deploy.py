@@ -146,6 +146,7 @@ def test_sites_refuse_an_app_bundle_their_operators_did_not_approve(consortium):
         assert refused and foreign[1] in refused[0]["reason"]
 
 
+@pytest.mark.slow          # ~70 s on 2 cores: two runs over TLS
 def test_a_site_runs_a_bundle_its_operator_allowed_and_audits_its_replies(consortium):
     from runtime.bundle import build_bundle
 

@@ -93,6 +93,9 @@ def test_values_are_flat_and_numeric():
     final = summary_values(SUMMARY)
     assert final["final/pooled/site-0/accuracy"] == 0.7
     assert final["final/privacy/site-0/epsilon"] == 1.5 and final["final/wall_seconds"] == 9.0
+    central = summary_values({**SUMMARY, "privacy": {"sites": 3, "epsilon": 2.5}})  # dp=client
+    assert central["final/privacy/epsilon"] == 2.5
+    assert not any(k.startswith("final/privacy/site-") for k in central)
 
 
 def test_a_failing_tracker_is_dropped_and_the_run_goes_on():

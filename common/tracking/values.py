@@ -73,7 +73,8 @@ def summary_values(summary: Mapping[str, Any]) -> dict[str, float]:
         for site, metrics in (scores.get("sites") or {}).items():
             out.update(flat(f"final/{model}/site-{site}", metrics))
     privacy = summary.get("privacy") or {}
-    for site, spent in (privacy.get("sites") or {}).items():
+    per_site = privacy.get("sites")         # dp='client': the number of sites, not a map
+    for site, spent in (per_site.items() if isinstance(per_site, Mapping) else ()):
         if isinstance(spent, Mapping):
             out.update(flat(f"final/privacy/site-{site}",
                             {k: spent[k] for k in ("epsilon", "delta") if k in spent}))

@@ -1,0 +1,43 @@
+"""bench/utility.py: cells become mean +- std rows per dataset, epsilon and model."""
+
+import pytest
+
+from bench import utility
+
+
+def _cell(seed: int, fed_auc: float, pooled_auc: float, personal: float | None = None) -> dict:
+    points = {"federated": {"auc": fed_auc, "balanced_accuracy": 0.8, "sensitivity": 0.9,
+                            "specificity": 0.7},
+              "pooled": {"auc": pooled_auc, "balanced_accuracy": 0.85, "sensitivity": 0.9,
+                         "specificity": 0.8}}
+    if personal is not None:
+        points["personalised (site mean)"] = {"auc": personal}
+        points["worse_than_local"] = {"sites": []}
+    return {"cell": {"dataset": "pneumonia", "strategy": "fedavg+finetune", "epsilon": "8",
+                     "seed": seed, "rounds": 10}, "wall_s": 10.0 * (seed + 1),
+            "operating_point": points}
+
+
+def test_rows_average_over_seeds_and_name_each_model() -> None:
+    rows = utility.rows([_cell(0, 0.90, 0.95, 0.93), _cell(1, 0.80, 0.93, 0.91),
+                         {"cell": {}, "error": "boom"}])
+    by_model = {r["model"]: r for r in rows}
+    assert set(by_model) == {"fedavg+finetune", "pooled",
+                             "fedavg+finetune personalised (site mean AUC)"}
+    fed = by_model["fedavg+finetune"]
+    assert fed["seeds"] == 2 and fed["auc"]["mean"] == pytest.approx(0.85)
+    assert fed["auc"]["std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert fed["wall_s"]["mean"] == pytest.approx(15.0)
+    assert by_model["fedavg+finetune personalised (site mean AUC)"]["sensitivity"]["n"] == 0
+    table = utility.markdown(rows)
+    assert "| pneumonia | 8 | fedavg+finetune | 2 | 0.850 +- 0.071 |" in table
+
+
+def test_a_cell_runs_the_public_cli_with_dp_only_for_a_finite_epsilon(tmp_path) -> None:
+    plain = utility.Cell("pneumonia", "fedprox", "inf", 1, 3).argv(tmp_path / "c")
+    assert plain[2:4] == ["fedclinic.cli", "simulate"] and "--dp" not in plain
+    assert plain[plain.index("--strategy") + 1] == "fedprox"
+    private = utility.Cell("adrenal", "fedavg+local-norm", "2", 0, 3).argv(tmp_path / "c")
+    assert private[private.index("--target-epsilon") + 1] == "2"
+    assert private[private.index("--personalize") + 1] == "local-norm"
+    assert private[private.index("--partition") + 1] == "iid+shift"
