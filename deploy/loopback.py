@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.ports import free_port
+from runtime.process_table import process_table
 from runtime.processes import kill_group
 
 
@@ -48,18 +49,7 @@ def _log_text(line: str) -> str:
 
 def _process_table() -> list[tuple[int, int, int]]:
     """(pid, parent pid, process group) of every live, non-zombie process (Linux /proc)."""
-    table = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) "
-        if fields[0] != "Z":
-            table.append((int(entry.name), int(fields[1]), int(fields[2])))
-    return table
+    return [(p.pid, p.ppid, p.pgrp) for p in process_table()]
 
 
 def descendants(pid: int) -> list[int]:

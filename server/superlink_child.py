@@ -22,7 +22,8 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
+
+from runtime.process_table import process_table
 
 WATCH_SECONDS = 0.5
 GROUP_GRACE_SECONDS = 3.0
@@ -30,18 +31,7 @@ GROUP_GRACE_SECONDS = 3.0
 
 def _child_groups(pid: int) -> set[int]:
     """Process groups led by live children of `pid` (Linux /proc; empty elsewhere)."""
-    groups = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()     # state ppid pgrp ...
-        if int(fields[1]) == pid and int(fields[2]) == int(entry.name):
-            groups.add(int(entry.name))
-    return groups
+    return {p.pid for p in process_table() if p.ppid == pid and p.pgrp == p.pid}
 
 
 def _group_alive(group: int) -> bool:
