@@ -17,9 +17,7 @@ one summary line per candidate is printed.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Any
 
 import torch
 
-from bench.recipes import DATA, FILES, _stratified
+from bench.recipes import DATA, FILES, _stratified, bench_main
 from common.config import RunConfig
 from common.datasets.medmnist import read_npz
 from common.models import build_model, count_parameters
@@ -106,15 +104,6 @@ def summary(row: dict[str, Any]) -> str:
             f"{pr['steps']} steps, {row['train_samples']} train, {row['wall_s']:.0f} s)")
 
 
-def _merge(row: dict[str, Any], path: Path) -> None:
-    old = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
-    old["rows"][f"{row['candidate']}/seed{row['seed']}"] = row
-    old["machine"] = {"platform": platform.platform(), "torch": torch.__version__,
-                      "threads": torch.get_num_threads()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
-
-
 def table(path: Path) -> str:
     """The Markdown table of every stored row, in CANDIDATES order then seed."""
     rows = json.loads(path.read_text())["rows"] if path.is_file() else {}
@@ -131,35 +120,8 @@ def table(path: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--only", action="append", default=[], metavar="NAME",
-                        help="candidate to run (repeatable)")
-    parser.add_argument("--all", action="store_true", help="run every candidate")
-    parser.add_argument("--list", action="store_true", help="list the candidates and exit")
-    parser.add_argument("--table", action="store_true",
-                        help="print the Markdown table of the stored results and exit")
-    parser.add_argument("--seed", type=int, default=0, help="seed of subset, init and sampling")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--data-dir", type=Path, default=DATA, help="folder of the .npz files")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file (merged)")
-    args = parser.parse_args()
-    if args.table:
-        print(table(args.out))
-        return
-    if args.list:
-        for name, cand in CANDIDATES.items():
-            print(f"{name:24s} {cand.epochs:3d} ep  {cand.note}")
-        return
-    names = list(CANDIDATES) if args.all else args.only
-    unknown = [n for n in names if n not in CANDIDATES]
-    if unknown or not names:
-        parser.error(f"unknown or no candidate(s) {unknown}; see --list")
-    torch.set_num_threads(args.threads)
-    for name in names:
-        row = run(name, args.data_dir, args.seed)
-        _merge(row, args.out)
-        print(summary(row), flush=True)
+    bench_main(__doc__, CANDIDATES, run, summary, table, RESULTS,
+               lambda name, cand: f"{name:24s} {cand.epochs:3d} ep  {cand.note}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,8 +357,13 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+def bench_main(doc: str, candidates: dict[str, Any],
+               run_one: Callable[[str, Path, int], dict[str, Any]],
+               summarise: Callable[[dict[str, Any]], str], render: Callable[[Path], str],
+               out: Path, listed: Callable[[str, Any], str]) -> None:
+    """The command line of a candidate bench (this one, bench.dp_recipes): --list, --table,
+    --only NAME / --all; each row run is merged into ``out`` and summarised on one line."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="candidate to run (repeatable)")
@@ -368,24 +374,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of subset, init and batches")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--data-dir", type=Path, default=DATA, help="folder of the .npz files")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file (merged)")
+    parser.add_argument("--out", type=Path, default=out, help="JSON results file (merged)")
     args = parser.parse_args()
     if args.table:
-        print(table(args.out))
+        print(render(args.out))
         return
     if args.list:
-        for name, cand in CANDIDATES.items():
-            print(f"{name:28s} {cand.dataset:9s} {cand.epochs:3d} ep  {cand.note}")
+        for name, cand in candidates.items():
+            print(listed(name, cand))
         return
-    names = list(CANDIDATES) if args.all else args.only
-    unknown = [n for n in names if n not in CANDIDATES]
+    names = list(candidates) if args.all else args.only
+    unknown = [n for n in names if n not in candidates]
     if unknown or not names:
         parser.error(f"unknown or no candidate(s) {unknown}; see --list")
     torch.set_num_threads(args.threads)
     for name in names:
-        row = run(name, args.data_dir, args.seed)
+        row = run_one(name, args.data_dir, args.seed)
         _merge([row], args.out)
-        print(summary(row), flush=True)
+        print(summarise(row), flush=True)
+
+
+def main() -> None:
+    bench_main(__doc__, CANDIDATES, run, summary, table, RESULTS,
+               lambda name, cand: f"{name:28s} {cand.dataset:9s} {cand.epochs:3d} ep  {cand.note}")
 
 
 if __name__ == "__main__":
