@@ -146,6 +146,25 @@ def consortium(tmp_path_factory):
     lb.close()
 
 
+@pytest.fixture(autouse=True)
+def _sites_up(request):
+    """Each consortium test starts with its three sites up and no run being followed, whatever
+    the previous one left (a failed assertion there must not fail every later test)."""
+    if "consortium" not in request.fixturenames:
+        yield
+        return
+    lb = request.getfixturevalue("consortium")
+    run = lb.processes.get("run")
+    if run is not None and run.poll() is None:
+        run.kill()
+        run.wait()
+    for i in range(3):
+        if not lb.alive(f"site-{i}"):
+            lb.start_site(i)
+            _wait_joined(lb, i)
+    yield
+
+
 def _wait_joined(lb: Loopback, i: int, name: str | None = None) -> int:
     """Wait until site i's latest start says it joined; its node id."""
     name = name or f"site-{i}"
@@ -182,13 +201,17 @@ def test_sigterm_during_a_task_ends_the_site_and_its_supernode(consortium):
     lb = consortium
     before = set(lb.run_dirs())
     received = lb.train_messages_received(1)
-    # A long local training (the task runs ~10 s alone), so that SIGTERM lands inside it.
-    lb.submit(*RUN, "--rounds", "1", "--local-epochs", "60", "--min-sites", "2")
+    # A long local training, so that SIGTERM lands inside it: 60 epochs took 1.7 s of ClientApp
+    # time here and finished before the signal on a faster CI host; 600 take ~15 s.
+    lb.submit(*RUN, "--rounds", "1", "--local-epochs", "600", "--min-sites", "2")
     run_dir = _new_run_dir(lb, before)
     site = lb.processes["site-1"]
     wait_until(lambda: lb.train_messages_received(1) > received, 300, "site 1's train task")
     cpu = _cpu_seconds(site.pid)
-    wait_until(lambda: _cpu_seconds(site.pid) > cpu + 1.0, 120, "site 1 to be training")
+    wait_until(lambda: _cpu_seconds(site.pid) > cpu + 0.5, 120, "site 1 to be training")
+    audit_path = lb.site_state(1) / "audit.jsonl"      # written with the first reply
+    replied = [e for e in _lines(audit_path) if e["event"] == "reply"] if audit_path.exists() else []
+    assert not replied, f"site 1 finished its task before the signal: {replied}"
     children = lb.child_pids("site-1")
     stopped_at = time.monotonic()
     lb.signal_only("site-1", signal.SIGTERM)
