@@ -210,7 +210,8 @@ def test_sigterm_during_a_task_ends_the_site_and_its_supernode(consortium):
     cpu = _cpu_seconds(site.pid)
     wait_until(lambda: _cpu_seconds(site.pid) > cpu + 0.5, 120, "site 1 to be training")
     audit_path = lb.site_state(1) / "audit.jsonl"      # written with the first reply
-    replied = [e for e in _lines(audit_path) if e["event"] == "reply"] if audit_path.exists() else []
+    replied = [e for e in _lines(audit_path)
+               if e["event"] == "reply"] if audit_path.exists() else []
     assert not replied, f"site 1 finished its task before the signal: {replied}"
     children = lb.child_pids("site-1")
     stopped_at = time.monotonic()
