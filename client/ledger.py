@@ -28,7 +28,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from flwr.app import ConfigRecord, Context
 
@@ -228,9 +228,16 @@ class SiteLedger:
                   if e.run == run_key and e.kind == kind and e.value is not None]
         return values[-1] if values else None
 
+    def released_values(self, run_key: str, kind: str) -> tuple[float, ...] | None:
+        """The vector last released for ``kind`` in this run (the per-class counts of a count
+        release), or None."""
+        vectors = [e.values for e in self._entries
+                   if e.run == run_key and e.kind == kind and e.values is not None]
+        return vectors[-1] if vectors else None
+
     def append(self, *, run_key: str, server_round: int, kind: str, noise_multiplier: float,
-               sample_rate: float, steps: int, delta: float, value: float | None = None
-               ) -> LedgerEntry:
+               sample_rate: float, steps: int, delta: float, value: float | None = None,
+               values: Sequence[float] | None = None) -> LedgerEntry:
         """Charge one release and write both copies before returning; the entry written (its
         ``epsilon`` is the lifetime epsilon at ``delta`` after it). Entries another process
         appended since `open` are verified and kept."""
@@ -244,7 +251,7 @@ class SiteLedger:
             entry, line = next_entry(
                 self._entries, last, run=run_key, server_round=server_round, kind=kind,
                 noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
-                delta=delta, accountant=self.accountant, value=value)
+                delta=delta, accountant=self.accountant, value=value, values=values)
             text = self._text + line + "\n"
             self.store.write(text)
         self._entries.append(entry)

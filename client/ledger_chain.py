@@ -5,7 +5,8 @@ One JSON line per charged release (a DP-SGD round, a noised count, a noised metr
 ``seq`` (1, 2, ...), ``prev`` (sha256 of the previous line as written, ``GENESIS`` for the first),
 ``time``, ``run``, ``round``, ``kind``, the release's ``(noise_multiplier, sample_rate, steps)``,
 ``delta``, ``epsilon`` (the lifetime epsilon at that delta after this entry, by ``accountant``),
-an optional ``value`` (a released noised number) and ``hash`` (sha256 of the line's canonical
+an optional ``value`` (a released noised number), an optional ``values`` (a released noised
+vector: the per-class counts of a count release) and ``hash`` (sha256 of the line's canonical
 JSON without ``hash``). Verifying recomputes every hash, every link and every epsilon.
 
 Epsilon composes by adding histories (RDP adds per order; PRV composes the loss distributions),
@@ -33,6 +34,7 @@ KINDS = ("dp-sgd", "count", "metrics")
 FIELDS = ("seq", "prev", "time", "run", "round", "kind", "noise_multiplier", "sample_rate",
           "steps", "delta", "epsilon", "accountant")
 OPTIONAL = ("value",)
+OPTIONAL_VECTORS = ("values",)
 EPSILON_RTOL = 1e-9       # a recomputed epsilon equals the stored one to this relative precision
 REFUSES = "the site refuses to train on this data until the ledger is restored from a good copy"
 
@@ -64,6 +66,7 @@ class LedgerEntry:
     accountant: str
     value: float | None
     hash: str
+    values: tuple[float, ...] | None = None
 
     @property
     def triple(self) -> Triple:
@@ -125,8 +128,8 @@ def _rdp_per_step(q: float, sigma: float) -> Any:
 
 def next_entry(entries: Sequence[LedgerEntry], last_line: str | None, *, run: str,
                server_round: int, kind: str, noise_multiplier: float, sample_rate: float,
-               steps: int, delta: float, accountant: str, value: float | None = None
-               ) -> tuple[LedgerEntry, str]:
+               steps: int, delta: float, accountant: str, value: float | None = None,
+               values: Sequence[float] | None = None) -> tuple[LedgerEntry, str]:
     """The entry that follows ``entries`` (whose last line as written is ``last_line``) and its
     line; ConfigError naming the field for a value no honest release has."""
     if kind not in KINDS:
@@ -137,6 +140,8 @@ def next_entry(entries: Sequence[LedgerEntry], last_line: str | None, *, run: st
     delta, accountant = check_delta(delta), check_accountant(accountant)
     if value is not None and not _finite(value):
         raise ConfigError(f"ledger value={value!r}: expected a finite number or None")
+    if values is not None and not (len(values) and all(map(_finite, values))):
+        raise ConfigError(f"ledger values={values!r}: expected finite numbers or None")
     epsilon = lifetime_epsilon(grouped([*(e.triple for e in entries), triple]), delta,
                                accountant)
     fields: dict[str, Any] = {
@@ -147,6 +152,8 @@ def next_entry(entries: Sequence[LedgerEntry], last_line: str | None, *, run: st
         "accountant": accountant}
     if value is not None:
         fields["value"] = float(value)
+    if values is not None:
+        fields["values"] = [float(v) for v in values]
     fields["hash"] = sha256_hex(canonical(fields))
     return _entry(fields), canonical(fields)
 
@@ -243,7 +250,7 @@ def _parse(line: str) -> dict:
     if not isinstance(fields, dict):
         raise _Bad(f"a JSON {type(fields).__name__}, expected an object")
     missing = [k for k in (*FIELDS, "hash") if k not in fields]
-    extra = [k for k in fields if k not in (*FIELDS, *OPTIONAL, "hash")]
+    extra = [k for k in fields if k not in (*FIELDS, *OPTIONAL, *OPTIONAL_VECTORS, "hash")]
     if missing or extra:
         raise _Bad(f"fields missing {missing} / unexpected {extra}")
     return fields
@@ -257,6 +264,10 @@ def _checked(fields: dict, seq: int, prev: str) -> LedgerEntry:
     for key in ("noise_multiplier", "sample_rate", "delta", "epsilon", *OPTIONAL):
         if key in fields and not _finite(fields[key]):
             raise _Bad(f"{key}={fields[key]!r} is not a finite number")
+    for key in OPTIONAL_VECTORS:
+        if key in fields and not (isinstance(fields[key], list) and fields[key]
+                                  and all(map(_finite, fields[key]))):
+            raise _Bad(f"{key}={fields[key]!r} is not a list of finite numbers")
     try:
         check_entry(fields["noise_multiplier"], fields["sample_rate"], fields["steps"])
         check_delta(fields["delta"])
@@ -307,7 +318,8 @@ def _entry(fields: Mapping[str, Any]) -> LedgerEntry:
         delta=float(fields["delta"]), epsilon=float(fields["epsilon"]),
         accountant=str(fields["accountant"]),
         value=None if fields.get("value") is None else float(fields["value"]),
-        hash=str(fields["hash"]))
+        hash=str(fields["hash"]),
+        values=None if fields.get("values") is None else tuple(map(float, fields["values"])))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ this module makes the replies match it. Under sample-level DP:
 * train: no training loss, no timings, no count of skipped files; the sample count leaves as the
   policy says (``sample_count``): "noised" - a Gaussian release charged to the site's ledger
   once per run (kind "count") and reused for the run's later rounds, or "equal" - the constant
-  1.0 (FedAvg then weights the sites equally);
+  1.0 (FedAvg then weights the sites equally); for single-label classification the noised
+  release is the per-class count vector (same sensitivity, same charge);
 * evaluate: ``test_metrics`` "local" - only public fields (``withheld`` = 1.0); "noised" - the
   confusion matrix plus Gaussian noise (L2 sensitivity 1), charged (kind "metrics"), and what
   `common.privacy.mechanisms.derived_metrics` reads from it. A release is made only in the
@@ -18,7 +19,8 @@ The validation statistics (`common.validation_stats`: val loss and size, the val
 histograms or confusion matrix) follow the same rule as the test metrics: exact without DP when
 the policy lets test metrics leave; under DP only the counts, noised in the same release as the
 test confusion matrix (one patient is in one split and one cell: L2 sensitivity 1, one charge);
-else they stay at the site, and the server then selects no model and chooses no threshold.
+else they stay at the site, and the server then selects no model and sets the operating
+point from the noised training class counts (`common.class_prior`).
 
 The exact values stay at the site: in deployment they are appended to its local report,
 ``<state>/local-report.jsonl`` (0600), ``<state>`` being the parent of the node config's
@@ -48,6 +50,7 @@ from client.admission import check_spend
 from client.ledger import ledger_dir
 from client.policy import SitePolicy, is_simulated
 from client.site import LocalSite
+from common.class_prior import class_count_key
 from common.config import ConfigError, RunConfig
 from common.privacy.ledger import BudgetExhausted, PrivacyLedger
 from common.privacy.mechanisms import (
@@ -71,11 +74,12 @@ class ReleaseLedger(Protocol):
     def run(self, run_key: str) -> PrivacyLedger: ...
     def lifetime(self) -> PrivacyLedger: ...
     def released(self, run_key: str, kind: str) -> float | None: ...
+    def released_values(self, run_key: str, kind: str) -> tuple[float, ...] | None: ...
     @property
     def entries(self) -> tuple[Any, ...]: ...      # client.ledger_chain.LedgerEntry: .run, .kind
     def append(self, *, run_key: str, server_round: int, kind: str, noise_multiplier: float,
                sample_rate: float, steps: int, delta: float,
-               value: float | None = None) -> None: ...
+               value: float | None = None, values: Any = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -97,14 +101,16 @@ class Releases:
             return CsprngSource()
         return torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{kind}".encode()))
 
-    def charge(self, kind: str, noise_multiplier: float, value: float | None = None) -> None:
-        """Append one Gaussian release ``(sigma, 1, 1)`` to the site's ledger."""
+    def charge(self, kind: str, noise_multiplier: float, value: float | None = None,
+               values: tuple[float, ...] | None = None) -> None:
+        """Append one Gaussian release ``(sigma, 1, 1)`` to the site's ledger (with the value
+        or vector released, when it is reused later in the run)."""
         if self.ledger is None or self.delta is None:
             raise ConfigError(f"a {kind} release under DP needs the site's ledger and delta")
         sigma, q, steps = gaussian_entry(noise_multiplier)
         self.ledger.append(run_key=self.run_key, server_round=self.server_round, kind=kind,
                            noise_multiplier=sigma, sample_rate=q, steps=steps,
-                           delta=self.delta, value=value)
+                           delta=self.delta, value=value, values=values)
 
 
 def local_report_path(node_config: Mapping[str, Any]) -> Path | None:
@@ -152,13 +158,34 @@ def keep_local(rel: Releases, task: str, exact: Mapping[str, float],
 class SampleCount:
     value: float          # the FedAvg weight that leaves ("num-examples")
     noised: bool          # a Gaussian release (charged) rather than exact or equal
+    classes: tuple[float, ...] = ()   # the noised per-class counts (single-label tasks)
 
 
-def sample_count(rel: Releases, n_train: int) -> SampleCount:
+def train_class_counts(site: LocalSite) -> np.ndarray | None:
+    """The site's training cases per class of a single-label classification task (None for
+    multilabel, whose one case is in several counts, and for segmentation)."""
+    task = site.task
+    if task.kind not in ("binary", "multiclass", "ordinal"):
+        return None
+    labels = np.asarray(site.train.labels, dtype=np.int64).reshape(-1)
+    return np.bincount(labels, minlength=task.num_classes)[:task.num_classes]
+
+
+def sample_count(rel: Releases, n_train: int, class_counts: np.ndarray | None = None
+                 ) -> SampleCount:
     """The training-sample count as the policy lets it leave. "noised": released and charged
     the first time in the run (clamped to >= 1 and rounded, post-processing), then the cached
     value; "equal": 1.0; "exact" (never under DP): ``n_train``. Call it after the round's
-    admission (`client.admission.admit` plans and checks the count's charge)."""
+    admission (`client.admission.admit` plans and checks the count's charge).
+
+    With ``class_counts`` (single-label classification), the noised release is the vector of
+    per-class counts plus N(0, sigma^2) per class instead of the total: adding or removing one
+    patient changes one class count by 1, so the vector has the total's L2 sensitivity 1 and
+    the same single (sigma, 1, 1) charge. The total is the sum of the noised counts; the
+    vector is kept in the ledger entry and re-sent each round (post-processing of the one
+    release): the site's prior of a logit-adjusted loss under DP, and the server's class prior
+    (the operating point under DP when no validation statistics leave:
+    `common.operating_point.prior_point`)."""
     how = rel.policy.sample_count_release(rel.dp)
     if how == "equal":
         return SampleCount(1.0, False)
@@ -168,12 +195,21 @@ def sample_count(rel: Releases, n_train: int) -> SampleCount:
         raise ConfigError("a noised sample count needs the site's ledger")
     cached = rel.ledger.released(rel.run_key, COUNT_KIND)
     if cached is not None:
-        return SampleCount(float(cached), True)
+        kept = rel.ledger.released_values(rel.run_key, COUNT_KIND)
+        return SampleCount(float(cached), True, tuple(kept or ()))
     sigma = rel.policy.count_noise_multiplier
-    noisy, _ = release_count(n_train, sigma, rel.noise(COUNT_KIND))
+    if class_counts is None:
+        noisy, _ = release_count(n_train, sigma, rel.noise(COUNT_KIND))
+        classes: tuple[float, ...] = ()
+    else:
+        if int(np.sum(class_counts)) != n_train:
+            raise ValueError(f"class counts {list(class_counts)} do not sum to n={n_train}")
+        vector, _ = release_matrix(np.asarray(class_counts), sigma, rel.noise(COUNT_KIND))
+        classes = tuple(max(0.0, float(round(v))) for v in vector)   # post-processing
+        noisy = float(np.sum(vector))
     value = max(1.0, float(round(noisy)))
-    rel.charge(COUNT_KIND, sigma, value)
-    return SampleCount(value, True)
+    rel.charge(COUNT_KIND, sigma, value, classes or None)
+    return SampleCount(value, True, classes)
 
 
 def train_metrics(rel: Releases, result: Any, site: LocalSite, count: SampleCount, *,
@@ -198,6 +234,7 @@ def train_metrics(rel: Releases, result: Any, site: LocalSite, count: SampleCoun
              "skipped_files": site.skipped}
     if rel.dp:
         metrics["count_noised"] = 1.0 if count.noised else 0.0
+        metrics.update({class_count_key(c): v for c, v in enumerate(count.classes)})
     else:
         metrics.update({k: exact[k] for k in ("train_seconds", "client_seconds",
                                               "skipped_files")})

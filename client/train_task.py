@@ -23,7 +23,7 @@ from client.fingerprint import data_fingerprint
 from client.ledger import SiteLedger, site_ledger
 from client.personal_state import norm_store, packed_norms
 from client.policy import PolicyRefused, SitePolicy, is_simulated, policy_for
-from client.release import releases_for, sample_count, train_metrics
+from client.release import releases_for, sample_count, train_class_counts, train_metrics
 from client.replay import CachedReply, load_reply, reply_path, request_digest, save_reply
 from client.site import LocalSite, site_privacy
 from client.site_audit import save_last_global
@@ -133,7 +133,8 @@ def _train_private(msg: Message, context: Context, cfg: RunConfig, policy: SiteP
                   steps=result.steps, delta=plan.delta)
     rel = releases_for(context.node_config, policy, dp=True, run_key=run_key,
                        server_round=server_round, seed=seed, ledger=ledger, delta=plan.delta)
-    count = sample_count(rel, len(site.train))     # admitted with the round: charged once
+    count = sample_count(rel, len(site.train),    # admitted with the round: charged once
+                         train_class_counts(site))
     metrics = train_metrics(rel, result, site, count, proximal_mu=mu,
                             client_seconds=time.perf_counter() - start,
                             privacy=privacy_metrics(result, admitted, ledger, run_key))

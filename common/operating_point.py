@@ -253,6 +253,28 @@ def choose_operating_point(task: TaskInfo, counts: np.ndarray | None, *,
                           f"{source}", log_prior=tuple(float(v) for v in prior))
 
 
+def prior_point(task: TaskInfo, class_counts: np.ndarray, *, positive: PositiveClass | None,
+                source: str, prior_adjusted: bool = False) -> OperatingPoint:
+    """The operating point from training class counts alone (`common.class_prior`: the sites'
+    noised counts under DP, when no validation statistics left): the post-hoc logit adjustment
+    with the Laplace-smoothed prior pi. Binary: call label 1 when P(label 1) >= pi_1 (where
+    log p_1 - log pi_1 = log p_0 - log pi_0); multi-class/ordinal: argmax of log p - log pi. A
+    model trained with the logit-adjusted loss keeps the argmax (already adjusted)."""
+    if task.kind not in ("binary", "multiclass", "ordinal"):
+        return argmax_point(f"no operating point for {task.kind} tasks", positive)
+    if prior_adjusted:
+        return argmax_point("the training loss is already logit-adjusted (loss=logit_adjusted)",
+                            positive)
+    counts = np.clip(np.asarray(class_counts, dtype=np.float64), 0.0, None)
+    log_prior = class_log_prior(counts)
+    rule = f"the class prior of {counts.sum():.0f} training cases, {source}"
+    if task.kind != "binary":
+        return OperatingPoint(LOGIT_ADJUSTMENT, rule, log_prior=tuple(float(v) for v in log_prior))
+    positive = positive or PositiveClass(1, "1", "label 1")
+    return OperatingPoint(THRESHOLD, f"P(label 1) >= its share in {rule}",
+                          threshold=float(np.exp(log_prior[1])), positive=positive)
+
+
 def _threshold_point(hist: np.ndarray, target: float, positive: PositiveClass | None,
                      source: str) -> OperatingPoint:
     positive = positive or PositiveClass(1, "1", "label 1")

@@ -78,7 +78,8 @@ _VAL = ("noised in the same Gaussian release as the test confusion matrix, N(0, 
         "cell: a patient is in one split and in one cell, so the joint release has L2 "
         "sensitivity 1 and its one (sigma, 1, 1) charge of kind 'metrics' covers both; only "
         "when that release is made (test_metrics = 'noised'), else it stays local and the "
-        "server selects no model and chooses no threshold")
+        "server selects no model and sets the operating point from the noised training "
+        "class counts (train_class_count_<c>)")
 
 
 def _train() -> list[Release]:
@@ -92,10 +93,18 @@ def _train() -> list[Release]:
                 "aggregation, so not protected against the coordinator", metric=False),
         Release(TRAIN, "num-examples", "yes", CHARGED, DP,
                 "sample_count = 'noised': n + N(0, sigma^2), sigma = count_noise_multiplier "
-                "(sensitivity 1), clamped to >= 1, released once per run, charged (sigma, 1, "
+                "(sensitivity 1; single-label classification: the sum of the noised class "
+                "counts below), clamped to >= 1, released once per run, charged (sigma, 1, "
                 "1) kind 'count' and reused in later rounds (steps already tell n to within "
                 "a batch; the noise hides the rest); 'equal': the constant 1.0 (public, equal "
                 "FedAvg weights)"),
+        Release(TRAIN, f"train_class_count_{CLASS}", "yes", CHARGED, DP,
+                "single-label classification with sample_count = 'noised': the count release "
+                "is the vector of training cases per class plus N(0, sigma^2) per class (a "
+                "patient is in one class: L2 sensitivity 1, the same one charge of kind "
+                "'count'); num-examples is its sum; rounded, clamped at 0, sent with the "
+                "releasing round's reply only; the server's class prior sets the operating "
+                "point when no validation statistics leave"),
         Release(TRAIN, "num-examples", "yes", NONE, NO_DP, "the exact training-set size"),
         Release(TRAIN, "count_noised", "no", PUBLIC, DP,
                 "1.0 when num-examples is a noised count, 0.0 when it is the equal weight 1.0"),

@@ -25,8 +25,9 @@ import torch
 from common.datasets import Split, TaskInfo
 from common.operating_point import (
     OperatingPoint, PositiveClass, argmax_point, choose_operating_point, histogram_auc,
-    metrics_at,
+    metrics_at, prior_point,
 )
+from common.class_prior import ClassPrior
 from common.privacy.mechanisms import derived_metrics
 from common.report.selection import LOWER_IS_BETTER, Selection
 from common.training.prediction import predict_proba
@@ -77,10 +78,17 @@ class ModelSelection:
     scores: dict[int, float] = field(default_factory=dict)
     since_best: int = 0          # rounds with a score since the best one
     noised: bool = False
+    prior: ClassPrior | None = None   # the sites' noised training class counts (DP)
+
+    def __post_init__(self) -> None:
+        if self.prior is None:
+            self.prior = ClassPrior(self.task.num_classes)
 
     def observe(self, server_round: int, sites: Mapping[str, Mapping[str, dict]]) -> bool:
         """The round's sites (metrics.jsonl form: site -> {"train", "test"}); True when its
         model is the best so far (the caller keeps it)."""
+        for site, v in sites.items():
+            self.prior.observe(site, v.get("train") or {})
         per_site = {s: v.get("test") or {} for s, v in sites.items()}
         stats = combine(self.task.kind, self.task.num_classes, per_site)
         scored = None if stats is None else round_score(self.task.kind, stats)
@@ -122,9 +130,16 @@ class ModelSelection:
                 self.observe(int(line["round"]), line.get("sites", {}))
 
     def operating_point(self) -> OperatingPoint:
-        """Chosen from the best round's summed validation counts."""
+        """Chosen from the best round's summed validation counts; without them (DP, the
+        policy kept them local), from the sites' noised training class prior when they sent it
+        (`common.class_prior`)."""
         if self.best_stats is None:
-            return argmax_point(NOT_SENT, self.positive)
+            counts = self.prior.counts()
+            if counts is None or self.task.kind not in ("binary", "multiclass", "ordinal"):
+                return argmax_point(NOT_SENT, self.positive)
+            return prior_point(self.task, counts, positive=self.positive,
+                               source=f"noised counts of {len(self.prior.sites)} site(s)",
+                               prior_adjusted=self.prior_adjusted)
         source = (f"the validation statistics of {len(self.best_stats.sites)} site(s) at "
                   f"round {self.best_round}" + (", noised" if self.best_stats.noised else ""))
         return choose_operating_point(self.task, self.best_stats.counts,

@@ -338,3 +338,28 @@ def test_the_report_says_why_nothing_was_selected_under_dp():
     assert "argmax of the probabilities (threshold 0.5)" in report
     noised = SitePolicy(test_metrics="noised", require_dp=False).to_toml()
     assert with_selection_note(record, noised).selection.skipped == NOT_SENT
+
+
+def test_under_dp_without_validation_the_threshold_is_the_sites_noised_class_prior():
+    """The sites' train replies carry their noised class counts once (round 1); round 2's do
+    not. No validation statistics: nothing is selected, and the threshold is the summed prior
+    (Laplace-smoothed) - never 0.5, which calls the majority class for an imbalanced set."""
+    from common.operating_point import positive_class
+
+    selection = ModelSelection(BINARY, positive=positive_class(BINARY))
+    withheld = {"site": 0, "num-examples": 1.0, "dp-weight": 1.0, "withheld": 1.0}
+    r1 = {"0": {"train": {"train_class_count_0": 40.0, "train_class_count_1": 160.0},
+                "test": withheld},
+          "1": {"train": {"train_class_count_0": 59.0, "train_class_count_1": 139.0},
+                "test": withheld}}
+    r2 = {"0": {"train": {"num-examples": 200.0}, "test": withheld},
+          "1": {"train": {"train_class_count_0": 500.0, "train_class_count_1": 0.0},
+                "test": withheld}}                       # a later copy changes nothing
+    assert not selection.observe(1, r1) and not selection.observe(2, r2)
+    outcome = selection.outcome(2)
+    assert not outcome.selected and outcome.skipped == NOT_SENT
+    point = outcome.operating_point
+    assert point.kind == THRESHOLD and point.threshold == pytest.approx(300 / 400)
+    assert "noised counts of 2 site(s)" in point.rule
+    text = "\n".join(operating_section(outcome, {}, None, {}))
+    assert "P(pneumonia) >= 0.75" in text and "class prior of 398 training cases" in text

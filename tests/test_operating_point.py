@@ -183,3 +183,23 @@ def test_site_counts_travel_as_metrics_and_add_up():
     assert both.sites == ("0", "1") and both.loss == pytest.approx((0.5 * 40 + 0.2 * 10) / 50)
     assert np.array_equal(both.counts, 2 * counts) and not both.noised
     assert combine("binary", 2, {"0": {"accuracy": 0.7}}) is None
+
+
+def test_the_prior_point_is_the_post_hoc_logit_adjustment_of_the_training_counts():
+    """Binary: P(1) >= pi_1 is where log p_1 - log pi_1 = log p_0 - log pi_0, pi Laplace-
+    smoothed: 299 cases of label 1 and 99 of label 0 give (299 + 1) / (398 + 2) = 0.75."""
+    from common.operating_point import LOGIT_ADJUSTMENT, prior_point
+
+    point = prior_point(BINARY, np.array([99.0, 299.0]), positive=None, source="test")
+    assert point.kind == THRESHOLD and point.threshold == pytest.approx(0.75)
+    probs = np.array([[0.3, 0.7], [0.2, 0.8], [0.25, 0.75]])
+    assert point.predict(probs).tolist() == [0, 1, 1]
+    assert "class prior of 398 training cases" in point.rule
+    logp = np.log(probs) - np.log([0.25, 0.75])
+    assert point.predict(probs).tolist() == (logp[:, 1] >= logp[:, 0]).astype(int).tolist()
+    task = TaskInfo("multiclass", 3, 2, 1, 28)
+    multi = prior_point(task, np.array([9.0, 29.0, -5.0]), positive=None, source="test")
+    assert multi.kind == LOGIT_ADJUSTMENT
+    assert np.exp(multi.log_prior) == pytest.approx([10 / 41, 30 / 41, 1 / 41])  # clamped at 0
+    assert prior_point(BINARY, np.array([99.0, 299.0]), positive=None, source="t",
+                       prior_adjusted=True).kind == "argmax"

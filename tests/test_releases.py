@@ -186,6 +186,11 @@ class FakeLedger:
                   and r["value"] is not None]
         return values[-1] if values else None
 
+    def released_values(self, run_key, kind):
+        vectors = [r["values"] for r in self.rows if r["run"] == run_key and r["kind"] == kind
+                   and r.get("values") is not None]
+        return vectors[-1] if vectors else None
+
     def _ledger(self, rows) -> PrivacyLedger:
         ledger = PrivacyLedger()
         for r in rows:
@@ -428,3 +433,45 @@ def test_progress_line_without_train_loss_or_site_metrics():
             "failures": {}}
     assert progress_line(line, 5) == ("[round 2/5] global acc 0.750 auc 0.800 | test metrics "
                                       "kept local at 2 sites | epsilon max 2.000 | 3.5s")
+
+
+def test_class_counts_are_the_count_release_itself_one_charge_summing_to_the_weight(
+        task_identity):
+    """Single-label classification: the noised count release is the per-class vector (L2
+    sensitivity 1, like the total), charged once; the weight is its sum; later rounds re-send
+    the vector the ledger kept, never a new draw."""
+    from client.release import train_class_counts
+    from common.class_prior import class_counts_of
+
+    ledger = FakeLedger()
+    first = sample_count(_releases(SitePolicy(), ledger), 500, np.array([380, 120]))
+    assert first.noised and len(first.classes) == 2
+    assert first.classes != (380.0, 120.0) and all(c >= 0 for c in first.classes)
+    assert abs(sum(first.classes) - first.value) <= 1.0          # rounding of each part
+    assert [(r["kind"], r["noise_multiplier"], r["steps"]) for r in ledger.rows] == [
+        ("count", 10.0, 1)]                                      # the total's single charge
+    again = sample_count(_releases(SitePolicy(), ledger, server_round=3), 500,
+                         np.array([380, 120]))
+    assert again == first and len(ledger.rows) == 1     # the one release, re-sent
+    with pytest.raises(ValueError, match="do not sum"):
+        sample_count(_releases(SitePolicy(), FakeLedger()), 500, np.array([1, 2]))
+    assert sample_count(_releases(SIMULATION_POLICY, dp=False), 500,
+                        np.array([380, 120])).classes == ()      # no DP: the exact n only
+
+    cfg = RunConfig(**BASE)
+    part = site_data(cfg, 0)
+    task = load_dataset(cfg).task
+    site = LocalSite(0, part.train, part.test, task)
+    counts = train_class_counts(site)
+    assert counts.sum() == len(part.train) and len(counts) == task.num_classes
+    rel = _releases(SitePolicy(), FakeLedger())
+    count = sample_count(rel, len(part.train), counts)
+    result = type("R", (), {"loss": 0.5, "steps": 3, "seconds": 1.0})()
+    metrics = train_metrics(rel, result, site, count, proximal_mu=0.0, client_seconds=1.0)
+    assert set(metrics) <= allowed_metric_keys(TRAIN, dp=True)   # check_outgoing's table
+    assert [k for k in metrics if k.startswith("train_class_count_")] == [
+        f"train_class_count_{c}" for c in range(task.num_classes)]
+    assert tuple(class_counts_of(task.num_classes, metrics)) == count.classes
+    multilabel = LocalSite(0, part.train, part.test,
+                           type(task)("multilabel", 3, 1, 1, 28))
+    assert train_class_counts(multilabel) is None               # one case, several counts

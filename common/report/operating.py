@@ -87,8 +87,9 @@ def operating_section(federated: Selection | None, local: dict[str, Selection],
     if federated is None and not local and pooled is None:
         return []
     lines = ["## Model selection and operating point (validation data only)", "",
-             "Each model was chosen, and its operating point set, on validation data; the "
-             "test splits only score the result.", "", *selection_lines(federated, local, pooled),
+             "Each model was chosen, and its operating point set, on validation data (or, "
+             "where none left the sites, on their noised training class counts); the test "
+             "splits only score the result.", "", *selection_lines(federated, local, pooled),
              ""]
     if dp and (local or pooled is not None):
         lines += ["The baselines select on their exact validation data, under DP too: a "
