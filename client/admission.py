@@ -61,12 +61,19 @@ class Admitted:
 
 
 def check_request(cfg: RunConfig, policy: SitePolicy) -> None:
-    """The rules that need no data: DP required, allowed models and strategies."""
+    """The rules that need no data: DP required, a loss the policy's releases allow, allowed
+    models and strategies."""
     if policy.require_dp and cfg.dp != "sample":
         why = ("the run trains without DP" if cfg.dp == "off" else
                "client-level DP noises at the server, which this site does not trust")
         raise PolicyRefused("require_dp", f"this site trains only with sample-level DP-SGD "
                                           f"(dp=sample); the run asks dp={cfg.dp} ({why})")
+    if (cfg.dp == "sample" and cfg.loss == "logit_adjusted"
+            and policy.sample_count_release(dp=True) == "equal"):
+        raise PolicyRefused("sample_count", "loss=logit_adjusted under DP takes its prior from "
+                                            "the site's noised class counts, which this site "
+                                            "does not release (sample_count = 'equal'); the "
+                                            "run can use loss=ce")
     if policy.allowed_models and cfg.model not in policy.allowed_models:
         raise PolicyRefused("allowed_models", f"model {cfg.model!r} is not one this site allows "
                                               f"({', '.join(policy.allowed_models)})")

@@ -122,19 +122,21 @@ def _train_private(msg: Message, context: Context, cfg: RunConfig, policy: SiteP
         return _budget_refusal(msg, spent, site, server_round)
     plan = admitted.plan
     deployment = not is_simulated(context.node_config)
+    rel = releases_for(context.node_config, policy, dp=True, run_key=run_key,
+                       server_round=server_round, seed=seed, ledger=ledger, delta=plan.delta)
+    # admitted with the round: charged once per run; before training, whose logit-adjusted
+    # loss takes its prior from the noised class counts
+    count = sample_count(rel, len(site.train), train_class_counts(site))
+    prior = np.array(count.classes) if count.classes else None
     result = train_local_dp(model, site.train, site.task, admitted.cfg, epochs=cfg.local_epochs,
                             seed=seed, noise_multiplier=plan.noise_multiplier,
                             sample_rate=plan.sample_rate, steps=plan.steps_per_round,
                             proximal_mu=mu, global_params=global_params,
                             secure=policy.secure_randomness and deployment,
-                            window=round_window(cfg, server_round))
+                            window=round_window(cfg, server_round), prior_counts=prior)
     ledger.append(run_key=run_key, server_round=server_round, kind=DP_KIND,
                   noise_multiplier=result.noise_multiplier, sample_rate=result.sample_rate,
                   steps=result.steps, delta=plan.delta)
-    rel = releases_for(context.node_config, policy, dp=True, run_key=run_key,
-                       server_round=server_round, seed=seed, ledger=ledger, delta=plan.delta)
-    count = sample_count(rel, len(site.train),    # admitted with the round: charged once
-                         train_class_counts(site))
     metrics = train_metrics(rel, result, site, count, proximal_mu=mu,
                             client_seconds=time.perf_counter() - start,
                             privacy=privacy_metrics(result, admitted, ledger, run_key))

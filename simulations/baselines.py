@@ -12,7 +12,9 @@ validation data never leave its one holder, so it selects on the exact values, u
 The test splits choose nothing: both are scored on every site's test split and the global test
 with `common.training.prediction.evaluate`, and at their operating point. With dp='sample' both
 train under DP-SGD with the same epsilon budget and delta rule as the sites (each round's steps
-as a site's plan has them).
+as a site's plan has them); with loss='logit_adjusted' the prior is the holder's class counts
+released once with Gaussian noise (sigma `PRIOR_SIGMA`, the sites' default count release),
+planned into the budget and charged to its ledger, as a site's is.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from common.operating_point import (OperatingPoint, argmax_point, choose_operati
 from common.training.dp_local import train_local_dp
 from common.training.init import initial_state
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.mechanisms import release_matrix
 from common.privacy.planner import PrivacyPlan, plan_from_config
 from common.training.local import train_local
 from common.training.schedule import round_window
@@ -46,6 +49,7 @@ from common.validation_stats import validation_counts
 from simulations.progress import Progress, Task
 
 SCORED_KINDS = ("binary", "multiclass", "ordinal")
+PRIOR_SIGMA = 10.0               # as a site policy's default count_noise_multiplier
 ROUND_SEED = 100_003             # round r of a baseline trains with seed + r x ROUND_SEED
 
 
@@ -68,9 +72,24 @@ class Trained:
     selection: Selection
 
 
+def _dp_prior(split: Split, cfg: RunConfig, fed: Federation, seed: int,
+              ledger: PrivacyLedger) -> np.ndarray | None:
+    """Under DP with loss='logit_adjusted': the split's class counts plus N(0, PRIOR_SIGMA^2)
+    each (L2 sensitivity 1), charged to ``ledger``; else None."""
+    if cfg.loss != "logit_adjusted" or fed.task.kind not in SCORED_KINDS:
+        return None
+    counts = np.bincount(np.asarray(split.labels, dtype=np.int64).reshape(-1),
+                         minlength=fed.task.num_classes)
+    noisy, (sigma, q, steps) = release_matrix(counts, PRIOR_SIGMA,
+                                              torch.Generator().manual_seed(seed))
+    ledger.record(sigma, q, steps)
+    return np.clip(np.round(noisy), 0.0, None)
+
+
 def _train_round(model: torch.nn.Module, split: Split, cfg: RunConfig, fed: Federation,
                  server_round: int, seed: int, plan: PrivacyPlan | None,
-                 ledger: PrivacyLedger | None, task: Task) -> float:
+                 ledger: PrivacyLedger | None, task: Task,
+                 prior: np.ndarray | None = None) -> float:
     """Round ``server_round``: local_epochs epochs at that round's place in the run's
     learning-rate schedule (as a site's, `round_window`), under DP-SGD the plan's steps of one
     round, recorded in ``ledger``; returns the training loss of its last epoch. ``task``
@@ -82,7 +101,7 @@ def _train_round(model: torch.nn.Module, split: Split, cfg: RunConfig, fed: Fede
                            window=window, on_epoch=lambda _: task.advance()).loss
     result = train_local_dp(model, split, fed.task, cfg, epochs=cfg.local_epochs, seed=seed,
                             noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                            steps=plan.steps_per_round, window=window)
+                            steps=plan.steps_per_round, window=window, prior_counts=prior)
     ledger.record(result.noise_multiplier, result.sample_rate, result.steps)
     task.advance(cfg.local_epochs)
     return result.loss
@@ -112,14 +131,18 @@ def train_selected(model: torch.nn.Module, split: Split, val: Split | None, cfg:
     round's without validation data). ``task`` counts its epochs (`simulations.progress`);
     each round's line says how many are done and the time left."""
     task = task or Progress().task(name, cfg.rounds * cfg.local_epochs)
-    plan = plan_from_config(cfg, len(split)) if cfg.dp == "sample" else None
+    prior_release = (cfg.dp == "sample" and cfg.loss == "logit_adjusted"
+                     and fed.task.kind in SCORED_KINDS)
+    plan = plan_from_config(cfg, len(split), extra=[(PRIOR_SIGMA, 1.0, 1)] if prior_release
+                            else ()) if cfg.dp == "sample" else None
     ledger = PrivacyLedger(cfg.accountant) if plan is not None else None
+    prior = _dp_prior(split, cfg, fed, seed, ledger) if plan is not None else None
     best, best_round, best_state, scores, since, stopped = None, 0, None, {}, 0, ""
     last = 0
     for r in range(1, cfg.rounds + 1):
         clock = time.perf_counter()
         loss = _train_round(model, split, cfg, fed, r, seed + r * ROUND_SEED, plan, ledger,
-                            task)
+                            task, prior)
         last, value = r, _val_loss(model, val, fed)
         note = ""
         if value is not None:

@@ -257,8 +257,17 @@ def test_logit_adjusted_prior_hand_checked() -> None:
     assert loss(zero, torch.ones(4, dtype=torch.long)).item() == pytest.approx(-math.log(0.8))
     cfg = RunConfig(loss="logit_adjusted")
     assert isinstance(make_loss(cfg, BINARY, np.array([0, 1])), LogitAdjustedLoss)
-    with pytest.raises(ConfigError, match="loss='logit_adjusted' with dp='sample'.*prior"):
-        check_dp_loss(cfg.replace(dp="sample"))
+    dp = cfg.replace(dp="sample")
+    check_dp_loss(dp)              # allowed: under DP its prior is the noised class counts
+    with pytest.raises(ConfigError, match="needs the site's noised class counts"):
+        make_loss(dp, BINARY, np.array([0, 1]))             # never the exact labels' prior
+    noised = make_loss(dp, BINARY, np.array([0, 1, 1, 1]), prior_counts=np.array([-2.0, 9.0]))
+    assert torch.allclose(noised.offsets, torch.log(torch.tensor([1 / 11, 10 / 11])))  # +1 each
+    with pytest.raises(ConfigError, match="multilabel"):
+        make_loss(dp, TaskInfo("multilabel", 2, 2, 1, 8), np.zeros((2, 2)),
+                  prior_counts=np.array([1.0, 1.0]))
+    with pytest.raises(ConfigError, match="weighted_ce"):
+        check_dp_loss(dp.replace(loss="weighted_ce"))
 
 
 def test_grad_clip_bounds_each_step() -> None:

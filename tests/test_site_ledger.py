@@ -15,7 +15,7 @@ from client.ledger import (FileLedgerStore, LedgerTampered, SiteLedger, StateLed
 from client.ledger_chain import canonical, lifetime_epsilon, sha256_hex
 from client.replay import CachedReply, load_reply, reply_path, save_reply
 from client.site import load_site
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from common.datasets import Split
 from common.privacy.accounting import epsilon_of_history
 
@@ -66,6 +66,30 @@ def test_append_then_open_verifies_and_gives_back_every_entry(tmp_path):
     (run,) = again.runs()
     assert (run.key, run.rounds, run.steps, run.releases) == ("run-a", 3, 108, 1)
     assert run.epsilon == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_released_vector_is_kept_in_its_entry_and_an_edit_of_it_is_refused(tmp_path):
+    """The per-class counts of a count release (client.release.sample_count) live in the entry
+    that charged them: reopened as written, and an edited vector breaks the hash."""
+    store, ledger = _ledger(tmp_path, rounds=1)
+    ledger.append(run_key="run-a", server_round=1, kind="count", noise_multiplier=10.0,
+                  sample_rate=1.0, steps=1, delta=DELTA, value=498.0, values=(381.0, 117.0))
+    again = SiteLedger.open(store, "rdp")
+    assert again.released_values("run-a", "count") == (381.0, 117.0)
+    assert again.released("run-a", "count") == 498.0
+    assert again.released_values("run-b", "count") is None
+    assert again.entries[0].values is None                  # an entry without one: as before
+    rows = _lines(store.primary)
+    assert "values" not in rows[0] and rows[1]["values"] == [381.0, 117.0]
+    rows[1]["values"] = [300.0, 198.0]
+    for path in (store.primary, store.backup):
+        _write(path, rows)
+    with pytest.raises(LedgerTampered, match="entry 2"):
+        SiteLedger.open(store, "rdp")
+    _, fresh = _ledger(tmp_path / "fresh", rounds=0)
+    with pytest.raises(ConfigError, match="ledger values"):
+        fresh.append(run_key="run-a", server_round=1, kind="count", noise_multiplier=10.0,
+                     sample_rate=1.0, steps=1, delta=DELTA, value=1.0, values=(float("nan"),))
 
 
 def test_the_fast_rdp_path_is_the_reference_accountant():

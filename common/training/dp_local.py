@@ -214,14 +214,15 @@ def _loader(schedule: _Schedule) -> DataLoader:
 
 @contextmanager
 def _dp_loop(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig,
-             schedule: _Schedule, global_params: list[torch.Tensor] | None) -> Iterator[_DPLoop]:
+             schedule: _Schedule, global_params: list[torch.Tensor] | None,
+             prior_counts: np.ndarray | None = None) -> Iterator[_DPLoop]:
     """Set ``model`` up for DP-SGD and yield the loop's fixed parts, with ``model`` wrapped by
     Opacus inside a forked global RNG (the caller's RNG state is left untouched)."""
     mode = _prepare_model(model, split, cfg, schedule.seed)
     device = model_device(model)
     anchor = fedprox_anchor(model, schedule.proximal_mu, global_params) or []
     prox = [(p, g) for p, g in zip(model.parameters(), anchor) if p.requires_grad]
-    loss_fn = _per_sample_loss(training_loss(cfg, task, split).to(device))
+    loss_fn = _per_sample_loss(training_loss(cfg, task, split, prior_counts).to(device))
     _, fetch = batch_source(split, task, cfg, device, schedule.seed)   # + augmentation (seg)
     params = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()
@@ -304,7 +305,8 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
                    seed: int, noise_multiplier: float, sample_rate: float,
                    steps: int | None = None, proximal_mu: float = 0.0,
                    global_params: list[torch.Tensor] | None = None,
-                   secure: bool = False, window: EpochWindow | None = None) -> DPTrainResult:
+                   secure: bool = False, window: EpochWindow | None = None,
+                   prior_counts: np.ndarray | None = None) -> DPTrainResult:
     """Train ``model`` in place on ``split`` with DP-SGD; see the module docstring.
 
     ``steps`` logical steps are taken (default `default_steps` ``(epochs, sample_rate)``, equal
@@ -320,6 +322,8 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
     steps (the last ``steps / epochs``), a training diagnostic that is not privatised.
 
     ``window``: where this call sits in the run's learning-rate schedule (`train_local`).
+    ``prior_counts``: the site's noised class counts, the prior of loss='logit_adjusted'
+    (`common.training.losses.make_loss`).
     """
     _check_dp_split(split, task)
     if not isinstance(secure, bool):
@@ -328,6 +332,6 @@ def train_local_dp(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfi
     _check_dp_args(n, epochs, noise_multiplier, sample_rate, steps, proximal_mu)
     schedule = _Schedule(n, epochs, default_steps(epochs, sample_rate) if steps is None else steps,
                          sample_rate, noise_multiplier, seed, proximal_mu, secure, window)
-    with _dp_loop(model, split, task, cfg, schedule, global_params) as loop:
+    with _dp_loop(model, split, task, cfg, schedule, global_params, prior_counts) as loop:
         taken, sums = _run_steps(loop)
     return _result(loop, taken, sums)

@@ -11,8 +11,14 @@ average to one class and makes the next round's losses spike. Predictions use th
 (a balanced prior); the binary operating point is then chosen on validation data.
 
 Multilabel tasks use the sigmoid form: each label's logit gets ``log(p / (1 - p))`` with ``p``
-its smoothed positive rate. The prior comes from the private labels, so under dp='sample' the
-loss is refused, like ``weighted_ce`` (`common.training.losses.check_dp_loss`).
+its smoothed positive rate.
+
+Under dp='sample' the exact prior of the private labels is a statistic of the whole training
+set that DP-SGD does not cover, so the prior is the site's noised class counts instead: the
+count release it makes once per run anyway (`client.release.sample_count`, charged, planned
+into the target epsilon), passed as ``prior_counts``. DP-SGD's guarantee holds for a loss chosen
+from an earlier DP release (adaptive composition). Multilabel has no such release (one case
+is in several counts): refused there under DP.
 """
 
 from __future__ import annotations
@@ -37,8 +43,13 @@ def label_prior_offsets(labels: np.ndarray, num_classes: int, multilabel: bool) 
     if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
         raise ValueError(f"logit_adjusted: train labels must be class indices "
                          f"0..{num_classes - 1} of shape (N,); got shape {labels.shape}")
-    counts = np.bincount(labels.astype(np.int64), minlength=num_classes) + 1.0
-    return torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+    return count_offsets(np.bincount(labels.astype(np.int64), minlength=num_classes))
+
+
+def count_offsets(counts: np.ndarray) -> torch.Tensor:
+    """``log p`` per class of class counts (noised ones clamped at 0) plus one pseudo-count."""
+    c = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None) + 1.0
+    return torch.tensor(np.log(c / c.sum()), dtype=torch.float32)
 
 
 class LogitAdjustedLoss(nn.Module):

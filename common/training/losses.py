@@ -16,9 +16,9 @@ from torch import nn
 from common.config import ConfigError, RunConfig
 from common.datasets.base import Split, TaskInfo
 from common.segmentation import make_seg_loss, seg_class_weights
-from common.training.logit_adjusted import logit_adjusted_loss
+from common.training.logit_adjusted import LogitAdjustedLoss, count_offsets, logit_adjusted_loss
 
-DP_SAFE_LOSSES = {"classification": ("ce", "focal"),
+DP_SAFE_LOSSES = {"classification": ("ce", "focal", "logit_adjusted"),
                   "segmentation": ("dice_ce", "dice", "focal", "ce")}
 
 
@@ -26,14 +26,13 @@ PRIOR_LOSSES = ("weighted_ce", "logit_adjusted")   # built from the site's label
 
 
 def check_dp_loss(cfg: RunConfig) -> None:
-    """Refuse ``loss='weighted_ce'`` (and ``logit_adjusted``, whose prior is the same kind of
-    count) under dp='sample' (see module doc); dp='off' and dp='client' (which protects a
-    site's whole contribution) keep them."""
-    if cfg.dp != "sample" or cfg.loss not in PRIOR_LOSSES:
+    """Refuse ``loss='weighted_ce'`` under dp='sample' (see module doc); dp='off' and
+    dp='client' (which protects a site's whole contribution) keep it. ``logit_adjusted`` is
+    allowed: under DP its prior is the site's noised class counts (`make_loss`)."""
+    if cfg.dp != "sample" or cfg.loss != "weighted_ce":
         return
     safe = "; ".join(f"{task}: {', '.join(losses)}" for task, losses in DP_SAFE_LOSSES.items())
-    what = "weights" if cfg.loss == "weighted_ce" else "prior"
-    raise ConfigError(f"loss={cfg.loss!r} with dp='sample': its class {what} come from the "
+    raise ConfigError(f"loss={cfg.loss!r} with dp='sample': its class weights come from the "
                       f"site's private label counts, which DP-SGD does not protect; choose a "
                       f"DP-safe loss ({safe}), or dp='off'/'client'")
 
@@ -63,7 +62,8 @@ class FocalLoss(nn.Module):
         return (modulating * nll).mean()
 
 
-def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Module:
+def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray,
+              prior_counts: np.ndarray | None = None) -> nn.Module:
     """The training loss named by ``cfg.loss`` for ``task``.
 
     * ``ce``: cross-entropy (multilabel: ``BCEWithLogitsLoss``).
@@ -72,8 +72,9 @@ def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Mo
       ``pos_weight = negatives / positives`` per label (1 for a label with no positives).
       Refused under dp='sample' (`check_dp_loss`).
     * ``focal``: `FocalLoss` with ``cfg.focal_gamma`` (sigmoid form for multilabel).
-    * ``logit_adjusted``: CE against the labels' prior (`common.training.logit_adjusted`).
-      Refused under dp='sample' (`check_dp_loss`).
+    * ``logit_adjusted``: CE against the labels' prior (`common.training.logit_adjusted`);
+      under dp='sample' against ``prior_counts``, the site's noised class counts (required
+      there; never the labels' exact counts).
     """
     if task.kind == "segmentation":
         raise ValueError("make_loss: a segmentation task trains on masks; use make_seg_training_"
@@ -88,7 +89,9 @@ def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Mo
     if cfg.loss == "ce":
         return nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
     if cfg.loss == "logit_adjusted":
-        return logit_adjusted_loss(train_labels, task.num_classes, multilabel)
+        if cfg.dp != "sample":
+            return logit_adjusted_loss(train_labels, task.num_classes, multilabel)
+        return _dp_logit_adjusted(task, prior_counts)
     if cfg.loss != "weighted_ce":
         raise ConfigError(f"loss={cfg.loss!r} unknown; expected one of ce, weighted_ce, focal, "
                           f"logit_adjusted")
@@ -96,6 +99,17 @@ def make_loss(cfg: RunConfig, task: TaskInfo, train_labels: np.ndarray) -> nn.Mo
     if multilabel:
         return nn.BCEWithLogitsLoss(pos_weight=_pos_weight(labels, task.num_classes))
     return nn.CrossEntropyLoss(weight=_class_weights(labels, task.num_classes))
+
+
+def _dp_logit_adjusted(task: TaskInfo, prior_counts: np.ndarray | None) -> nn.Module:
+    if task.kind == "multilabel":
+        raise ConfigError("loss='logit_adjusted' with dp='sample' on a multilabel task: its "
+                          "prior would need per-label counts, which the site does not release "
+                          "under DP; choose --loss ce or focal")
+    if prior_counts is None or len(prior_counts) != task.num_classes:
+        raise ConfigError("loss='logit_adjusted' with dp='sample' needs the site's noised class "
+                          "counts as its prior (client.release.sample_count); none were given")
+    return LogitAdjustedLoss(count_offsets(prior_counts), multilabel=False)
 
 
 def make_seg_training_loss(cfg: RunConfig, task: TaskInfo, masks: np.ndarray) -> nn.Module:
@@ -108,12 +122,13 @@ def make_seg_training_loss(cfg: RunConfig, task: TaskInfo, masks: np.ndarray) ->
                          focal_gamma=cfg.focal_gamma)
 
 
-def training_loss(cfg: RunConfig, task: TaskInfo, split: Split) -> nn.Module:
+def training_loss(cfg: RunConfig, task: TaskInfo, split: Split,
+                  prior_counts: np.ndarray | None = None) -> nn.Module:
     """`make_seg_training_loss` on the split's masks for segmentation, else `make_loss` on its
     labels."""
     if task.kind == "segmentation":
         return make_seg_training_loss(cfg, task, split.masks)
-    return make_loss(cfg, task, split.labels)
+    return make_loss(cfg, task, split.labels, prior_counts)
 
 
 def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
