@@ -46,7 +46,7 @@ from common.tracking.base import Tracker
 from common.tracking.files import log_report
 from common.tracking.open import EXPERIMENT, check_tracking
 from common.wire import PERSONAL_DIR_KEY, SITE_POLICY_KEY
-from server.model_selection import BEST_MODEL
+from server.model_selection import BEST_MODEL, NOT_SENT
 from simulations.baselines import BASELINE_RUNNERS, initial_model, scored_at
 from simulations.engine import (RayResources, SimulationCrashed, backend_config, crash_aware,
                                 simulated_site_app, start_ray)
@@ -300,13 +300,16 @@ def with_selection_note(record: RunRecord, site_policy: str) -> RunRecord:
     how = policy.test_metrics_release(dp=True)
     if how != "local":
         return record
+    point = selection.operating_point
+    chosen = point is not None and point.kind != "argmax"     # from the noised class prior
     reason = (f"under DP the sites' policy ({policy.source}: test_metrics = "
               f"'{policy.test_metrics}', which under DP means 'local') kept their validation "
-              f"statistics at the sites, so the server selected no model and chose no "
-              f"operating point (a policy with test_metrics = 'noised' releases them noised "
-              f"and charged in its metric-release rounds)")
-    point = selection.operating_point
-    if point is not None:
+              f"statistics at the sites, so the server selected no model and "
+              + ("set the operating point from the sites' noised training class counts" if
+                 chosen else "chose no operating point")
+              + " (a policy with test_metrics = 'noised' releases them noised and charged in "
+                "its metric-release rounds)")
+    if point is not None and point.skipped == NOT_SENT:
         point = dataclasses.replace(point, skipped="no validation statistics reached the "
                                                     "server (see the federated model above)")
     return dataclasses.replace(record, selection=dataclasses.replace(

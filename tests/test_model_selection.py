@@ -341,9 +341,9 @@ def test_the_report_says_why_nothing_was_selected_under_dp():
 
 
 def test_under_dp_without_validation_the_threshold_is_the_sites_noised_class_prior():
-    """The sites' train replies carry their noised class counts once (round 1); round 2's do
-    not. No validation statistics: nothing is selected, and the threshold is the summed prior
-    (Laplace-smoothed) - never 0.5, which calls the majority class for an imbalanced set."""
+    """The sites' train replies carry their noised class counts (each site's first copy
+    counts). No validation statistics: nothing is selected, and the threshold is the summed
+    prior (Laplace-smoothed) - not 0.5, which calls the majority class of an imbalanced set."""
     from common.operating_point import positive_class
 
     selection = ModelSelection(BINARY, positive=positive_class(BINARY))
@@ -363,3 +363,35 @@ def test_under_dp_without_validation_the_threshold_is_the_sites_noised_class_pri
     assert "noised counts of 2 site(s)" in point.rule
     text = "\n".join(operating_section(outcome, {}, None, {}))
     assert "P(pneumonia) >= 0.75" in text and "class prior of 398 training cases" in text
+
+
+@pytest.mark.parametrize("loss", ["ce", "logit_adjusted"])
+def test_a_dp_simulation_sets_its_operating_point_from_the_noised_class_counts(tmp_path, loss):
+    """Under DP with the simulation policy (validation statistics stay local) the threshold is
+    the sites' noised class prior, within the run's epsilon; trained with the logit-adjusted
+    loss (its prior the same noised counts) the argmax is kept."""
+    path = breast_npz(tmp_path / "breastmnist.npz", sizes=(200, 40, 60))
+    argv = ["simulate", "--output-dir", str(tmp_path / "runs"), "--run-name", "dp",
+            "--dataset", "medmnist", "--data-path", str(path), "--sites", "2", "--rounds", "1",
+            "--local-epochs", "1", "--model", "cnn", "--width", "4", "--batch-size", "16",
+            "--dp", "sample", "--target-epsilon", "8", "--baselines", "pooled", "--loss", loss]
+    assert main(argv) == 0
+    run = tmp_path / "runs" / "dp"
+    summary = json.loads((run / rundir.SUMMARY).read_text())
+    (line,) = [json.loads(x) for x in (run / rundir.METRICS).read_text().splitlines()][1:]
+    counts = [[site["train"][f"train_class_count_{c}"] for c in (0, 1)]
+              for site in line["sites"].values()]
+    assert len(counts) == 2 and all(c >= 0 for pair in counts for c in pair)
+    for site in line["sites"].values():          # the weight is the noised counts' sum
+        assert abs(site["train"]["num-examples"] - sum(
+            site["train"][f"train_class_count_{c}"] for c in (0, 1))) <= 1.0
+    point = summary["selection"]["operating_point"]
+    if loss == "ce":
+        total = np.sum(counts, axis=0)
+        assert point["kind"] == "threshold"
+        assert point["threshold"] == pytest.approx((total[1] + 1) / (total.sum() + 2))
+        assert "noised counts of 2 site(s)" in point["rule"]
+    else:
+        assert point["kind"] == "argmax" and "already logit-adjusted" in point["skipped"]
+    assert summary["privacy"]["max_epsilon"] <= 8.0 + 1e-6       # the count release included
+    assert summary["pooled"]["privacy"]["epsilon"] <= 8.0 + 1e-6   # its prior release too
