@@ -188,12 +188,15 @@ def _wire(reply: Message) -> tuple[bytes, dict]:
     return b"".join(o.deflate() for o in objects.values()), metrics
 
 
-def test_under_dp_the_simulation_policy_keeps_validation_local_and_selection_is_skipped(
+LOCAL_POLICY = SitePolicy(test_metrics="local", require_dp=False, secure_randomness=False)
+
+
+def test_under_dp_a_local_policy_keeps_validation_local_and_selection_is_skipped(
         breast_cfg, task_identity):
     cfg = breast_cfg.replace(dp="sample")
     model, site = _local_site(cfg)
     exact = exact_validation(model, site, 128)
-    wire, metrics = _wire(_evaluate(cfg, model, 2))
+    wire, metrics = _wire(_evaluate(cfg, model, 2, **{"site-policy": LOCAL_POLICY.to_toml()}))
     assert metrics == {"site": 0, "num-examples": 1.0, "dp-weight": 1.0, "withheld": 1.0}
     assert b"val_" not in wire
     assert struct.pack("<d", exact[VAL_LOSS]) not in wire
@@ -329,15 +332,15 @@ def test_the_report_says_why_nothing_was_selected_under_dp():
               "test": {"withheld": 1.0}}}, "failures": {}, "seconds": 1.0} for r in (0, 1, 2)]
     record = RunRecord(config=RunConfig(dp="sample", baselines=""), history=lines,
                        wall_seconds=1.0, selection=ModelSelection(BINARY).outcome(2))
-    noted = with_selection_note(record, "")
-    assert "simulation: test_metrics = 'exact', which under DP means 'local'" in \
-        noted.selection.skipped
+    noted = with_selection_note(record, LOCAL_POLICY.to_toml())
+    assert "simulate --site-policy: test_metrics = 'local'" in noted.selection.skipped
     report = report_markdown(noted, "", partition=False)
     assert "federated: the last model (round 2): no selection, under DP the sites' policy" in \
         report
     assert "argmax of the probabilities (threshold 0.5)" in report
     noised = SitePolicy(test_metrics="noised", require_dp=False).to_toml()
     assert with_selection_note(record, noised).selection.skipped == NOT_SENT
+    assert with_selection_note(record, "").selection.skipped == NOT_SENT   # simulation: noised
 
 
 def test_under_dp_without_validation_the_threshold_is_the_sites_noised_class_prior():
@@ -365,16 +368,21 @@ def test_under_dp_without_validation_the_threshold_is_the_sites_noised_class_pri
     assert "P(pneumonia) >= 0.75" in text and "class prior of 398 training cases" in text
 
 
-@pytest.mark.parametrize("loss", ["ce", "logit_adjusted"])
-def test_a_dp_simulation_sets_its_operating_point_from_the_noised_class_counts(tmp_path, loss):
-    """Under DP with the simulation policy (validation statistics stay local) the threshold is
-    the sites' noised class prior, within the run's epsilon; trained with the logit-adjusted
-    loss (its prior the same noised counts) the argmax is kept."""
+@pytest.mark.parametrize("loss,policy", [("ce", "local"), ("logit_adjusted", "local"),
+                                         ("logit_adjusted", "simulation")])
+def test_a_dp_simulation_sets_its_operating_point_from_noised_statistics(tmp_path, loss, policy):
+    """Under DP the simulation policy releases the validation histograms noised in the last
+    round, and the threshold is Youden's J on them. A policy that keeps them local leaves the
+    sites' noised class prior: the threshold for CE; with the logit-adjusted loss (its prior
+    the same noised counts) the argmax. Every release fits the run's epsilon."""
     path = breast_npz(tmp_path / "breastmnist.npz", sizes=(200, 40, 60))
     argv = ["simulate", "--output-dir", str(tmp_path / "runs"), "--run-name", "dp",
             "--dataset", "medmnist", "--data-path", str(path), "--sites", "2", "--rounds", "1",
             "--local-epochs", "1", "--model", "cnn", "--width", "4", "--batch-size", "16",
             "--dp", "sample", "--target-epsilon", "8", "--baselines", "pooled", "--loss", loss]
+    if policy == "local":
+        (tmp_path / "local.toml").write_text(LOCAL_POLICY.to_toml())
+        argv += ["--site-policy", str(tmp_path / "local.toml")]
     assert main(argv) == 0
     run = tmp_path / "runs" / "dp"
     summary = json.loads((run / rundir.SUMMARY).read_text())
@@ -386,12 +394,15 @@ def test_a_dp_simulation_sets_its_operating_point_from_the_noised_class_counts(t
         assert abs(site["train"]["num-examples"] - sum(
             site["train"][f"train_class_count_{c}"] for c in (0, 1))) <= 1.0
     point = summary["selection"]["operating_point"]
-    if loss == "ce":
+    if policy == "simulation":
+        assert point["kind"] == "threshold" and "Youden's J" in point["rule"]
+        assert "noised" in point["rule"] and summary["selection"]["criterion"] == "val_auc"
+    elif loss == "ce":
         total = np.sum(counts, axis=0)
         assert point["kind"] == "threshold"
         assert point["threshold"] == pytest.approx((total[1] + 1) / (total.sum() + 2))
         assert "noised counts of 2 site(s)" in point["rule"]
     else:
         assert point["kind"] == "argmax" and "already logit-adjusted" in point["skipped"]
-    assert summary["privacy"]["max_epsilon"] <= 8.0 + 1e-6       # the count release included
+    assert summary["privacy"]["max_epsilon"] <= 8.0 + 1e-6       # every release included
     assert summary["pooled"]["privacy"]["epsilon"] <= 8.0 + 1e-6   # its prior release too

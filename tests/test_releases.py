@@ -304,7 +304,9 @@ def test_dp_evaluate_reply_on_the_wire_has_no_exact_test_metric(task_identity):
     model, site, ctx = _setup(cfg)
     weights = pack_state(model.state_dict())
     exact = evaluate(model, site.test, site.task, batch_size=128)
-    reply = evaluate_site(_request(cfg, "evaluate", 2, weights), ctx)   # simulation policy
+    local = SitePolicy(test_metrics="local", require_dp=False, secure_randomness=False)
+    reply = evaluate_site(_request(cfg, "evaluate", 2, weights,
+                                   **{"site-policy": local.to_toml()}), ctx)
     wire, metrics = _serialized(reply)
     assert metrics == {"site": 0, "num-examples": 1.0, "dp-weight": 1.0, "withheld": 1.0}
     _assert_absent(wire, metrics, exact)

@@ -139,7 +139,8 @@ def test_what_may_leave_follows_the_policy_and_never_exact_under_dp():
         assert SitePolicy(sample_count="equal").sample_count_release(dp) == "equal"
     sim = SIMULATION_POLICY
     assert (sim.sample_count_release(True), sim.test_metrics_release(True),
-            sim.train_loss_release(True)) == ("noised", "local", "local")
+            sim.train_loss_release(True)) == ("noised", "noised", "local")
+    assert sim.planned_releases() == ((10.0, 1.0, 1), (10.0, 1.0, 1))   # count, last round
     assert (sim.sample_count_release(False), sim.test_metrics_release(False),
             sim.train_loss_release(False)) == ("exact", "exact", "exact")
     assert math.isinf(sim.lifetime_epsilon) and not sim.require_dp
