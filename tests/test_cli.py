@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from common.task_defaults import CLASSIFICATION_RECIPE
+from common.task_defaults import CLASSIFICATION_RECIPE, DP_CLASSIFICATION_RECIPE
 from common.config import RunConfig
 from fedclinic.cli import build_parser, main
 
@@ -108,8 +108,9 @@ def test_segmentation_brings_settings_that_learn_for_options_not_given(capsys):
     cfg, said = _parsed([], capsys)                      # classification: its recipe
     assert cfg == RunConfig(**CLASSIFICATION_RECIPE)
     assert "classification defaults" in said and "--lr-schedule cosine" in said
-    cfg, said = _parsed(["--dp", "sample"], capsys)      # ... except under DP
-    assert cfg == RunConfig(dp="sample") and said == ""
+    cfg, said = _parsed(["--dp", "sample"], capsys)      # under DP: its own
+    assert cfg == RunConfig(dp="sample", **DP_CLASSIFICATION_RECIPE)
+    assert "classification defaults" in said and "--loss logit_adjusted" in said
 
 
 def test_run_and_tradeoff_commands_use_the_same_task_defaults(capsys):

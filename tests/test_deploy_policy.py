@@ -62,8 +62,8 @@ def _refusals(lb: Loopback) -> list[dict]:
 
 def _replay_with_public_seed(lb: Loopback, run_dir: Path) -> dict[str, torch.Tensor]:
     """What an honest-but-curious coordinator computes: the site's training replayed from what
-    it knows (the run config, its initial model, the seed it sent, sigma/q/steps the site
-    reported) on the site's data. With seeded noise this reproduced the update exactly."""
+    it knows (the run config, its initial model, the seed it sent, sigma/q/steps and the noised
+    class counts the site reported) on the site's data. With seeded noise this reproduced the update exactly."""
     from client.train_task import local_seed
     from common.datasets import load_dataset
     from common.models import build_model
@@ -78,9 +78,12 @@ def _replay_with_public_seed(lb: Loopback, run_dir: Path) -> dict[str, torch.Ten
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, spatial_dims=task.spatial_dims, in_channels=task.channels,
                         num_classes=task.num_classes, norm=cfg.norm, width=cfg.width)
+    sent = _lines(run_dir / "metrics.jsonl")[1]["sites"]["0"]["train"]   # its noised counts
+    prior = np.array([sent[f"train_class_count_{c}"] for c in range(task.num_classes)])
     train_local_dp(model, data.train, task, cfg, epochs=cfg.local_epochs,
                    seed=local_seed(cfg.seed, 1, 0), noise_multiplier=row["noise_multiplier"],
-                   sample_rate=row["sample_rate"], steps=int(row["dp_steps"]))
+                   sample_rate=row["sample_rate"], steps=int(row["dp_steps"]),
+                   prior_counts=prior if cfg.loss == "logit_adjusted" else None)
     return model.state_dict()
 
 

@@ -15,7 +15,8 @@ from common.augment import augment_batch, parse_augment
 from common.config import ConfigError, RunConfig
 from common.datasets.base import Split, TaskInfo
 from common.models import DEFAULT_STEM, InputNorm, build_model
-from common.task_defaults import (CLASSIFICATION_RECIPE, describe_task_defaults,
+from common.task_defaults import (CLASSIFICATION_RECIPE, DP_CLASSIFICATION_RECIPE,
+                                  describe_task_defaults,
                                   with_task_defaults)
 from common.training import local as local_mod
 from common.training.batches import batch_source
@@ -221,7 +222,10 @@ def test_segmentation_and_dp_keep_their_own_defaults() -> None:
     seg, _ = with_task_defaults({"task": "segmentation"})
     assert seg["model"] == "unet" and "lr_schedule" not in seg
     dp, filled = with_task_defaults({"dp": "sample"})
-    assert all(k not in filled for k in ("batch_size", "lr", "width"))   # DP plan unchanged
+    assert filled == DP_CLASSIFICATION_RECIPE and "width" not in filled   # DP: its own
+    assert dp["loss"] == "logit_adjusted" and dp["batch_size"] == 64
+    given, filled = with_task_defaults({"dp": "sample", "lr": 0.05, "loss": "ce"})
+    assert given["lr"] == 0.05 and given["loss"] == "ce" and "lr" not in filled
 
 
 # --------------------------------------------------------------------------- DP-SGD

@@ -7,7 +7,6 @@ import math
 import sys
 from typing import Any
 
-from common.training.losses import PRIOR_LOSSES
 from fedclinic.cli.options import add_debug, add_run_options, add_verbose, config_from_args
 from simulations.tradeoff.spec import (DEFAULT_EPSILONS, DEFAULT_SEEDS, SWEPT, SweepSpec,
                                        default_sweep_name, parse_epsilons, parse_seeds)
@@ -44,13 +43,14 @@ def add_parser(sub: Any) -> None:
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     base = config_from_args(args, skip=SWEPT)
     epsilons = parse_epsilons(args.epsilons)
-    if (getattr(args, "loss", None) is None and base.loss in PRIOR_LOSSES
+    if (getattr(args, "loss", None) is None and base.loss == "weighted_ce"
             and any(not math.isinf(e) for e in epsilons)):
-        # the recipe's logit-adjusted loss is refused under DP-SGD (its prior is a private
-        # count); one loss for every cell keeps the cells comparable
+        # class weights from the private label counts are refused under DP-SGD; one loss for
+        # every cell keeps the cells comparable (the recipe's logit-adjusted loss runs under
+        # DP too, its prior the sites' noised class counts)
         base = base.replace(loss="ce")
-        print(f"fedclinic: tradeoff: --loss ce in every cell (the default {'logit_adjusted'} is "
-              f"refused under --dp sample; give --loss to choose)", file=sys.stderr)
+        print("fedclinic: tradeoff: --loss ce in every cell (weighted_ce is refused under "
+              "--dp sample; give --loss to choose)", file=sys.stderr)
     return SweepSpec(base=base, epsilons=epsilons,
                      seeds=parse_seeds(args.seeds, base.seed),
                      name=args.sweep_name or default_sweep_name(base))
