@@ -27,6 +27,7 @@ from common.report.record import RunRecord
 from common.training.local_norm import LOCAL_NORM, local_keys
 from common.training.personalize import finetune
 from common.training.prediction import evaluate
+from simulations.baselines import operating_point_of, scored_at
 
 SITE_SEED = 15_485_863          # site s fine-tunes with seed + (s + 1) x SITE_SEED
 GLOBAL_SITE_NOTE = ("Federated per-site scores under local-norm: the server's global model "
@@ -46,24 +47,25 @@ def finetuned_scores(cfg: RunConfig, fed: Federation, chosen: ModelFactory,
                      echo: Callable[[str], None]) -> PersonalisedScores:
     """Each site fine-tunes the chosen global model on its train split, choosing the epoch on
     its val split; the kept model is scored on its test split."""
-    sites, kept = {}, {}
+    sites, kept, at_point = {}, {}, {}
     for s in fed.sites:
         model = chosen()
         tuned = finetune(model, s.train, s.val, fed.task, cfg, epochs=cfg.finetune_epochs,
                          seed=cfg.seed + SITE_SEED * (s.site + 1), patience=cfg.patience)
         sites[str(s.site)] = evaluate(model, s.test, fed.task)
+        at_point.update(_at_own_point(model, s, cfg, fed))
         kept[str(s.site)] = tuned.to_json()
         echo(f"[personalise finetune] site {s.site}: kept epoch {tuned.epoch} of "
              f"{tuned.epochs} by {tuned.criterion or 'nothing'}" +
              (f" ({tuned.note})" if tuned.note else ""))
-    return PersonalisedScores("finetune", sites, kept)
+    return PersonalisedScores("finetune", sites, kept, at_operating_point=at_point)
 
 
 def local_norm_scores(cfg: RunConfig, fed: Federation, chosen: ModelFactory, run_dir: Path,
                       chosen_round: int) -> PersonalisedScores:
     """Each site's personal layers of ``chosen_round`` (or its last round before it) with the
     chosen round's shared weights, on its test split."""
-    sites, missing = {}, []
+    sites, missing, at_point = {}, [], {}
     for s in fed.sites:
         model = chosen()
         keys = local_keys(model, LOCAL_NORM)
@@ -73,9 +75,19 @@ def local_norm_scores(cfg: RunConfig, fed: Federation, chosen: ModelFactory, run
             missing.append(str(s.site))
         restore_norms(model, keys, packed)
         sites[str(s.site)] = evaluate(model, s.test, fed.task)
+        at_point.update(_at_own_point(model, s, cfg, fed))
     note = (f"site(s) {', '.join(missing)} never trained up to round {chosen_round}: their "
             f"row is the global model" if missing else "")
-    return PersonalisedScores(LOCAL_NORM, sites, note=note)
+    return PersonalisedScores(LOCAL_NORM, sites, note=note, at_operating_point=at_point)
+
+
+def _at_own_point(model: torch.nn.Module, site, cfg: RunConfig, fed: Federation
+                  ) -> dict[str, dict[str, float]]:
+    """{site: metrics} of the site's personal model on its test split at the operating point
+    chosen on its own val split (as the local baseline's); {} for tasks without one."""
+    point = operating_point_of(model, site.val, cfg, fed, f"site {site.site}'s validation split")
+    scored = scored_at(point, model, site.test, fed)
+    return {str(site.site): scored} if scored else {}
 
 
 def with_personalised(record: RunRecord, cfg: RunConfig, fed: Federation, run_dir: Path,

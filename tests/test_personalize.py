@@ -174,9 +174,28 @@ def test_simulated_finetune_passes_train_and_val_and_scores_on_test(monkeypatch)
         evaluated.append(split)
         return {"auc": 0.5, "accuracy": 0.5}
 
+    chose, scored = [], []
+    real_point, real_scored = personalised.operating_point_of, personalised.scored_at
+
+    def spy_point(model, val, *args):
+        chose.append(val)
+        return real_point(model, val, *args)
+
+    def spy_scored(point, model, split, fed_):
+        scored.append(split)
+        return real_scored(point, model, split, fed_)
+
     monkeypatch.setattr(personalised, "finetune", fake_finetune)
     monkeypatch.setattr(personalised, "evaluate", fake_evaluate)
+    monkeypatch.setattr(personalised, "operating_point_of", spy_point)
+    monkeypatch.setattr(personalised, "scored_at", spy_scored)
     scores = personalised.finetuned_scores(cfg, fed, lambda: _model(cfg), lambda line: None)
+    # each site's operating point from its own val split only, scored on its test split
+    assert [v is s.val for v, s in zip(chose, fed.sites)] == [True] * len(fed.sites)
+    assert [t is s.test for t, s in zip(scored, fed.sites)] == [True] * len(fed.sites)
+    assert set(scores.at_operating_point) == {str(s.site) for s in fed.sites}
+    assert all({"balanced_accuracy", "sensitivity"} <= set(m)
+               for m in scores.at_operating_point.values())
     assert [(c[0], c[1]) for c in calls] == [(s.train, s.val) for s in fed.sites]
     assert all(c[2] == 2 for c in calls)
     assert all(any(t is s.test for t in evaluated) for s in fed.sites)
@@ -253,6 +272,9 @@ def test_a_local_norm_simulation_reports_the_personalised_column(tmp_path):
     for site, metrics in summary["personalised"]["sites"].items():
         assert metrics["loss"] == pytest.approx(line[site]["test"]["loss"])
     assert "personalised AUC" in (out.run_dir / "sites.md").read_text()
+    ops = summary["operating_point"]["personalised"]
+    assert set(ops["sites"]) == {"0", "1"} and "own validation split" in ops["rule"]
+    assert "| personalised | sites' own (mean) |" in (out.run_dir / "report.md").read_text()
 
 
 def test_without_a_folder_a_simulated_site_keeps_its_layers_in_its_context():

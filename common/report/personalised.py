@@ -27,6 +27,8 @@ class PersonalisedScores:
     sites: dict[str, Metrics]
     chosen: dict[str, dict] = field(default_factory=dict)     # site -> `Finetuned.to_json`
     note: str = ""
+    # site -> its personal model's metrics at its own operating point (chosen on its val split)
+    at_operating_point: dict[str, Metrics] = field(default_factory=dict)
 
     def describe(self) -> str:
         return METHODS.get(self.method, self.method) + (f". {self.note}" if self.note else "")
@@ -34,6 +36,8 @@ class PersonalisedScores:
     def to_json(self) -> dict:
         out: dict = {"method": self.method, "sites": self.sites, "global": {},
                      "how": self.describe()}
+        if self.at_operating_point:
+            out["at_operating_point"] = self.at_operating_point
         return {**out, "chosen": self.chosen} if self.chosen else out
 
 

@@ -152,7 +152,7 @@ class RunRecord:
         return federation_helped(self.federated.sites, local)
 
     def operating_points(self) -> dict[str, dict]:
-        """Per model (federated, local, pooled): the metrics at its operating point on the
+        """Per model (federated, local, pooled, personalised): the metrics at its operating point on the
         global test split (``global``; local: the mean of the local models) and on each site's
         test split (``sites``, when scored), and how the point was chosen."""
         out: dict[str, dict] = {}
@@ -171,6 +171,11 @@ class RunRecord:
                     point.describe() if point is not None else "")
             out[name] = {"global": scores.at_operating_point,
                          "sites": scores.sites_at_operating_point, "rule": rule}
+        mine = self.personalised
+        if mine is not None and mine.at_operating_point:
+            out["personalised"] = {"global": {}, "sites": mine.at_operating_point,
+                                   "rule": "each site's personal model at its own operating "
+                                           "point, chosen on its own validation split"}
         return out
 
     def to_json(self) -> dict:
