@@ -97,17 +97,21 @@ def run_cell(cell: Cell) -> dict:
     data = json.loads(summary.read_text())
     wall = out / "bench-wall.txt"
     points = {model: point.get("global", {})
-              for model, point in data.get("operating_point", {}).items()}
-    if "personalised" in data:          # per-site scores only: the mean over sites of AUC
-        points["personalised (site mean)"] = {"auc": _site_mean(data["personalised"]["sites"])}
+              for model, point in data.get("operating_point", {}).items()
+              if model != "personalised"}
+    if "personalised" in data:          # per-site scores only: their mean over the sites
+        own = data.get("operating_point", {}).get("personalised", {}).get("sites", {})
+        points["personalised (site mean)"] = {
+            "auc": _site_mean(data["personalised"]["sites"]),
+            **{k: _site_mean(own, k) for k in METRICS if k != "auc" and own}}
         points["worse_than_local"] = _worse_than_local(data)
     return {"cell": asdict(cell), "wall_s": float(wall.read_text()) if wall.exists() else None,
             "operating_point": points}
 
 
-def _site_mean(sites: dict) -> float:
-    values = [float(m["auc"]) for m in sites.values() if m.get("auc") == m.get("auc")
-              and m.get("auc") is not None]
+def _site_mean(sites: dict, key: str = "auc") -> float:
+    values = [float(m[key]) for m in sites.values() if m.get(key) == m.get(key)
+              and m.get(key) is not None]
     return statistics.fmean(values) if values else float("nan")
 
 
@@ -140,7 +144,7 @@ def rows(results: list[dict]) -> list[dict]:
             if model == "worse_than_local":
                 continue
             if model.startswith("personalised"):
-                label = f"{c['strategy']} personalised (site mean AUC)"
+                label = f"{c['strategy']} personalised (site mean)"
             else:
                 label = c["strategy"] if model == "federated" else model
             key = (c["dataset"], c["epsilon"], label)

@@ -11,7 +11,7 @@ def _cell(seed: int, fed_auc: float, pooled_auc: float, personal: float | None =
               "pooled": {"auc": pooled_auc, "balanced_accuracy": 0.85, "sensitivity": 0.9,
                          "specificity": 0.8}}
     if personal is not None:
-        points["personalised (site mean)"] = {"auc": personal}
+        points["personalised (site mean)"] = {"auc": personal, "balanced_accuracy": 0.75}
         points["worse_than_local"] = {"sites": []}
     return {"cell": {"dataset": "pneumonia", "strategy": "fedavg+finetune", "epsilon": "8",
                      "seed": seed, "rounds": 10}, "wall_s": 10.0 * (seed + 1),
@@ -23,12 +23,13 @@ def test_rows_average_over_seeds_and_name_each_model() -> None:
                          {"cell": {}, "error": "boom"}])
     by_model = {r["model"]: r for r in rows}
     assert set(by_model) == {"fedavg+finetune", "pooled",
-                             "fedavg+finetune personalised (site mean AUC)"}
+                             "fedavg+finetune personalised (site mean)"}
     fed = by_model["fedavg+finetune"]
     assert fed["seeds"] == 2 and fed["auc"]["mean"] == pytest.approx(0.85)
     assert fed["auc"]["std"] == pytest.approx(0.0707107, rel=1e-5)
     assert fed["wall_s"]["mean"] == pytest.approx(15.0)
-    assert by_model["fedavg+finetune personalised (site mean AUC)"]["sensitivity"]["n"] == 0
+    mine = by_model["fedavg+finetune personalised (site mean)"]
+    assert mine["sensitivity"]["n"] == 0 and mine["balanced_accuracy"]["mean"] == 0.75
     table = utility.markdown(rows)
     assert "| pneumonia | 8 | fedavg+finetune | 2 | 0.850 +- 0.071 |" in table
 
@@ -41,3 +42,24 @@ def test_a_cell_runs_the_public_cli_with_dp_only_for_a_finite_epsilon(tmp_path) 
     assert private[private.index("--target-epsilon") + 1] == "2"
     assert private[private.index("--personalize") + 1] == "local-norm"
     assert private[private.index("--partition") + 1] == "iid+shift"
+
+
+def test_a_finished_cell_is_read_back_with_the_personalised_operating_point(tmp_path,
+                                                                            monkeypatch) -> None:
+    import json
+
+    monkeypatch.setattr(utility, "CELLS", tmp_path)
+    cell = utility.Cell("pneumonia", "fedavg+finetune", "inf", 0, 2)
+    (tmp_path / cell.name).mkdir()
+    summary = {"operating_point": {
+        "federated": {"global": {"auc": 0.9, "balanced_accuracy": 0.8}},
+        "personalised": {"global": {}, "sites": {"0": {"balanced_accuracy": 0.6},
+                                                 "1": {"balanced_accuracy": 0.8}}}},
+        "personalised": {"sites": {"0": {"auc": 0.7}, "1": {"auc": 0.9}}},
+        "federation_helped": {}, "site_counts": {}}
+    (tmp_path / cell.name / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / cell.name / "bench-wall.txt").write_text("12.5\n")
+    got = utility.run_cell(cell)                       # reused: nothing runs
+    assert got["wall_s"] == 12.5 and "personalised" not in got["operating_point"]
+    mine = got["operating_point"]["personalised (site mean)"]
+    assert mine["auc"] == pytest.approx(0.8) and mine["balanced_accuracy"] == pytest.approx(0.7)
