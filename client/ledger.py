@@ -13,8 +13,9 @@ both copies: the site's machine is trusted, as said.
 
 Layout (deployment: node config `ledger-dir`, set by `fedclinic site` to <state>/ledgers):
 ``<ledger-dir>/<fingerprint>.jsonl`` and its second copy
-``<ledger-dir>/backup/<fingerprint>.jsonl``, both rewritten atomically and durably on each append (temp file, fsync, rename, folder fsync),
-files 0600 and folders 0700 whatever the umask. Without a ledger folder (simulation) the
+``<ledger-dir>/backup/<fingerprint>.jsonl``, both rewritten atomically and durably on each
+append (temp file, fsync, rename, folder fsync), files 0600 and folders 0700 whatever the
+umask. Without a ledger folder (simulation) the
 ledger lives in Flower's Context.state, which lasts for one run.
 """
 

@@ -2,15 +2,16 @@
 
 Classification gets the recipe of docs/recipes.md (width, batch, lr, weight decay, warm-up +
 cosine schedule, logit-adjusted cross-entropy; no augmentation: it hurt at these budgets);
-under dp='sample' its own, `DP_CLASSIFICATION_RECIPE`. The logit-adjusted loss is what keeps FedAvg off the majority class
-under label skew (5 Dirichlet(0.5) PneumoniaMNIST sites, 10 rounds: val balanced accuracy
-0.500 with plain CE, 0.934 with it; pooled it changes nothing, 0.961 vs 0.962). With RunConfig's own defaults (ResNet, SGD at
-lr 0.02, plain cross-entropy, batch 16) a U-Net
-settles on "all background" when lesions cover a few percent of the pixels; these settings learn
-on the synthetic data (README, Segmentation). 3D lesions are about 1% of a volume, where
-class-weighted CE learns and Dice+CE was not measured. Under sample-level DP class weights would
-come from the site's private voxel counts (`common.training.losses.check_dp_loss` refuses them),
-so there the 3D default is Dice+CE, whose Dice term copes with the imbalance without them.
+under dp='sample' its own, `DP_CLASSIFICATION_RECIPE`. The logit-adjusted loss is what keeps
+FedAvg off the majority class under label skew (5 Dirichlet(0.5) PneumoniaMNIST sites, 10
+rounds: val balanced accuracy 0.500 with plain CE, 0.934 with it; pooled it changes nothing,
+0.961 vs 0.962). With RunConfig's own defaults (ResNet, SGD at lr 0.02, plain cross-entropy,
+batch 16) a U-Net settles on "all background" when lesions cover a few percent of the pixels;
+these settings learn on the synthetic data (README, Segmentation). 3D lesions are about 1% of a
+volume, where class-weighted CE learns and Dice+CE was not measured. Under sample-level DP
+class weights would come from the site's private voxel counts
+(`common.training.losses.check_dp_loss` refuses them), so there the 3D default is Dice+CE,
+whose Dice term copes with the imbalance without them.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ def _refusals(lb: Loopback) -> list[dict]:
 def _replay_with_public_seed(lb: Loopback, run_dir: Path) -> dict[str, torch.Tensor]:
     """What an honest-but-curious coordinator computes: the site's training replayed from what
     it knows (the run config, its initial model, the seed it sent, sigma/q/steps and the noised
-    class counts the site reported) on the site's data. With seeded noise this reproduced the update exactly."""
+    class counts the site reported) on the site's data. With seeded noise this reproduced the
+    update exactly."""
     from client.train_task import local_seed
     from common.datasets import load_dataset
     from common.models import build_model

@@ -152,9 +152,10 @@ class RunRecord:
         return federation_helped(self.federated.sites, local)
 
     def operating_points(self) -> dict[str, dict]:
-        """Per model (federated, local, pooled, personalised): the metrics at its operating point on the
-        global test split (``global``; local: the mean of the local models) and on each site's
-        test split (``sites``, when scored), and how the point was chosen."""
+        """Per model (federated, local, pooled, personalised): the metrics at its operating point
+        on the global test split (``global``; local: the mean of the local models;
+        personalised: none) and on each site's test split (``sites``, when scored), and how the
+        point was chosen."""
         out: dict[str, dict] = {}
         sel = self.selection
         if sel is not None and sel.operating_point is not None:
