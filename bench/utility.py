@@ -11,7 +11,8 @@ under bench/results/utility/ and reused when rerun (delete a cell's folder to re
         --epsilons inf --seeds 1 --rounds 10                # one cell
 
 Writes bench/results/utility.json (every cell and the mean +- std per row) and
-bench/results/utility.md (the table); prints one summary line.
+bench/results/utility.md (the table); prints one summary line. Cells of earlier invocations
+stay in both (merged by cell name; delete a cell's folder and its entry to drop it).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def _mean_std(values: list[float]) -> dict:
 
 
 def rows(results: list[dict]) -> list[dict]:
-    """Mean +- std over seeds per (dataset, epsilon, model), model = strategy or baseline."""
+    """Mean +- std over seeds per (dataset, epsilon, rounds, model), model = strategy or
+    baseline."""
     grouped: dict[tuple, list[dict]] = {}
     for r in results:
         if "error" in r:
@@ -147,11 +149,12 @@ def rows(results: list[dict]) -> list[dict]:
                 label = f"{c['strategy']} personalised (site mean)"
             else:
                 label = c["strategy"] if model == "federated" else model
-            key = (c["dataset"], c["epsilon"], label)
+            key = (c["dataset"], c["epsilon"], int(c.get("rounds", 0)), label)
             grouped.setdefault(key, []).append({**point, "wall_s": r["wall_s"]})
     out = []
-    for (dataset, eps, label), points in sorted(grouped.items()):
-        row = {"dataset": dataset, "epsilon": eps, "model": label, "seeds": len(points)}
+    for (dataset, eps, rounds, label), points in sorted(grouped.items()):
+        row = {"dataset": dataset, "epsilon": eps, "rounds": rounds, "model": label,
+               "seeds": len(points)}
         for m in (*METRICS, "wall_s"):
             row[m] = _mean_std([float(p[m]) for p in points if p.get(m) is not None])
         out.append(row)
@@ -159,13 +162,14 @@ def rows(results: list[dict]) -> list[dict]:
 
 
 def markdown(table: list[dict]) -> str:
-    head = ("| dataset | epsilon | model | seeds | AUC | balanced acc | sensitivity | "
-            "specificity | wall s (cell) |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| dataset | epsilon | rounds | model | seeds | AUC | balanced acc | sensitivity | "
+            "specificity | wall s (cell) |\n|---|---|---|---|---|---|---|---|---|---|\n")
 
     def cell(s: dict) -> str:
         return "-" if s["mean"] is None else f"{s['mean']:.3f} +- {s['std']:.3f}"
 
-    lines = [f"| {r['dataset']} | {r['epsilon']} | {r['model']} | {r['seeds']} | "
+    lines = [f"| {r['dataset']} | {r['epsilon']} | {r['rounds']} | {r['model']} | "
+             f"{r['seeds']} | "
              + " | ".join(cell(r[m]) for m in METRICS)
              + f" | {cell(r['wall_s'])} |" for r in table]
     return head + "\n".join(lines) + "\n"
@@ -182,6 +186,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _name(result: dict) -> str:
+    c = result.get("cell") or {}
+    return Cell(**c).name if set(c) == {"dataset", "strategy", "epsilon", "seed",
+                                        "rounds"} else ""
+
+
+def merge_cells(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """Earlier cells (utility.json's) with this invocation's, a new result replacing an
+    earlier one of the same cell; cells that failed are not kept from earlier runs."""
+    out = {_name(r): r for r in earlier if "error" not in r and _name(r)}
+    out.update({_name(r) or f"new-{i}": r for i, r in enumerate(new)})
+    return list(out.values())
+
+
+def _earlier_cells() -> list[dict]:
+    path = RESULTS / "utility.json"
+    try:
+        return list(json.loads(path.read_text()).get("cells", []))
+    except (OSError, ValueError):
+        return []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     cells = [Cell(d, s, e, seed, args.rounds) for d in args.datasets.split(",")
@@ -196,11 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     for i, cell in enumerate(cells, 1):
         print(f"[{i}/{len(cells)}] {cell.name}", file=sys.stderr, flush=True)
         results.append(run_cell(cell))
-    table = rows(results)
+    merged = merge_cells(_earlier_cells(), results)
+    table = rows(merged)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "utility.json").write_text(json.dumps(
         {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-         "cells": results, "rows": table}, indent=1))
+         "cells": merged, "rows": table}, indent=1))
     (RESULTS / "utility.md").write_text(markdown(table))
     failed = sum("error" in r for r in results)
     best = [r for r in table if r["model"] not in ("local", "pooled")]

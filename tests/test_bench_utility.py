@@ -31,7 +31,10 @@ def test_rows_average_over_seeds_and_name_each_model() -> None:
     mine = by_model["fedavg+finetune personalised (site mean)"]
     assert mine["sensitivity"]["n"] == 0 and mine["balanced_accuracy"]["mean"] == 0.75
     table = utility.markdown(rows)
-    assert "| pneumonia | 8 | fedavg+finetune | 2 | 0.850 +- 0.071 |" in table
+    assert "| pneumonia | 8 | 10 | fedavg+finetune | 2 | 0.850 +- 0.071 |" in table
+    merged = utility.merge_cells([_cell(0, 0.5, 0.5), {"cell": {}, "error": "x"}],
+                                 [_cell(0, 0.90, 0.95), _cell(1, 0.80, 0.93)])
+    assert [m["operating_point"]["federated"]["auc"] for m in merged] == [0.90, 0.80]
 
 
 def test_a_cell_runs_the_public_cli_with_dp_only_for_a_finite_epsilon(tmp_path) -> None:
