@@ -50,7 +50,7 @@ from client.admission import check_spend
 from client.ledger import ledger_dir
 from client.policy import SitePolicy, is_simulated
 from client.site import LocalSite
-from common.class_prior import class_count_key
+from common.class_prior import class_count_key, class_counts
 from common.config import ConfigError, RunConfig
 from common.privacy.ledger import BudgetExhausted, PrivacyLedger
 from common.privacy.mechanisms import (
@@ -79,7 +79,8 @@ class ReleaseLedger(Protocol):
     def entries(self) -> tuple[Any, ...]: ...      # client.ledger_chain.LedgerEntry: .run, .kind
     def append(self, *, run_key: str, server_round: int, kind: str, noise_multiplier: float,
                sample_rate: float, steps: int, delta: float,
-               value: float | None = None, values: Any = None) -> None: ...
+               value: float | None = None,
+               values: tuple[float, ...] | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -164,11 +165,9 @@ class SampleCount:
 def train_class_counts(site: LocalSite) -> np.ndarray | None:
     """The site's training cases per class of a single-label classification task (None for
     multilabel, whose one case is in several counts, and for segmentation)."""
-    task = site.task
-    if task.kind not in ("binary", "multiclass", "ordinal"):
+    if site.task.kind not in COUNT_KINDS:
         return None
-    labels = np.asarray(site.train.labels, dtype=np.int64).reshape(-1)
-    return np.bincount(labels, minlength=task.num_classes)[:task.num_classes]
+    return class_counts(site.train.labels, site.task.num_classes)
 
 
 def sample_count(rel: Releases, n_train: int, class_counts: np.ndarray | None = None

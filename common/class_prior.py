@@ -23,6 +23,12 @@ import numpy as np
 CLASS_COUNT = "train_class_count_"
 
 
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Cases per class of single-label class indices (the exact counts a release noises)."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    return np.bincount(labels, minlength=num_classes)[:num_classes]
+
+
 def class_count_key(c: int) -> str:
     return f"{CLASS_COUNT}{c}"
 

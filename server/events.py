@@ -163,17 +163,10 @@ class ServerEvents:
     def read_log(self) -> None:
         if not self.log_file.exists():
             return
-        size = self.log_file.stat().st_size
-        if size < self._log_at:          # a new log (the server's state was reset)
+        if self.log_file.stat().st_size < self._log_at:   # a new log (the state was reset)
             self._log_at = 0
-        with open(self.log_file, "rb") as fh:
-            fh.seek(self._log_at)
-            chunk = fh.read()
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            return
-        self._log_at += end + 1
-        for raw in chunk[:end].decode(errors="replace").splitlines():
+        lines, self._log_at = _complete_lines(self.log_file, self._log_at)
+        for raw in lines:
             self._log_line(_COLOUR.sub("", raw))
 
     def _log_line(self, line: str) -> None:
@@ -230,14 +223,8 @@ class ServerEvents:
     def read_events(self) -> None:
         if not self.events_file.exists():
             return
-        with open(self.events_file, "rb") as fh:
-            fh.seek(self._events_at)
-            chunk = fh.read()
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            return
-        self._events_at += end + 1
-        for raw in chunk[:end].decode(errors="replace").splitlines():
+        lines, self._events_at = _complete_lines(self.events_file, self._events_at)
+        for raw in lines:
             try:
                 self._run_event(json.loads(raw))
             except (ValueError, KeyError, TypeError):
@@ -261,3 +248,15 @@ class ServerEvents:
                       f"{event.get('reason')} (not asked again in this run)")
         elif kind == "finished":
             self.echo(f"fedclinic server: {label} finished: {event.get('outcome')}")
+
+
+def _complete_lines(path: Path, offset: int) -> tuple[list[str], int]:
+    """The whole lines written to ``path`` after byte ``offset``, and the offset after the last
+    of them (a line still being written is read next time)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        chunk = fh.read()
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    return chunk[:end].decode(errors="replace").splitlines(), offset + end + 1

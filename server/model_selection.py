@@ -31,7 +31,7 @@ from common.class_prior import ClassPrior
 from common.privacy.mechanisms import derived_metrics
 from common.report.selection import LOWER_IS_BETTER, Selection
 from common.training.prediction import predict_proba
-from common.validation_stats import RoundValidation, combine
+from common.validation_stats import COUNT_KINDS, RoundValidation, combine
 
 BEST_MODEL = "best_model.pt"
 NOT_SENT = ("no site sent validation statistics: they leave only as the test metrics do (no DP "
@@ -78,11 +78,10 @@ class ModelSelection:
     scores: dict[int, float] = field(default_factory=dict)
     since_best: int = 0          # rounds with a score since the best one
     noised: bool = False
-    prior: ClassPrior | None = None   # the sites' noised training class counts (DP)
+    prior: ClassPrior = field(init=False)   # the sites' noised training class counts (DP)
 
     def __post_init__(self) -> None:
-        if self.prior is None:
-            self.prior = ClassPrior(self.task.num_classes)
+        self.prior = ClassPrior(self.task.num_classes)
 
     def observe(self, server_round: int, sites: Mapping[str, Mapping[str, dict]]) -> bool:
         """The round's sites (metrics.jsonl form: site -> {"train", "test"}); True when its
@@ -135,7 +134,7 @@ class ModelSelection:
         (`common.class_prior`)."""
         if self.best_stats is None:
             counts = self.prior.counts()
-            if counts is None or self.task.kind not in ("binary", "multiclass", "ordinal"):
+            if counts is None or self.task.kind not in COUNT_KINDS:
                 return argmax_point(NOT_SENT, self.positive)
             return prior_point(self.task, counts, positive=self.positive,
                                source=f"noised counts of {len(self.prior.sites)} site(s)",

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from common.class_prior import class_counts
 from common.config import RunConfig
 from common.datasets import Split
 from common.metrics import mean_metrics
@@ -72,14 +73,10 @@ class Trained:
     selection: Selection
 
 
-def _dp_prior(split: Split, cfg: RunConfig, fed: Federation, seed: int,
-              ledger: PrivacyLedger) -> np.ndarray | None:
-    """Under DP with loss='logit_adjusted': the split's class counts plus N(0, PRIOR_SIGMA^2)
-    each (L2 sensitivity 1), charged to ``ledger``; else None."""
-    if cfg.loss != "logit_adjusted" or fed.task.kind not in SCORED_KINDS:
-        return None
-    counts = np.bincount(np.asarray(split.labels, dtype=np.int64).reshape(-1),
-                         minlength=fed.task.num_classes)
+def _dp_prior(split: Split, fed: Federation, seed: int, ledger: PrivacyLedger) -> np.ndarray:
+    """The split's class counts plus N(0, PRIOR_SIGMA^2) each (L2 sensitivity 1), charged to
+    ``ledger``: the prior of loss='logit_adjusted' under DP."""
+    counts = class_counts(split.labels, fed.task.num_classes)
     noisy, (sigma, q, steps) = release_matrix(counts, PRIOR_SIGMA,
                                               torch.Generator().manual_seed(seed))
     ledger.record(sigma, q, steps)
@@ -136,7 +133,7 @@ def train_selected(model: torch.nn.Module, split: Split, val: Split | None, cfg:
     plan = plan_from_config(cfg, len(split), extra=[(PRIOR_SIGMA, 1.0, 1)] if prior_release
                             else ()) if cfg.dp == "sample" else None
     ledger = PrivacyLedger(cfg.accountant) if plan is not None else None
-    prior = _dp_prior(split, cfg, fed, seed, ledger) if plan is not None else None
+    prior = _dp_prior(split, fed, seed, ledger) if prior_release else None
     best, best_round, best_state, scores, since, stopped = None, 0, None, {}, 0, ""
     last = 0
     for r in range(1, cfg.rounds + 1):
