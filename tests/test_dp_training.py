@@ -173,7 +173,8 @@ def test_noise_is_random_reproducible_and_has_the_planned_scale():
     assert abs(float(noise.mean())) < 0.2 * sigma * 10.0 / len(split)
 
 
-@pytest.mark.parametrize("n,batch,epochs", [(40, 8, 2), (30, 7, 1), (93, 1, 1), (50, 16, 3)])
+@pytest.mark.parametrize("n,batch,epochs", [(40, 8, 2), (30, 7, 1), (93, 1, 1), (50, 16, 3),
+                                             (20, 64, 2)])   # a site smaller than a batch
 def test_steps_match_the_privacy_plan_and_ledger(n, batch, epochs):
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     split = _split(n=n, size=2)

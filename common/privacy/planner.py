@@ -114,10 +114,10 @@ def plan(n_train: int, batch_size: int, local_epochs: int, rounds: int, *,
     both when sigma is calibrated (training gets what the releases leave of the target) and in
     the reported ``epsilon``."""
     n = int_arg("n_train", n_train)
-    b = int_arg("batch_size", batch_size)
-    if b > n:
-        raise ConfigError(f"batch_size={b} > n_train={n}: the site has fewer training samples "
-                          f"than one batch; use batch_size <= {n}")
+    # A site with fewer training samples than one batch trains on all of them at every step
+    # (q = 1, one step per epoch: no amplification by sampling, accounted as such), as a plain
+    # DataLoader would; the plan records the batch it uses.
+    b = min(int_arg("batch_size", batch_size), n)
     epochs, rounds = int_arg("local_epochs", local_epochs), int_arg("rounds", rounds)
     clip = positive("max_grad_norm", max_grad_norm)
     check_accountant(accountant)
