@@ -5,7 +5,8 @@ import pytest
 from bench import utility
 
 
-def _cell(seed: int, fed_auc: float, pooled_auc: float, personal: float | None = None) -> dict:
+def _cell(seed: int, fed_auc: float, pooled_auc: float, personal: float | None = None,
+          strategy: str = "fedavg+finetune") -> dict:
     points = {"federated": {"auc": fed_auc, "balanced_accuracy": 0.8, "sensitivity": 0.9,
                             "specificity": 0.7},
               "pooled": {"auc": pooled_auc, "balanced_accuracy": 0.85, "sensitivity": 0.9,
@@ -13,17 +14,19 @@ def _cell(seed: int, fed_auc: float, pooled_auc: float, personal: float | None =
     if personal is not None:
         points["personalised (site mean)"] = {"auc": personal, "balanced_accuracy": 0.75}
         points["worse_than_local"] = {"sites": []}
-    return {"cell": {"dataset": "pneumonia", "strategy": "fedavg+finetune", "epsilon": "8",
+    return {"cell": {"dataset": "pneumonia", "strategy": strategy, "epsilon": "8",
                      "seed": seed, "rounds": 10}, "wall_s": 10.0 * (seed + 1),
             "operating_point": points}
 
 
 def test_rows_average_over_seeds_and_name_each_model() -> None:
     rows = utility.rows([_cell(0, 0.90, 0.95, 0.93), _cell(1, 0.80, 0.93, 0.91),
-                         {"cell": {}, "error": "boom"}])
+                         _cell(0, 0.88, 0.94, strategy="fedavg"), {"cell": {}, "error": "boom"}])
     by_model = {r["model"]: r for r in rows}
-    assert set(by_model) == {"fedavg+finetune", "pooled",
+    assert set(by_model) == {"fedavg+finetune", "fedavg", "pooled",
                              "fedavg+finetune personalised (site mean)"}
+    # the baselines are the fedavg cell's only: one seed, not one per strategy
+    assert by_model["pooled"]["seeds"] == 1 and by_model["pooled"]["auc"]["mean"] == 0.94
     fed = by_model["fedavg+finetune"]
     assert fed["seeds"] == 2 and fed["auc"]["mean"] == pytest.approx(0.85)
     assert fed["auc"]["std"] == pytest.approx(0.0707107, rel=1e-5)
@@ -41,10 +44,14 @@ def test_a_cell_runs_the_public_cli_with_dp_only_for_a_finite_epsilon(tmp_path) 
     plain = utility.Cell("pneumonia", "fedprox", "inf", 1, 3).argv(tmp_path / "c")
     assert plain[2:4] == ["fedclinic.cli", "simulate"] and "--dp" not in plain
     assert plain[plain.index("--strategy") + 1] == "fedprox"
+    assert plain[plain.index("--baselines") + 1] == ""          # fedavg's cell trains them
+    fedavg = utility.Cell("pneumonia", "fedavg", "inf", 1, 3).argv(tmp_path / "c")
+    assert fedavg[fedavg.index("--baselines") + 1] == "local,pooled"
     private = utility.Cell("adrenal", "fedavg+local-norm", "2", 0, 3).argv(tmp_path / "c")
     assert private[private.index("--target-epsilon") + 1] == "2"
     assert private[private.index("--personalize") + 1] == "local-norm"
     assert private[private.index("--partition") + 1] == "iid+shift"
+    assert private[private.index("--baselines") + 1] == "local"    # "did federation help?"
 
 
 def test_a_finished_cell_is_read_back_with_the_personalised_operating_point(tmp_path,
