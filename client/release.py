@@ -293,7 +293,7 @@ def _validation_counts(model: nn.Module, site: LocalSite, batch: int) -> np.ndar
     if val is None or len(val) == 0 or site.task.kind not in COUNT_KINDS:
         return None
     probs = predict_proba(model, val.images, site.task, batch)
-    return validation_counts(site.task.kind, np.asarray(val.labels), probs)
+    return validation_counts(site.task.kind, np.asarray(val.labels), probs, noised=True)
 
 
 def metric_release_due(rel: Releases, cfg: RunConfig) -> bool:

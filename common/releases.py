@@ -16,7 +16,7 @@ import functools
 import itertools
 from dataclasses import dataclass
 
-from common.operating_point import HIST_BINS
+from common.operating_point import HIST_BINS, NOISED_HIST_BINS
 
 # Message types: Flower's for the two replies; the others are what the site's SuperNode and
 # executor send besides them.
@@ -190,7 +190,7 @@ def _validation() -> list[Release]:
         r.append(Release(EVALUATE, key, "yes", NONE, NO_DP, what))
     counts = ((f"val_hist_0_{BIN}", f"binary: the number of val cases of true label 0 whose "
                                     f"P(label 1) is in bin {BIN} of {HIST_BINS} equal bins on "
-                                    f"[0, 1] (the threshold is chosen from these, never from a "
+                                    f"[0, 1] ({NOISED_HIST_BINS} when noised; the threshold is chosen from these, never from a "
                                     f"patient's score)"),
               (f"val_hist_1_{BIN}", "as val_hist_0, for the val cases of true label 1"),
               (f"val_cm_{CLASS}_{CLASS2}", f"multi-class/ordinal: val cases of true class "

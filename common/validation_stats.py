@@ -10,7 +10,8 @@ each is protected):
 * noised (DP, a policy with test_metrics = 'noised', in the rounds a metric release is due):
   the counts below only, with Gaussian noise, released together with the test confusion matrix;
 * the counts: binary - ``val_hist_<y>_<b>``, the number of val cases of true label y (0, 1)
-  whose P(label 1) falls in bin b of `HIST_BINS`; multi-class/ordinal - ``val_cm_<c>_<d>``, the
+  whose P(label 1) falls in bin b of `HIST_BINS` equal bins (exact) or `NOISED_HIST_BINS`
+  (noised: `common.operating_point` says why); multi-class/ordinal - ``val_cm_<c>_<d>``, the
   val confusion matrix (true class c, argmax prediction d). One patient is in one split and in
   one cell: the counts (with the test confusion matrix) have L2 sensitivity 1.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.operating_point import HIST_BINS, score_histograms
+from common.operating_point import HIST_BINS, NOISED_HIST_BINS, coarsened, score_histograms
 
 VAL_LOSS = "val_loss"
 VAL_EXAMPLES = "val_examples"
@@ -37,11 +38,13 @@ def cm_key(true: int, pred: int) -> str:
     return f"val_cm_{true}_{pred}"
 
 
-def validation_counts(kind: str, labels: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
-    """Binary: (2, HIST_BINS) score histograms; multi-class/ordinal: the (K, K) confusion
-    matrix of the argmax; None for other kinds (multilabel, segmentation)."""
+def validation_counts(kind: str, labels: np.ndarray, probs: np.ndarray, *,
+                      noised: bool = False) -> np.ndarray | None:
+    """Binary: (2, bins) score histograms (`HIST_BINS`, or `NOISED_HIST_BINS` for a
+    ``noised`` release); multi-class/ordinal: the (K, K) confusion matrix of the argmax; None
+    for other kinds (multilabel, segmentation)."""
     if kind == "binary":
-        return score_histograms(labels, probs)
+        return score_histograms(labels, probs, NOISED_HIST_BINS if noised else HIST_BINS)
     if kind in ("multiclass", "ordinal"):
         k = np.asarray(probs).shape[1]
         out = np.zeros((k, k), dtype=np.int64)
@@ -54,15 +57,17 @@ def counts_metrics(kind: str, counts: np.ndarray) -> dict[str, float]:
     """The counts as reply metrics (`hist_key` / `cm_key`), floats (noised counts are)."""
     c = np.asarray(counts, dtype=np.float64)
     if kind == "binary":
-        return {hist_key(y, b): float(c[y, b]) for y in range(2) for b in range(HIST_BINS)}
+        return {hist_key(y, b): float(c[y, b]) for y in range(2) for b in range(c.shape[1])}
     return {cm_key(i, j): float(c[i, j]) for i in range(c.shape[0]) for j in range(c.shape[1])}
 
 
 def counts_of(kind: str, num_classes: int, metrics: Mapping[str, float]) -> np.ndarray | None:
-    """The counts read back from one reply's metrics; None unless every key is there."""
+    """The counts read back from one reply's metrics; None unless every key is there (binary:
+    of `HIST_BINS` or `NOISED_HIST_BINS` bins, whichever the reply has)."""
     if kind not in COUNT_KINDS:
         return None
-    shape = (2, HIST_BINS) if kind == "binary" else (num_classes, num_classes)
+    bins = NOISED_HIST_BINS if hist_key(0, NOISED_HIST_BINS) not in metrics else HIST_BINS
+    shape = (2, bins) if kind == "binary" else (num_classes, num_classes)
     key = hist_key if kind == "binary" else cm_key
     out = np.zeros(shape, dtype=np.float64)
     for i in range(shape[0]):
@@ -109,10 +114,17 @@ def combine(kind: str, num_classes: int, per_site: Mapping[str, Mapping[str, flo
     loss = (sum(v * n for v, n in losses) / examples
             if len(losses) == len(sent) and examples > 0 else None)
     counts = [counts_of(kind, num_classes, m) for m in sent.values()]
-    total = None if not counts or any(c is None for c in counts) else np.sum(counts, axis=0)
+    total = None if not counts or any(c is None for c in counts) else _summed(counts)
     return RoundValidation(sites=tuple(sorted(sent, key=_site_order)), loss=loss,
                            examples=examples if loss is not None else 0.0, counts=total,
                            noised=loss is None and total is not None)
+
+
+def _summed(counts: list[np.ndarray]) -> np.ndarray:
+    """The sites' counts added up; histograms of different bins (exact and noised sites in one
+    federation) are summed at the coarsest."""
+    bins = min(c.shape[1] for c in counts)
+    return np.sum([c if c.shape[1] == bins else coarsened(c, bins) for c in counts], axis=0)
 
 
 def _site_order(site: str) -> tuple[int, str]:

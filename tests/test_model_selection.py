@@ -23,13 +23,14 @@ from common import rundir
 from common.config import RunConfig
 from common.datasets import Split, TaskInfo, load_dataset
 from common.models import build_model
-from common.operating_point import HIST_BINS, THRESHOLD
+from common.operating_point import HIST_BINS, NOISED_HIST_BINS, THRESHOLD, coarsened
 from common.packing import PACKED_KEY, pack_state
 from common.partitions.federation import build_federation
 from common.partitions.loader import site_data
 from common.releases import EVALUATE, allowed_metric_keys
 from common.report.operating import operating_section
-from common.validation_stats import VAL_EXAMPLES, VAL_LOSS, counts_metrics, hist_key
+from common.validation_stats import (VAL_EXAMPLES, VAL_LOSS, counts_metrics, counts_of,
+                                     hist_key)
 from fedclinic.cli import main
 from server.model_selection import (BEST_MODEL, NOT_SENT, EarlyStopped, ModelSelection)
 from server.round_log import RoundLog
@@ -224,8 +225,10 @@ def test_a_dp_evaluate_reply_carries_no_exact_validation_value(breast_cfg, task_
     assert VAL_LOSS not in metrics and VAL_EXAMPLES not in metrics
     assert struct.pack("<d", exact[VAL_LOSS]) not in wire
     hists = {k: v for k, v in metrics.items() if k.startswith("val_hist_")}
-    assert len(hists) == 2 * HIST_BINS
-    assert all(v != exact[k] for k, v in hists.items())          # every cell noised
+    assert len(hists) == 2 * NOISED_HIST_BINS                    # fewer, fuller bins under noise
+    coarse = coarsened(counts_of("binary", 2, exact), NOISED_HIST_BINS)
+    assert all(v != coarse[y, b] for (y, b), v in
+               ((tuple(map(int, k.split("_")[2:])), v) for k, v in hists.items()))  # all noised
     selection = ModelSelection(BINARY)
     assert selection.observe(2, {"0": {"test": metrics}})
     assert selection.criterion == "val_auc" and selection.noised
@@ -241,7 +244,8 @@ def test_a_noised_release_is_one_charge_for_test_and_validation(breast_cfg):
     rel = Releases(policy=policy, dp=True, run_key="run-a", server_round=2, ledger=ledger,
                    delta=1e-5, seed=3)
     metrics = evaluate_metrics(rel, model, site, cfg)
-    assert hist_key(1, 49) in metrics and "accuracy" in metrics
+    assert hist_key(1, NOISED_HIST_BINS - 1) in metrics and "accuracy" in metrics
+    assert hist_key(1, NOISED_HIST_BINS) not in metrics
     assert [(r["kind"], r["noise_multiplier"], r["steps"]) for r in ledger.rows] == [
         ("metrics", 10.0, 1)]
 

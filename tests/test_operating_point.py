@@ -11,7 +11,8 @@ from sklearn.metrics import roc_auc_score
 from common.config import ConfigError, RunConfig
 from common.datasets.base import TaskInfo
 from common.operating_point import (
-    ARGMAX, HIST_BINS, LOGIT_ADJUSTMENT, THRESHOLD, OperatingPoint, PositiveClass,
+    ARGMAX, HIST_BINS, LOGIT_ADJUSTMENT, NOISED_HIST_BINS, THRESHOLD, OperatingPoint,
+    PositiveClass, coarsened,
     choose_operating_point, choose_threshold, class_log_prior, histogram_auc, metrics_at,
     positive_class, score_bins, score_histograms,
 )
@@ -203,3 +204,26 @@ def test_the_prior_point_is_the_post_hoc_logit_adjustment_of_the_training_counts
     assert np.exp(multi.log_prior) == pytest.approx([10 / 41, 30 / 41, 1 / 41])  # clamped at 0
     assert prior_point(BINARY, np.array([99.0, 299.0]), positive=None, source="t",
                        prior_adjusted=True).kind == "argmax"
+
+
+def test_a_noised_release_has_fewer_bins_and_adds_up_with_exact_sites_at_the_coarsest():
+    """Noised histograms: NOISED_HIST_BINS bins, the coarsening of the exact ones (bin
+    floor(10 p) is floor(50 p) // 5); a federation of exact and noised sites sums at 10 bins,
+    and the threshold is then a multiple of 1/10."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 60)
+    p1 = np.clip(labels * 0.4 + rng.random(60) * 0.6, 0, 1)
+    probs = np.stack([1 - p1, p1], axis=1)
+    fine = validation_counts("binary", labels, probs)
+    coarse = validation_counts("binary", labels, probs, noised=True)
+    assert coarse.shape == (2, NOISED_HIST_BINS) and coarse.sum() == 60
+    assert np.array_equal(coarsened(fine, NOISED_HIST_BINS), coarse)
+    noised = counts_metrics("binary", coarse + 0.5)                 # as a noised reply reads
+    assert np.array_equal(counts_of("binary", 2, noised), coarse + 0.5)
+    both = combine("binary", 2, {"0": {**counts_metrics("binary", fine), "val_loss": 0.3,
+                                       "val_examples": 60.0}, "1": noised})
+    assert np.array_equal(both.counts, 2 * coarse + 0.5)
+    point = choose_threshold(both.counts, positive=1)
+    assert (point.threshold * NOISED_HIST_BINS) == pytest.approx(round(point.threshold * 10))
+    with pytest.raises(ValueError, match="7 equal bins"):
+        coarsened(fine, 7)
