@@ -1,0 +1,29 @@
+"""bench/noised_threshold.py: each rule's threshold is scored on the exact val scores."""
+
+import numpy as np
+import pytest
+
+from bench import noised_threshold as nt
+
+
+def _scores(n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, n)
+    p1 = np.clip(0.55 + 0.3 * labels + rng.normal(0, 0.12, n), 0, 1)   # the best cut is ~0.7
+    return np.stack([1 - p1, p1], axis=1), labels
+
+
+def test_without_noise_the_noised_rules_equal_youden_and_beat_the_argmax():
+    probs, labels = _scores()
+    got = nt.score_rules(probs, labels, sites=5, sigma=1e-9, draws=3)
+    assert set(got) == set(nt.RULES) and len(got["noised10"]) == 3
+    assert got["noised50"] == pytest.approx(got["exact50"] * 3)
+    assert got["argmax"] == [pytest.approx(nt.balanced_accuracy(probs[:, 1], labels, 0.5))]
+    assert got["exact50"][0] > got["argmax"][0] + 0.1     # scores skewed above 0.5
+
+
+def test_noise_of_the_sites_degrades_the_fine_bins_more():
+    probs, labels = _scores(200)
+    got = nt.score_rules(probs, labels, sites=5, sigma=10.0, draws=200)
+    assert np.mean(got["noised10"]) > np.mean(got["noised50"])
+    assert max(max(v) for v in got.values()) <= 1.0
