@@ -307,8 +307,9 @@ DEFAULT_POLICY = SitePolicy()
 # it always has: exact counts, metrics and loss), unlimited epsilon; under DP only noised,
 # charged releases leave, planned into the run's target: the count once, and in the run's last
 # round the test confusion matrix with the validation score histograms (test_metrics =
-# "noised": the server sets the operating point from them - on PneumoniaMNIST at epsilon 8 a
-# validation balanced accuracy of 0.872 against 0.589 at the argmax, docs/recipes.md); the
+# "noised": the server sets the operating point from them - on three PneumoniaMNIST DP runs
+# at epsilon 8 a mean val balanced accuracy of 0.882 against 0.768 at the argmax, with 10
+# noised bins, docs/recipes.md); the
 # loss stays local. Seeded, reproducible noise. A deployed site's default policy keeps its
 # metrics local unless its operator says "noised".
 SIMULATION_POLICY = SitePolicy(
