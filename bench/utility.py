@@ -104,7 +104,8 @@ def run_cell(cell: Cell) -> dict:
         proc = subprocess.run(cell.argv(out), cwd=ROOT, env=env, capture_output=True,
                               text=True)
         if proc.returncode != 0 or not summary.exists():
-            return {"cell": asdict(cell), "error": (proc.stderr or proc.stdout)[-2000:]}
+            return {"cell": asdict(cell), "returncode": proc.returncode,
+                    "error": (proc.stdout[-1500:] + "\n" + proc.stderr[-1500:]).strip()}
         (out / "bench-wall.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     data = json.loads(summary.read_text())
     wall = out / "bench-wall.txt"
