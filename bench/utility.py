@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,11 @@ class Cell:
     def name(self) -> str:
         return f"{self.dataset}-{self.strategy}-eps{self.epsilon}-r{self.rounds}-s{self.seed}"
 
+    @property
+    def folder(self) -> str:
+        """The run's folder under CELLS: `common.rundir.create_run_dir` writes "+" as "_"."""
+        return self.name.replace("+", "_")
+
     def argv(self, out: Path) -> list[str]:
         spec = DATASETS[self.dataset]
         argv = [sys.executable, "-m", "fedclinic.cli", "simulate", "--dataset", "medmnist",
@@ -96,9 +102,11 @@ class Cell:
 
 def run_cell(cell: Cell) -> dict:
     """The cell's summary (run now, or read from an earlier run)."""
-    out = CELLS / cell.name
+    out = CELLS / cell.folder
     summary = out / "summary.json"
     if not summary.exists():
+        if out.exists():              # an unfinished run: the new one must land in its place
+            shutil.rmtree(out)
         start = time.perf_counter()
         env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
         proc = subprocess.run(cell.argv(out), cwd=ROOT, env=env, capture_output=True,

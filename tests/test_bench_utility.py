@@ -60,16 +60,42 @@ def test_a_finished_cell_is_read_back_with_the_personalised_operating_point(tmp_
 
     monkeypatch.setattr(utility, "CELLS", tmp_path)
     cell = utility.Cell("pneumonia", "fedavg+finetune", "inf", 0, 2)
-    (tmp_path / cell.name).mkdir()
+    assert cell.folder == "pneumonia-fedavg_finetune-epsinf-r2-s0"    # as create_run_dir names it
+    (tmp_path / cell.folder).mkdir()
     summary = {"operating_point": {
         "federated": {"global": {"auc": 0.9, "balanced_accuracy": 0.8}},
         "personalised": {"global": {}, "sites": {"0": {"balanced_accuracy": 0.6},
                                                  "1": {"balanced_accuracy": 0.8}}}},
         "personalised": {"sites": {"0": {"auc": 0.7}, "1": {"auc": 0.9}}},
         "federation_helped": {}, "site_counts": {}}
-    (tmp_path / cell.name / "summary.json").write_text(json.dumps(summary))
-    (tmp_path / cell.name / "bench-wall.txt").write_text("12.5\n")
+    (tmp_path / cell.folder / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / cell.folder / "bench-wall.txt").write_text("12.5\n")
     got = utility.run_cell(cell)                       # reused: nothing runs
     assert got["wall_s"] == 12.5 and "personalised" not in got["operating_point"]
     mine = got["operating_point"]["personalised (site mean)"]
     assert mine["auc"] == pytest.approx(0.8) and mine["balanced_accuracy"] == pytest.approx(0.7)
+
+
+def test_an_unfinished_cell_is_run_again_in_its_own_folder(tmp_path, monkeypatch) -> None:
+    """A folder without summary.json (a crashed run) is removed first, so the new run is not
+    written beside it as "<name>-2" (create_run_dir never reuses a folder)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    monkeypatch.setattr(utility, "CELLS", tmp_path)
+    cell = utility.Cell("pneumonia", "fedavg", "8", 1, 2)
+    (tmp_path / cell.folder / "checkpoints").mkdir(parents=True)
+
+    def fake_run(argv, **_):
+        out = Path(argv[argv.index("--output-dir") + 1]) / argv[argv.index("--run-name") + 1]
+        assert not out.exists()
+        out.mkdir()
+        (out / "summary.json").write_text(json.dumps(
+            {"operating_point": {"federated": {"global": {"auc": 0.91}}}}))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(utility.subprocess, "run", fake_run)
+    got = utility.run_cell(cell)
+    assert got["operating_point"]["federated"]["auc"] == 0.91
+    assert (tmp_path / cell.folder / "bench-wall.txt").exists()
