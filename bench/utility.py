@@ -126,7 +126,8 @@ def run_cell(cell: Cell) -> dict:
             "auc": _site_mean(data["personalised"]["sites"]),
             **{k: _site_mean(own, k) for k in METRICS if k != "auc" and own}}
         points["worse_than_local"] = _worse_than_local(data)
-    return {"cell": asdict(cell), "wall_s": float(wall.read_text()) if wall.exists() else None,
+    seconds = float(wall.read_text()) if wall.exists() else data.get("wall_seconds")
+    return {"cell": asdict(cell), "wall_s": seconds,
             "operating_point": points}
 
 
