@@ -286,3 +286,19 @@ def test_without_a_folder_a_simulated_site_keeps_its_layers_in_its_context():
     assert torch.equal(store.latest(2, before=True), torch.arange(3.0))
     assert torch.equal(store.latest(2, before=False), torch.ones(3))
     assert store.latest(1, before=True) is None
+
+
+def test_finetune_of_a_dp_run_trains_with_the_sites_own_logit_adjusted_loss():
+    """Under dp='sample' with the logit-adjusted loss, fine-tuning (no DP-SGD, the model stays
+    at the site) uses the prior of the site's own labels: it needs no noised counts (this
+    failed a whole `--personalize finetune --dp sample` run at its end)."""
+    cfg = RunConfig(**{**BASE, "personalize": "finetune", "dp": "sample",
+                       "loss": "logit_adjusted"})
+    fed = build_federation(load_dataset(cfg), cfg)
+    site = fed.sites[0]
+    model = _model(cfg)
+    before = [p.detach().clone() for p in model.parameters()]
+    tuned = personalize.finetune(model, site.train, site.val, fed.task, cfg, epochs=2, seed=0)
+    assert tuned.epochs == 2 and tuned.criterion == "val_loss" and set(tuned.scores) == {0, 1, 2}
+    changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert changed == (tuned.epoch > 0)

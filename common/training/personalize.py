@@ -54,6 +54,9 @@ def finetune(model: nn.Module, train: Split, val: Split | None, task: TaskInfo, 
     weights. ``patience`` > 0 stops after that many epochs in a row without a better score."""
     if val is None or len(val) == 0:
         return Finetuned(0, 0, "", note=NO_VAL)
+    # Not DP-SGD, and nothing of it leaves: the loss is the plain one of the site's own labels
+    # (under dp='sample' a logit-adjusted loss would otherwise ask for the noised prior).
+    cfg = cfg.replace(dp="off")
     criterion, best = _score(model, val, task)
     scores, best_epoch, best_state, since, done = {0: best}, 0, copy.deepcopy(
         model.state_dict()), 0, 0
