@@ -13,8 +13,8 @@ rule's threshold is then scored by the balanced accuracy it gives on the exact v
 
     .venv/bin/python -m bench.noised_threshold RUN_DIR [RUN_DIR ...] [--draws 400] [--val-cases N]
 
-Writes bench/results/noised_threshold.json (``_val<N>.json`` with --val-cases) and prints one summary line (the mean balanced
-accuracy of each rule over the runs). Tuning evidence for
+Writes bench/results/noised_threshold.json (``_val<N>.json`` with --val-cases) and prints
+one summary line (the mean balanced accuracy of each rule over the runs). Tuning evidence for
 `common.operating_point.NOISED_HIST_BINS`; it reads val splits only.
 """
 

@@ -186,7 +186,8 @@ def rows(results: list[dict]) -> list[dict]:
 
 def markdown(table: list[dict]) -> str:
     head = ("| dataset | epsilon | rounds | model | seeds | AUC | balanced acc | sensitivity | "
-            "specificity | wall s (cell, with the baselines it ran) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "specificity | wall s (cell, with the baselines it ran) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
 
     def cell(s: dict) -> str:
         return "-" if s["mean"] is None else f"{s['mean']:.3f} +- {s['std']:.3f}"

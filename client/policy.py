@@ -309,8 +309,8 @@ DEFAULT_POLICY = SitePolicy()
 # round the test confusion matrix with the validation score histograms (test_metrics =
 # "noised": the server sets the operating point from them - on three PneumoniaMNIST DP runs
 # at epsilon 8 a mean val balanced accuracy of 0.882 against 0.768 at the argmax, with 10
-# noised bins, docs/recipes.md); the loss stays local. Seeded, reproducible noise. A deployed site's default policy keeps its
-# metrics local unless its operator says "noised".
+# noised bins, docs/recipes.md); the loss stays local. Seeded, reproducible noise. A deployed
+# site's default policy keeps its metrics local unless its operator says "noised".
 SIMULATION_POLICY = SitePolicy(
     require_dp=False, max_epsilon_per_run=math.inf, lifetime_epsilon=math.inf,
     sample_count="exact", test_metrics="noised", train_loss="exact", secure_randomness=False,

@@ -190,8 +190,8 @@ def _validation() -> list[Release]:
         r.append(Release(EVALUATE, key, "yes", NONE, NO_DP, what))
     counts = ((f"val_hist_0_{BIN}", f"binary: the number of val cases of true label 0 whose "
                                     f"P(label 1) is in bin {BIN} of {HIST_BINS} equal bins on "
-                                    f"[0, 1] ({NOISED_HIST_BINS} when noised; the threshold is chosen from these, never from a "
-                                    f"patient's score)"),
+                                    f"[0, 1] ({NOISED_HIST_BINS} when noised; the threshold "
+                                    f"is chosen from these, never from a patient's score)"),
               (f"val_hist_1_{BIN}", "as val_hist_0, for the val cases of true label 1"),
               (f"val_cm_{CLASS}_{CLASS2}", f"multi-class/ordinal: val cases of true class "
                                            f"{CLASS} predicted {CLASS2} (argmax); the row sums "

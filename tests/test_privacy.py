@@ -296,7 +296,8 @@ def test_a_site_smaller_than_one_batch_takes_every_sample_at_every_step():
     """batch 64 over 10 samples: q = 1, one step per epoch, accounted as Opacus would account a
     full-batch loader (no amplification by sampling)."""
     p = plan(10, 64, local_epochs=2, rounds=3, noise_multiplier=1.5, delta=1e-3)
-    assert (p.batch_size, p.sample_rate, p.steps_per_round, p.expected_batch_size) == (10, 1.0, 2, 10)
+    got = (p.batch_size, p.sample_rate, p.steps_per_round, p.expected_batch_size)
+    assert got == (10, 1.0, 2, 10)
     acc = RDPAccountant()
     acc.history = [(1.5, 1.0, 6)]
     assert p.epsilon == pytest.approx(acc.get_epsilon(1e-3))
