@@ -71,6 +71,9 @@ class Candidate:
     yardstick: bool = False           # plain_fedavg.py's own model and loop
     sites: int = 0                    # > 0: FedAvg over this many Dirichlet(0.5) sites,
                                       # epochs = rounds of one local epoch each
+    shift_sites: int = 0              # > 0: the train split cut into this many iid parts, part
+                                      # k imaged by `site_profile(k, seed)` (as `iid+shift`);
+                                      # val stays unshifted, like the utility bench's test
     note: str = ""
 
 
@@ -204,6 +207,12 @@ CANDIDATES: dict[str, Candidate] = {
                        stem="stride2", input_norm="zscore"),
     "adr-rec-bs16": _c("adrenal", 10, "adr-rec at batch 16", overrides={**REC, "batch_size": 16},
                        stem="stride2", input_norm="zscore"),
+    "adr-shift": _c("adrenal", 10, "adr-rec, train split imaged by 4 scanners (iid+shift), "
+                    "val unshifted", overrides=REC, stem="stride2", input_norm="zscore",
+                    shift_sites=4),
+    "adr-shift-int": _c("adrenal", 10, "adr-shift + intensity augmentation",
+                        overrides={**REC, "augment": "intensity"}, stem="stride2",
+                        input_norm="zscore", shift_sites=4),
     "adr-rec-aug": _c("adrenal", 10, "adr-rec + hflip,crop",
                       overrides={**REC, "augment": "hflip,crop"}, stem="stride2",
                       input_norm="zscore"),
@@ -228,7 +237,22 @@ def load(cand: Candidate, data_dir: Path, seed: int) -> tuple[Dataset, Split, Sp
     """The dataset, the (subset of the) train split and the val split."""
     data = read_npz(data_dir / FILES[cand.dataset])
     train = _stratified(data.train, cand.train_limit, seed) if cand.train_limit else data.train
+    if cand.shift_sites:
+        train = _shifted(train, cand.shift_sites, seed)
     return data, train, data.val
+
+
+def _shifted(split: Split, parts: int, seed: int) -> Split:
+    """``split`` cut at random into ``parts`` iid parts, part k imaged by site k's scanner."""
+    from common.acquisition import apply_profile, site_profile
+
+    order = np.random.default_rng([seed, 0x5EED]).permutation(len(split))
+    pieces = []
+    for k, idx in enumerate(np.array_split(order, parts)):
+        part = split.subset(np.sort(idx))
+        images = apply_profile(part.images, site_profile(k, seed), seed=seed * 1000 + k)
+        pieces.append(Split(images, part.labels))
+    return Split.concat(pieces)
 
 
 # --------------------------------------------------------------------------- runs

@@ -207,6 +207,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epsilons", default="inf,8,2")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rerun", action="store_true",
+                   help="run cells again that utility.json already holds (default: keep them, "
+                        "so a grid can be grown a few cells at a time on a fresh checkout)")
     return p.parse_args(argv)
 
 
@@ -242,11 +245,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.utility: unknown dataset/strategy in {unknown[0]}; datasets "
               f"{', '.join(DATASETS)}, strategies {', '.join(STRATEGIES)}", file=sys.stderr)
         return 2
+    earlier = _earlier_cells()
+    done = {} if args.rerun else {_name(r): r for r in earlier if "error" not in r}
     results = []
     for i, cell in enumerate(cells, 1):
-        print(f"[{i}/{len(cells)}] {cell.name}", file=sys.stderr, flush=True)
-        results.append(run_cell(cell))
-    merged = merge_cells(_earlier_cells(), results)
+        kept = cell.name in done
+        print(f"[{i}/{len(cells)}] {cell.name}{' (kept from utility.json)' if kept else ''}",
+              file=sys.stderr, flush=True)
+        results.append(done[cell.name] if kept else run_cell(cell))
+    merged = merge_cells(earlier, results)
     table = rows(merged)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "utility.json").write_text(json.dumps(

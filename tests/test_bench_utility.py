@@ -99,3 +99,29 @@ def test_an_unfinished_cell_is_run_again_in_its_own_folder(tmp_path, monkeypatch
     got = utility.run_cell(cell)
     assert got["operating_point"]["federated"]["auc"] == 0.91
     assert (tmp_path / cell.folder / "bench-wall.txt").exists()
+
+
+def test_cells_already_in_utility_json_are_kept_unless_rerun(tmp_path, monkeypatch) -> None:
+    """A fresh checkout has no cell folders: a grid grown a few cells at a time must not run
+    again the cells whose results utility.json already holds (unless --rerun)."""
+    import json
+
+    monkeypatch.setattr(utility, "RESULTS", tmp_path)
+    monkeypatch.setattr(utility, "CELLS", tmp_path / "utility")
+    earlier = _cell(0, 0.90, 0.95, strategy="fedavg")
+    (tmp_path / "utility.json").write_text(json.dumps({"cells": [earlier]}))
+    ran = []
+
+    def fake_cell(cell):
+        ran.append(cell.name)
+        return _cell(cell.seed, 0.70, 0.75, strategy="fedavg") | {"cell": vars(cell)}
+
+    monkeypatch.setattr(utility, "run_cell", fake_cell)
+    argv = ["--datasets", "pneumonia", "--strategies", "fedavg", "--epsilons", "8",
+            "--seeds", "2"]
+    assert utility.main(argv) == 0
+    assert ran == ["pneumonia-fedavg-eps8-r10-s1"]              # seed 0 was kept
+    cells = json.loads((tmp_path / "utility.json").read_text())["cells"]
+    assert sorted(c["operating_point"]["federated"]["auc"] for c in cells) == [0.70, 0.90]
+    assert utility.main(argv + ["--rerun"]) == 0
+    assert ran[1:] == ["pneumonia-fedavg-eps8-r10-s0", "pneumonia-fedavg-eps8-r10-s1"]
