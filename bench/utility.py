@@ -4,7 +4,8 @@ Every cell is one public `fedclinic simulate` run (the CLI a user runs, recipe d
 included) on a shared MedMNIST file, with the local and pooled baselines; the numbers are the
 test-split metrics of summary.json at each model's operating point, chosen on validation data
 (`common.operating_point`): AUC, balanced accuracy, sensitivity, specificity. Cells are kept
-under bench/results/utility/ and reused when rerun (delete a cell's folder to redo it).
+under bench/results/utility/ and reused when rerun; a cell that utility.json already holds is
+not run again either (a fresh checkout has no cell folders), unless ``--rerun``.
 
     .venv/bin/python -m bench.utility                       # the issue's whole grid (hours)
     .venv/bin/python -m bench.utility --datasets pneumonia --strategies fedavg \\
@@ -12,7 +13,7 @@ under bench/results/utility/ and reused when rerun (delete a cell's folder to re
 
 Writes bench/results/utility.json (every cell and the mean +- std per row) and
 bench/results/utility.md (the table); prints one summary line. Cells of earlier invocations
-stay in both (merged by cell name; delete a cell's folder and its entry to drop it).
+stay in both (merged by cell name; ``--rerun`` replaces them).
 """
 
 from __future__ import annotations
