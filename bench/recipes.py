@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.acquisition import apply_profile, site_profile
 from common.config import RunConfig
 from common.datasets.base import Dataset, Split
 from common.datasets.medmnist import read_npz
@@ -244,8 +245,6 @@ def load(cand: Candidate, data_dir: Path, seed: int) -> tuple[Dataset, Split, Sp
 
 def _shifted(split: Split, parts: int, seed: int) -> Split:
     """``split`` cut at random into ``parts`` iid parts, part k imaged by site k's scanner."""
-    from common.acquisition import apply_profile, site_profile
-
     order = np.random.default_rng([seed, 0x5EED]).permutation(len(split))
     pieces = []
     for k, idx in enumerate(np.array_split(order, parts)):

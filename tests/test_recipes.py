@@ -302,3 +302,24 @@ def test_a_logit_adjusted_model_keeps_the_argmax_for_multiclass_but_gets_a_thres
     binary = choose_operating_point(BINARY, hist, target_sensitivity=0.0, positive=None,
                                     source="val", prior_adjusted=True)
     assert binary.kind == THRESHOLD
+
+
+def test_the_recipe_bench_shifts_each_part_of_the_train_split_by_its_own_scanner() -> None:
+    """bench.recipes' `shift_sites`: every sample kept once with its label, part 0 imaged by
+    the reference scanner (unchanged), the other parts by their site's profile."""
+    from bench.recipes import _shifted
+    from common.acquisition import site_profile
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.2, 0.8, size=(12, 1, 4, 4, 4)).astype(np.float32)
+    images[:, 0, 0, 0, 0] = np.arange(12) / 100     # tag each sample by one voxel
+    split = Split(images, np.arange(12) % 2)
+    out = _shifted(split, 3, seed=5)
+    assert len(out) == 12 and sorted(out.labels.tolist()) == sorted(split.labels.tolist())
+    first = out.images[:4]
+    tags = np.rint(first[:, 0, 0, 0, 0] * 100).astype(int)      # reference: exact
+    np.testing.assert_array_equal(first, images[tags])
+    np.testing.assert_array_equal(out.labels[:4], split.labels[tags])
+    assert site_profile(1, 5).name != "reference" and site_profile(2, 5).name != "reference"
+    for shifted in out.images[4:]:                   # parts 1 and 2: no image left as it was
+        assert not any(np.allclose(shifted, original) for original in images)
