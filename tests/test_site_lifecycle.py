@@ -238,6 +238,8 @@ def test_sigkill_of_a_site_takes_its_supernode_and_the_same_command_brings_it_ba
     run_dir = _new_run_dir(lb, before)
     wait_until(lambda: 1 in lb.rounds_done(run_dir), 600, "round 1")
     received = lb.train_messages_received(2)
+    audit_path = lb.site_state(2) / "audit.jsonl"
+    audited = len(_lines(audit_path)) if audit_path.exists() else 0
     wait_until(lambda: lb.train_messages_received(2) > received, 120,
                "site 2 to receive the next round")          # so the kill lands mid-round
     children = lb.child_pids("site-2")
@@ -245,6 +247,11 @@ def test_sigkill_of_a_site_takes_its_supernode_and_the_same_command_brings_it_ba
     under_way = max(lb.rounds_done(run_dir)) + 1
     killed_at = time.monotonic()
     lb.signal_only("site-2", signal.SIGKILL)          # the site's process alone, no clean-up
+    # On a fast host site 2 can finish the round's 2 training steps and reply before the
+    # signal; the round then holds its train reply but no evaluation from it.
+    replied = [e for e in (_lines(audit_path) if audit_path.exists() else [])[audited:]
+               if e["event"] == "reply" and e.get("round") == under_way
+               and str(e.get("type", "")).startswith("train")]
     wait_until(lambda: _no_process_left(lb, "site-2", children), 60,
                "site 2's SuperNode to end with it (no orphan)")
     orphan_gone = time.monotonic() - killed_at
@@ -259,7 +266,11 @@ def test_sigkill_of_a_site_takes_its_supernode_and_the_same_command_brings_it_ba
     assert lb.processes["run"].wait(900) == 0, lb.latest_output("run")
     lines = _lines(run_dir / "metrics.jsonl")
     assert [line["round"] for line in lines] == list(range(rounds + 1))
-    assert "2" not in lines[under_way]["sites"] and "skipped" not in lines[under_way]
+    assert "skipped" not in lines[under_way]
+    if replied:
+        assert not lines[under_way]["sites"]["2"]["test"], lines[under_way]["sites"]["2"]
+    else:
+        assert "2" not in lines[under_way]["sites"]
     for line in lines[back + 2:]:                     # within two rounds it trains again
         assert sorted(line["sites"]) == ["0", "1", "2"], line["round"]
     record = json.loads((lb.site_state(2) / "node.json").read_text())
