@@ -41,8 +41,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "noised_threshold.json"
 RULES = ("argmax", "exact50", "noised50", "noised10", "coarsened50to10")
 
 
-def val_scores(run: Path) -> tuple[np.ndarray, np.ndarray, RunConfig]:
-    """(P(label 1), labels) of the run's final model on its dataset's val split."""
+def val_scores(run: Path, model_file: str = "final_model.pt"
+               ) -> tuple[np.ndarray, np.ndarray, RunConfig]:
+    """(class probabilities, labels) of the run's model (`model_file` in the run directory:
+    its final model by default) on its dataset's val split."""
     raw = json.loads((run / "config.json").read_text())
     names = {f.name for f in dataclasses.fields(RunConfig)}
     cfg = RunConfig(**{k: v for k, v in raw.items() if k in names})
@@ -52,7 +54,7 @@ def val_scores(run: Path) -> tuple[np.ndarray, np.ndarray, RunConfig]:
     model = build_model(cfg.model, spatial_dims=data.task.spatial_dims,
                         in_channels=data.task.channels, num_classes=data.task.num_classes,
                         norm=cfg.norm, width=cfg.width)
-    model.load_state_dict(torch.load(run / "final_model.pt", weights_only=False)["state_dict"])
+    model.load_state_dict(torch.load(run / model_file, weights_only=False)["state_dict"])
     model.eval()
     probs = predict_proba(model, data.val.images, data.task)
     return probs, np.asarray(data.val.labels).reshape(-1), cfg

@@ -1,0 +1,159 @@
+"""DP settings for a federation, chosen on the VAL split: FedAvg under `--dp sample`.
+
+Each candidate is a set of flags on top of the `--dp sample` defaults
+(`common.task_defaults.DP_CLASSIFICATION_RECIPE`): one `fedclinic simulate` per (candidate,
+seed) over 5 Dirichlet(0.5) PneumoniaMNIST sites at epsilon 8 per site, no baselines. The model
+the run chose (``best_model.pt``, else ``final_model.pt``) is then scored on the dataset's
+official val split; the test split is never read (the run's own report scores it; this bench
+does not look). Three numbers per run:
+
+* ``val_auc``: how well the model ranks the val cases;
+* ``val_bal_acc``: balanced accuracy at the run's own operating point (the threshold the server
+  chose from the sites' noised validation histograms): what a clinician would get;
+* ``val_bal_acc_youden``: at Youden's threshold on the exact val scores (an oracle, not a
+  method): separates the model from its threshold.
+
+    .venv/bin/python -m bench.dp_federated --list
+    .venv/bin/python -m bench.dp_federated --only default,lr02 --seeds 3 [--rounds 10]
+
+Runs land in bench/results/dp_federated/ (gitignored); a run whose summary.json exists is
+scored again, not rerun. Results merge into bench/results/dp_federated.json, one entry per
+(candidate, seed); one summary line per candidate (mean +- std over its seeds) is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.noised_threshold import balanced_accuracy, youden_threshold
+from bench.noised_threshold import val_scores
+from common.metrics import classification_metrics
+from common.operating_point import score_histograms
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results" / "dp_federated.json"
+RUNS = RESULTS.with_suffix("")
+DATA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
+
+# Flags on top of the --dp sample defaults (batch 64, lr 0.1, cosine, logit-adjusted CE, width
+# 16, 2 local epochs, clip 1.0, momentum 0.9, no warm-up, no weight decay).
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "lr02": ("--lr", "0.2"),
+    "lr005": ("--lr", "0.05"),
+    "b128-lr02": ("--batch-size", "128", "--lr", "0.2"),
+    "b256-lr04": ("--batch-size", "256", "--lr", "0.4"),
+    "ep4": ("--local-epochs", "4"),
+    "ep1": ("--local-epochs", "1"),
+    "w32": ("--width", "32"),
+    "warm": ("--warmup-fraction", "0.1"),
+    "clip05-lr02": ("--max-grad-norm", "0.5", "--lr", "0.2"),
+}
+
+
+def run_name(candidate: str, seed: int, rounds: int, epsilon: str) -> str:
+    return f"{candidate}-eps{epsilon}-r{rounds}-s{seed}"
+
+
+def argv(candidate: str, seed: int, rounds: int, epsilon: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "fedclinic.cli", "simulate", "--dataset", "medmnist",
+            "--data-path", str(DATA), "--sites", "5", "--partition", "dirichlet:0.5",
+            "--model", "resnet18", "--rounds", str(rounds), "--seed", str(seed),
+            "--baselines", "", "--strategy", "fedavg", "--output-dir", str(out.parent),
+            "--run-name", out.name, "--dp", "sample", "--target-epsilon", epsilon,
+            *CANDIDATES[candidate]]
+
+
+def run(candidate: str, seed: int, rounds: int, epsilon: str) -> tuple[Path, float | None]:
+    """The run's directory (trained now unless its summary exists) and its wall time."""
+    out = RUNS / run_name(candidate, seed, rounds, epsilon)
+    wall = out / "bench-wall.txt"
+    if (out / "summary.json").exists():
+        return out, float(wall.read_text()) if wall.exists() else None
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    proc = subprocess.run(argv(candidate, seed, rounds, epsilon, out), cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not (out / "summary.json").exists():
+        raise RuntimeError(f"{out.name}: exit {proc.returncode}\n{proc.stdout[-1500:]}\n"
+                           f"{proc.stderr[-1500:]}")
+    seconds = time.perf_counter() - start
+    wall.write_text(f"{seconds:.1f}\n")
+    return out, seconds
+
+
+def score(out: Path) -> dict[str, float]:
+    """The chosen model's val scores (see the module docstring)."""
+    summary = json.loads((out / "summary.json").read_text())
+    model_file = "best_model.pt" if (out / "best_model.pt").exists() else "final_model.pt"
+    probs, labels, _ = val_scores(out, model_file)
+    point = (summary.get("selection") or {}).get("operating_point") or {}
+    threshold = float(point.get("positive_threshold") or 0.5)
+    p1 = probs[:, 1]
+    return {"val_auc": classification_metrics("binary", labels, probs)["auc"],
+            "val_bal_acc": float(balanced_accuracy(p1, labels, threshold)),
+            "val_bal_acc_youden": float(balanced_accuracy(
+                p1, labels, youden_threshold(score_histograms(labels, probs, 50)))),
+            "threshold": threshold, "chosen_round": (summary.get("selection") or {}).get(
+                "chosen_round"), "model": model_file}
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} +- {statistics.stdev(values):.3f}"
+
+
+def main(argv_: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--only", default="default", help="comma-separated candidate names")
+    p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 of each candidate")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--epsilon", default="8")
+    p.add_argument("--list", action="store_true", help="print the candidates and exit")
+    args = p.parse_args(argv_)
+    if args.list:
+        for name, flags in CANDIDATES.items():
+            print(f"{name}: {' '.join(flags) or '(the --dp sample defaults)'}")
+        return 0
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise SystemExit(f"bench.dp_federated: unknown candidate(s) {unknown}; --list shows them")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    results["machine"] = {"cpu": platform.processor() or platform.machine(),
+                          "threads": os.cpu_count()}
+    for name in names:
+        rows = []
+        for seed in range(args.seeds):
+            out, seconds = run(name, seed, args.rounds, args.epsilon)
+            row = {"candidate": name, "flags": list(CANDIDATES[name]), "seed": seed,
+                   "rounds": args.rounds, "epsilon": args.epsilon, "wall_s": seconds,
+                   **score(out)}
+            results["runs"][out.name] = row
+            rows.append(row)
+            RESULTS.write_text(json.dumps(results, indent=1))
+        print(f"bench.dp_federated: {name} ({len(rows)} seeds, eps {args.epsilon}, "
+              f"{args.rounds} rounds): val AUC {spread([r['val_auc'] for r in rows])}, "
+              f"bal. acc at the run's threshold {spread([r['val_bal_acc'] for r in rows])}, "
+              f"at Youden on exact val {spread([r['val_bal_acc_youden'] for r in rows])}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

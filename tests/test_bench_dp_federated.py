@@ -1,0 +1,52 @@
+"""bench/dp_federated.py: each candidate is one DP federation; its chosen model is scored on
+the val split at the run's own threshold."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import dp_federated as dpf
+
+
+def test_a_candidate_is_a_dp_fedavg_run_with_its_flags_and_no_baselines(tmp_path):
+    got = dpf.argv("b128-lr02", seed=2, rounds=7, epsilon="8", out=tmp_path / "x")
+    assert got[got.index("--dp") + 1] == "sample"
+    assert got[got.index("--target-epsilon") + 1] == "8"
+    assert got[got.index("--baselines") + 1] == ""
+    assert got[got.index("--seed") + 1] == "2" and got[got.index("--rounds") + 1] == "7"
+    assert got[-4:] == ["--batch-size", "128", "--lr", "0.2"]
+    assert dpf.argv("default", 0, 10, "8", tmp_path / "x")[-2:] == ["--target-epsilon", "8"]
+
+
+def _run_dir(tmp_path: Path, threshold: float, best: bool) -> Path:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "final_model.pt").write_bytes(b"")
+    if best:
+        (out / "best_model.pt").write_bytes(b"")
+    point = {"positive_threshold": threshold}
+    (out / "summary.json").write_text(json.dumps(
+        {"selection": {"chosen_round": 4, "operating_point": point}}))
+    return out
+
+
+@pytest.mark.parametrize("best", [True, False])
+def test_the_chosen_model_is_scored_on_val_at_the_runs_threshold(tmp_path, monkeypatch, best):
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    p1 = np.array([0.1, 0.5, 0.65, 0.6, 0.8, 0.9])
+    asked = []
+
+    def fake_val_scores(run, model_file):
+        asked.append(model_file)
+        return np.stack([1 - p1, p1], axis=1), labels, None
+
+    monkeypatch.setattr(dpf, "val_scores", fake_val_scores)
+    got = dpf.score(_run_dir(tmp_path, threshold=0.7, best=best))
+    assert asked == ["best_model.pt" if best else "final_model.pt"]
+    # at 0.7: positives 0.8, 0.9 called (2/3), every negative below it (3/3)
+    assert got["val_bal_acc"] == pytest.approx(0.5 * (2 / 3 + 1.0))
+    assert got["val_bal_acc_youden"] >= got["val_bal_acc"]
+    assert got["val_auc"] == pytest.approx(8 / 9)     # 8 of the 9 pairs ranked right
+    assert got["threshold"] == 0.7 and got["chosen_round"] == 4
