@@ -2,7 +2,9 @@
 
 Each candidate is a set of flags on top of the `--dp sample` defaults
 (`common.task_defaults.DP_CLASSIFICATION_RECIPE`): one `fedclinic simulate` per (candidate,
-seed) over 5 Dirichlet(0.5) PneumoniaMNIST sites at epsilon 8 per site, no baselines. The model
+seed) over the utility bench's federation of the dataset (`bench.utility.DATASETS`: 5
+Dirichlet(0.5) PneumoniaMNIST sites, or 4 `iid+shift` AdrenalMNIST3D sites) at epsilon 8 per
+site, no baselines. The model
 the run chose (``best_model.pt``, else ``final_model.pt``) is then scored on the dataset's
 official val split; the test split is never read (the run's own report scores it; this bench
 does not look). Three numbers per run:
@@ -15,6 +17,7 @@ does not look). Three numbers per run:
 
     .venv/bin/python -m bench.dp_federated --list
     .venv/bin/python -m bench.dp_federated --only default,lr02 --seeds 3 [--rounds 10]
+    .venv/bin/python -m bench.dp_federated --dataset adrenal --only default,w32
 
 Runs land in bench/results/dp_federated/ (gitignored); a run whose summary.json exists is
 scored again, not rerun. Results merge into bench/results/dp_federated.json, one entry per
@@ -38,13 +41,13 @@ import numpy as np
 
 from bench.noised_threshold import balanced_accuracy, youden_threshold
 from bench.noised_threshold import val_scores
+from bench.utility import DATA, DATASETS
 from common.metrics import classification_metrics
 from common.operating_point import score_histograms
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "dp_federated.json"
 RUNS = RESULTS.with_suffix("")
-DATA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
 
 # Flags on top of the --dp sample defaults (batch 64, lr 0.1, cosine, logit-adjusted CE, width
 # 16, 2 local epochs, clip 1.0, momentum 0.9, no warm-up, no weight decay).
@@ -62,22 +65,28 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 
 
-def run_name(candidate: str, seed: int, rounds: int, epsilon: str) -> str:
-    return f"{candidate}-eps{epsilon}-r{rounds}-s{seed}"
+def run_name(candidate: str, seed: int, rounds: int, epsilon: str,
+             dataset: str = "pneumonia") -> str:
+    prefix = "" if dataset == "pneumonia" else f"{dataset}-"
+    return f"{prefix}{candidate}-eps{epsilon}-r{rounds}-s{seed}"
 
 
-def argv(candidate: str, seed: int, rounds: int, epsilon: str, out: Path) -> list[str]:
+def argv(candidate: str, seed: int, rounds: int, epsilon: str, out: Path,
+         dataset: str = "pneumonia") -> list[str]:
+    spec = DATASETS[dataset]
     return [sys.executable, "-m", "fedclinic.cli", "simulate", "--dataset", "medmnist",
-            "--data-path", str(DATA), "--sites", "5", "--partition", "dirichlet:0.5",
-            "--model", "resnet18", "--rounds", str(rounds), "--seed", str(seed),
+            "--data-path", str(DATA / spec.file), "--sites", str(spec.sites),
+            "--partition", spec.partition, "--model", spec.model, *spec.extra,
+            "--rounds", str(rounds), "--seed", str(seed),
             "--baselines", "", "--strategy", "fedavg", "--output-dir", str(out.parent),
             "--run-name", out.name, "--dp", "sample", "--target-epsilon", epsilon,
             *CANDIDATES[candidate]]
 
 
-def run(candidate: str, seed: int, rounds: int, epsilon: str) -> tuple[Path, float | None]:
+def run(candidate: str, seed: int, rounds: int, epsilon: str,
+        dataset: str = "pneumonia") -> tuple[Path, float | None]:
     """The run's directory (trained now unless its summary exists) and its wall time."""
-    out = RUNS / run_name(candidate, seed, rounds, epsilon)
+    out = RUNS / run_name(candidate, seed, rounds, epsilon, dataset)
     wall = out / "bench-wall.txt"
     if (out / "summary.json").exists():
         return out, float(wall.read_text()) if wall.exists() else None
@@ -85,7 +94,7 @@ def run(candidate: str, seed: int, rounds: int, epsilon: str) -> tuple[Path, flo
         shutil.rmtree(out)
     start = time.perf_counter()
     env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    proc = subprocess.run(argv(candidate, seed, rounds, epsilon, out), cwd=ROOT, env=env,
+    proc = subprocess.run(argv(candidate, seed, rounds, epsilon, out, dataset), cwd=ROOT, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0 or not (out / "summary.json").exists():
         raise RuntimeError(f"{out.name}: exit {proc.returncode}\n{proc.stdout[-1500:]}\n"
@@ -124,6 +133,7 @@ def main(argv_: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 of each candidate")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--epsilon", default="8")
+    p.add_argument("--dataset", default="pneumonia", choices=sorted(DATASETS))
     p.add_argument("--list", action="store_true", help="print the candidates and exit")
     args = p.parse_args(argv_)
     if args.list:
@@ -140,14 +150,15 @@ def main(argv_: list[str] | None = None) -> int:
     for name in names:
         rows = []
         for seed in range(args.seeds):
-            out, seconds = run(name, seed, args.rounds, args.epsilon)
-            row = {"candidate": name, "flags": list(CANDIDATES[name]), "seed": seed,
+            out, seconds = run(name, seed, args.rounds, args.epsilon, args.dataset)
+            row = {"candidate": name, "dataset": args.dataset,
+                   "flags": list(CANDIDATES[name]), "seed": seed,
                    "rounds": args.rounds, "epsilon": args.epsilon, "wall_s": seconds,
                    **score(out)}
             results["runs"][out.name] = row
             rows.append(row)
             RESULTS.write_text(json.dumps(results, indent=1))
-        print(f"bench.dp_federated: {name} ({len(rows)} seeds, eps {args.epsilon}, "
+        print(f"bench.dp_federated: {args.dataset} {name} ({len(rows)} seeds, eps {args.epsilon}, "
               f"{args.rounds} rounds): val AUC {spread([r['val_auc'] for r in rows])}, "
               f"bal. acc at the run's threshold {spread([r['val_bal_acc'] for r in rows])}, "
               f"at Youden on exact val {spread([r['val_bal_acc_youden'] for r in rows])}",

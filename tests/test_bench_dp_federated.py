@@ -18,6 +18,9 @@ def test_a_candidate_is_a_dp_fedavg_run_with_its_flags_and_no_baselines(tmp_path
     assert got[got.index("--seed") + 1] == "2" and got[got.index("--rounds") + 1] == "7"
     assert got[-4:] == ["--batch-size", "128", "--lr", "0.2"]
     assert dpf.argv("default", 0, 10, "8", tmp_path / "x")[-2:] == ["--target-epsilon", "8"]
+    adrenal = dpf.argv("w32", 0, 10, "8", tmp_path / "x", dataset="adrenal")
+    assert adrenal[adrenal.index("--partition") + 1] == "iid+shift"
+    assert adrenal[adrenal.index("--sites") + 1] == "4" and "adrenalmnist3d" in adrenal[adrenal.index("--data-path") + 1]
 
 
 def _run_dir(tmp_path: Path, threshold: float, best: bool) -> Path:
