@@ -9,7 +9,8 @@ the run chose (``best_model.pt``, else ``final_model.pt``) is then scored on the
 official val split; the test split is never read (the run's own report scores it; this bench
 does not look). Three numbers per run:
 
-* ``val_auc``: how well the model ranks the val cases;
+* ``val_auc``: how well the model ranks the val cases; ``val_loss``: its cross-entropy there
+  (finer than an AUC near 1, and what model selection without DP compares);
 * ``val_bal_acc``: balanced accuracy at the run's own operating point (the threshold the server
   chose from the sites' noised validation histograms): what a clinician would get;
 * ``val_bal_acc_youden``: at Youden's threshold on the exact val scores (an oracle, not a
@@ -112,7 +113,9 @@ def score(out: Path) -> dict[str, float]:
     point = (summary.get("selection") or {}).get("operating_point") or {}
     threshold = float(point.get("positive_threshold") or 0.5)
     p1 = probs[:, 1]
+    picked = probs[np.arange(len(labels)), labels.astype(int)]
     return {"val_auc": classification_metrics("binary", labels, probs)["auc"],
+            "val_loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()),
             "val_bal_acc": float(balanced_accuracy(p1, labels, threshold)),
             "val_bal_acc_youden": float(balanced_accuracy(
                 p1, labels, youden_threshold(score_histograms(labels, probs, 50)))),
@@ -160,6 +163,7 @@ def main(argv_: list[str] | None = None) -> int:
             RESULTS.write_text(json.dumps(results, indent=1))
         print(f"bench.dp_federated: {args.dataset} {name} ({len(rows)} seeds, eps {args.epsilon}, "
               f"{args.rounds} rounds): val AUC {spread([r['val_auc'] for r in rows])}, "
+              f"loss {spread([r['val_loss'] for r in rows])}, "
               f"bal. acc at the run's threshold {spread([r['val_bal_acc'] for r in rows])}, "
               f"at Youden on exact val {spread([r['val_bal_acc_youden'] for r in rows])}",
               flush=True)

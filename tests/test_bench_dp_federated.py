@@ -53,3 +53,4 @@ def test_the_chosen_model_is_scored_on_val_at_the_runs_threshold(tmp_path, monke
     assert got["val_bal_acc_youden"] >= got["val_bal_acc"]
     assert got["val_auc"] == pytest.approx(8 / 9)     # 8 of the 9 pairs ranked right
     assert got["threshold"] == 0.7 and got["chosen_round"] == 4
+    assert got["val_loss"] == pytest.approx(-np.mean(np.log(np.where(labels == 1, p1, 1 - p1))))
