@@ -19,6 +19,7 @@ does not look). Three numbers per run:
     .venv/bin/python -m bench.dp_federated --list
     .venv/bin/python -m bench.dp_federated --only default,lr02 --seeds 3 [--rounds 10]
     .venv/bin/python -m bench.dp_federated --dataset adrenal --only default,w32
+    .venv/bin/python -m bench.dp_federated --table     # docs/recipes.md's table
 
 Runs land in bench/results/dp_federated/ (gitignored); a run whose summary.json exists is
 scored again, not rerun. Results merge into bench/results/dp_federated.json, one entry per
@@ -129,6 +130,24 @@ def spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} +- {statistics.stdev(values):.3f}"
 
 
+def table(results: dict) -> str:
+    """The Markdown table of docs/recipes.md: one row per candidate, mean +- std over seeds."""
+    by: dict[tuple[str, str], list[dict]] = {}
+    for row in results.get("runs", {}).values():
+        by.setdefault((row.get("dataset", "pneumonia"), row["candidate"]), []).append(row)
+    lines = ["| dataset | candidate | flags | seeds | val AUC | val loss | val bal. acc at the "
+             "run's threshold | at Youden on exact val (oracle) | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, name), rows in by.items():
+        walls = [r["wall_s"] for r in rows if r.get("wall_s")]
+        wall = f"{statistics.fmean(walls):.0f}" if walls else ""
+        scores = " | ".join(spread([r[k] for r in rows]) for k in
+                            ("val_auc", "val_loss", "val_bal_acc", "val_bal_acc_youden"))
+        flags = " ".join(rows[0]["flags"]) or "(defaults)"
+        lines.append(f"| {dataset} | `{name}` | {flags} | {len(rows)} | {scores} | {wall} |")
+    return "\n".join(lines)
+
+
 def main(argv_: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -138,7 +157,12 @@ def main(argv_: list[str] | None = None) -> int:
     p.add_argument("--epsilon", default="8")
     p.add_argument("--dataset", default="pneumonia", choices=sorted(DATASETS))
     p.add_argument("--list", action="store_true", help="print the candidates and exit")
+    p.add_argument("--table", action="store_true",
+                   help="print the Markdown table of the results so far and exit")
     args = p.parse_args(argv_)
+    if args.table:
+        print(table(json.loads(RESULTS.read_text()) if RESULTS.exists() else {}))
+        return 0
     if args.list:
         for name, flags in CANDIDATES.items():
             print(f"{name}: {' '.join(flags) or '(the --dp sample defaults)'}")

@@ -54,3 +54,18 @@ def test_the_chosen_model_is_scored_on_val_at_the_runs_threshold(tmp_path, monke
     assert got["val_auc"] == pytest.approx(8 / 9)     # 8 of the 9 pairs ranked right
     assert got["threshold"] == 0.7 and got["chosen_round"] == 4
     assert got["val_loss"] == pytest.approx(-np.mean(np.log(np.where(labels == 1, p1, 1 - p1))))
+
+
+def test_the_table_has_one_row_per_candidate_with_the_mean_over_its_seeds():
+    def row(name, seed, auc, wall):
+        return {"candidate": name, "flags": ["--lr", "0.2"] if name == "lr02" else [],
+                "seed": seed, "val_auc": auc, "val_loss": 0.25, "val_bal_acc": 0.9,
+                "val_bal_acc_youden": 0.91, "wall_s": wall}
+    runs = {"a": row("default", 0, 0.96, 100.0), "b": row("default", 1, 0.98, 300.0),
+            "c": row("lr02", 0, 0.95, None)}
+    lines = dpf.table({"runs": runs}).splitlines()
+    assert len(lines) == 4
+    assert lines[2].startswith("| pneumonia | `default` | (defaults) | 2 | 0.970 +- 0.014 |")
+    assert lines[2].endswith("| 200 |")
+    assert lines[3] == ("| pneumonia | `lr02` | --lr 0.2 | 1 | 0.950 | 0.250 | 0.900 | 0.910 "
+                        "|  |")
