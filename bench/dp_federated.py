@@ -41,8 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.noised_threshold import balanced_accuracy, youden_threshold
-from bench.noised_threshold import val_scores
+from bench.noised_threshold import balanced_accuracy, val_scores, youden_threshold
 from bench.utility import DATA, DATASETS
 from common.metrics import classification_metrics
 from common.operating_point import score_histograms
