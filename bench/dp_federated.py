@@ -32,21 +32,17 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from bench.noised_threshold import balanced_accuracy, val_scores, youden_threshold
-from bench.utility import DATA, DATASETS
+from bench.utility import DATA, DATASETS, run_simulation
 from common.metrics import classification_metrics
 from common.operating_point import score_histograms
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "dp_federated.json"
 RUNS = RESULTS.with_suffix("")
 
@@ -88,21 +84,11 @@ def run(candidate: str, seed: int, rounds: int, epsilon: str,
         dataset: str = "pneumonia") -> tuple[Path, float | None]:
     """The run's directory (trained now unless its summary exists) and its wall time."""
     out = RUNS / run_name(candidate, seed, rounds, epsilon, dataset)
+    code, error = run_simulation(argv(candidate, seed, rounds, epsilon, out, dataset), out)
+    if error:
+        raise RuntimeError(f"{out.name}: exit {code}\n{error}")
     wall = out / "bench-wall.txt"
-    if (out / "summary.json").exists():
-        return out, float(wall.read_text()) if wall.exists() else None
-    if out.exists():
-        shutil.rmtree(out)
-    start = time.perf_counter()
-    env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    proc = subprocess.run(argv(candidate, seed, rounds, epsilon, out, dataset), cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0 or not (out / "summary.json").exists():
-        raise RuntimeError(f"{out.name}: exit {proc.returncode}\n{proc.stdout[-1500:]}\n"
-                           f"{proc.stderr[-1500:]}")
-    seconds = time.perf_counter() - start
-    wall.write_text(f"{seconds:.1f}\n")
-    return out, seconds
+    return out, float(wall.read_text()) if wall.exists() else None
 
 
 def score(out: Path) -> dict[str, float]:
@@ -110,7 +96,8 @@ def score(out: Path) -> dict[str, float]:
     summary = json.loads((out / "summary.json").read_text())
     model_file = "best_model.pt" if (out / "best_model.pt").exists() else "final_model.pt"
     probs, labels, _ = val_scores(out, model_file)
-    point = (summary.get("selection") or {}).get("operating_point") or {}
+    selection = summary.get("selection") or {}
+    point = selection.get("operating_point") or {}
     threshold = float(point.get("positive_threshold") or 0.5)
     p1 = probs[:, 1]
     picked = probs[np.arange(len(labels)), labels.astype(int)]
@@ -119,8 +106,8 @@ def score(out: Path) -> dict[str, float]:
             "val_bal_acc": float(balanced_accuracy(p1, labels, threshold)),
             "val_bal_acc_youden": float(balanced_accuracy(
                 p1, labels, youden_threshold(score_histograms(labels, probs, 50)))),
-            "threshold": threshold, "chosen_round": (summary.get("selection") or {}).get(
-                "chosen_round"), "model": model_file}
+            "threshold": threshold, "chosen_round": selection.get("chosen_round"),
+            "model": model_file}
 
 
 def spread(values: list[float]) -> str:

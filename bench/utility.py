@@ -101,22 +101,32 @@ class Cell:
         return argv
 
 
+def run_simulation(argv: list[str], out: Path) -> tuple[int, str]:
+    """Run one `fedclinic simulate` (``argv``) into ``out`` unless its summary.json exists (an
+    unfinished run there is removed first), its wall seconds written to bench-wall.txt;
+    (exit code, the end of its output) when it failed, (0, '') otherwise."""
+    summary = out / "summary.json"
+    if summary.exists():
+        return 0, ""
+    if out.exists():                  # an unfinished run: the new one must land in its place
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not summary.exists():
+        tail = (proc.stdout[-1500:] + "\n" + proc.stderr[-1500:]).strip()
+        return proc.returncode, tail or f"no {summary.name} written"
+    (out / "bench-wall.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    return 0, ""
+
+
 def run_cell(cell: Cell) -> dict:
     """The cell's summary (run now, or read from an earlier run)."""
     out = CELLS / cell.folder
-    summary = out / "summary.json"
-    if not summary.exists():
-        if out.exists():              # an unfinished run: the new one must land in its place
-            shutil.rmtree(out)
-        start = time.perf_counter()
-        env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-        proc = subprocess.run(cell.argv(out), cwd=ROOT, env=env, capture_output=True,
-                              text=True)
-        if proc.returncode != 0 or not summary.exists():
-            return {"cell": asdict(cell), "returncode": proc.returncode,
-                    "error": (proc.stdout[-1500:] + "\n" + proc.stderr[-1500:]).strip()}
-        (out / "bench-wall.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
-    data = json.loads(summary.read_text())
+    code, error = run_simulation(cell.argv(out), out)
+    if error:
+        return {"cell": asdict(cell), "returncode": code, "error": error}
+    data = json.loads((out / "summary.json").read_text())
     wall = out / "bench-wall.txt"
     points = {model: point.get("global", {})
               for model, point in data.get("operating_point", {}).items()
