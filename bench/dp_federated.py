@@ -59,6 +59,11 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "w32": ("--width", "32"),
     "warm": ("--warmup-fraction", "0.1"),
     "clip05-lr02": ("--max-grad-norm", "0.5", "--lr", "0.2"),
+    # augmentation multiplicity K = 1 (one augmented copy per record and step): whether plain
+    # augmentation helps under DP-SGD before paying K times the compute for K > 1
+    "aug": ("--augment", "hflip,crop"),
+    "aug-int": ("--augment", "intensity"),
+    "wd": ("--weight-decay", "5e-4"),
 }
 
 

@@ -267,6 +267,7 @@ def _revoke_now(lb: Loopback, site: str) -> int:
         control.close()
 
 
+@pytest.mark.slow   # ~65 s on 2 cores: a run, a revocation, the next round (CI: `-m slow`)
 def test_the_operator_submits_and_a_revoked_site_is_refused_from_its_next_round(consortium,
                                                                                capsys):
     lb = consortium

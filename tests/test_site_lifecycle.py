@@ -197,6 +197,7 @@ def test_three_sites_on_one_host_start_without_runtime_port(consortium):
     assert len(ports) == 3, ports                     # each chose its own
 
 
+@pytest.mark.slow   # ~50 s on 2 cores: a fault test (CI runs it, `-m slow`)
 def test_sigterm_during_a_task_ends_the_site_and_its_supernode(consortium):
     lb = consortium
     before = set(lb.run_dirs())
@@ -229,6 +230,7 @@ def test_sigterm_during_a_task_ends_the_site_and_its_supernode(consortium):
     _wait_joined(lb, 1)                               # so it is activated at once
 
 
+@pytest.mark.slow   # ~80 s on 2 cores: a fault test (CI runs it, `-m slow`)
 def test_sigkill_of_a_site_takes_its_supernode_and_the_same_command_brings_it_back(consortium):
     lb = consortium
     rounds = 12              # room for the restart (imports, validation) on a busy host
@@ -330,6 +332,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+@pytest.mark.slow   # ~40 s on 2 cores: a fault test (CI runs it, `-m slow`)
 def test_killing_the_server_mid_run_leaves_no_serverapp_and_run_says_how_to_resume(consortium):
     """Last in this module: it kills the module's server. SIGKILL of `fedclinic server` alone
     takes the SuperLink, its SuperExec and the run's flwr-serverapp with it; `fedclinic run`

@@ -225,6 +225,7 @@ def test_a_deployed_server_app_tracks_its_run(tmp_path, monkeypatch):
     assert rundir.REPORT in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.slow   # ~30 s on 2 cores; test_tradeoff runs a real DP cell untracked
 def test_a_tracked_dp_tradeoff_cell_end_to_end(tmp_path, capsys):
     """A real sweep of one DP cell (federation + both baselines) tracked by both: the cell's
     rounds, each site's epsilon and report files, and the sweep's table, read back."""
