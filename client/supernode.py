@@ -12,11 +12,21 @@ It lives no longer than the `fedclinic site` that started it (`runtime.processes
 the kernel's parent-death signal on Linux, a thread watching the parent everywhere): when the site
 dies, even by SIGKILL, this SuperNode gets SIGTERM, deactivates itself at the server (so the
 server stops waiting for it and a restarted site is activated at once) and exits.
+
+A stop signal counts once. Flower's handler restores the handler that was there before it after
+its first call, and a second SIGTERM would then end the process before it deactivates at the
+server, so that a restarted site waits about a minute (two missed heartbeats) to be activated
+again. The second comes whenever the whole process group is signalled (Ctrl-C in a terminal,
+`kill -TERM -PGID`): the SuperNode gets the signal, and then `fedclinic site` stops it with
+another. So before Flower's handler is installed this entry point installs its own
+(`_StopOnce`): a signal before Flower's handler ends the process (it has not joined yet), one
+after Flower's first is ignored (Flower's exit is under way and forced within seconds).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time as _time
 
 DEFAULT_POLL_SECONDS = 0.25
@@ -35,6 +45,34 @@ class _CappedSleep:
         return getattr(_time, name)
 
 
+class _StopOnce:
+    """The SIGTERM/SIGINT handler in place before Flower's, and again once Flower's first call
+    restored it (`installed` is set when Flower has installed its own)."""
+
+    def __init__(self) -> None:
+        self.installed = False
+
+    def __call__(self, signum: int, _frame) -> None:
+        if not self.installed:           # still starting: nothing to sign off from
+            raise SystemExit(128 + signum)
+        # else: Flower is already exiting cleanly; a repeat must not cut that short
+
+    def wrap(self, register):
+        """Flower's `register_signal_handlers`, noting when it has run."""
+        def registered(*args, **kwargs):
+            register(*args, **kwargs)
+            self.installed = True
+        return registered
+
+
+def _stop_signals_count_once(node_loop) -> _StopOnce:
+    stop = _StopOnce()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    node_loop.register_signal_handlers = stop.wrap(node_loop.register_signal_handlers)
+    return stop
+
+
 def main() -> None:
     from runtime.processes import PARENT_PID_ENV, die_with_parent
 
@@ -47,6 +85,7 @@ def main() -> None:
 
     cap = float(os.environ.get("FEDCLINIC_NODE_POLL_SECONDS", DEFAULT_POLL_SECONDS))
     node_loop.time = _CappedSleep(cap)
+    _stop_signals_count_once(node_loop)
     use_fast_object_pulls()
     flower_supernode()
 
