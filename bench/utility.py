@@ -246,6 +246,17 @@ def _earlier_cells() -> list[dict]:
         return []
 
 
+def write_results(merged: list[dict]) -> list[dict]:
+    """utility.json and utility.md for these cells; the table's rows."""
+    table = rows(merged)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "utility.json").write_text(json.dumps(
+        {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+         "cells": merged, "rows": table}, indent=1))
+    (RESULTS / "utility.md").write_text(markdown(table))
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     cells = [Cell(d, s, e, seed, args.rounds) for d in args.datasets.split(",")
@@ -258,19 +269,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     earlier = _earlier_cells()
     done = {} if args.rerun else {_name(r): r for r in earlier if "error" not in r}
-    results = []
+    results: list[dict] = []
+    table: list[dict] = []
     for i, cell in enumerate(cells, 1):
         kept = cell.name in done
         print(f"[{i}/{len(cells)}] {cell.name}{' (kept from utility.json)' if kept else ''}",
               file=sys.stderr, flush=True)
         results.append(done[cell.name] if kept else run_cell(cell))
-    merged = merge_cells(earlier, results)
-    table = rows(merged)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "utility.json").write_text(json.dumps(
-        {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-         "cells": merged, "rows": table}, indent=1))
-    (RESULTS / "utility.md").write_text(markdown(table))
+        table = write_results(merge_cells(earlier, results))   # a batch cut short keeps its cells
     failed = sum("error" in r for r in results)
     best = [r for r in table if r["model"] not in ("local", "pooled")]
     shown = "; ".join(f"{r['dataset']} eps {r['epsilon']} {r['model']} AUC "

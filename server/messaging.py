@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
+
+from runtime.forwarding_grid import ForwardingGrid
 
 REPLY_POLL_SECONDS = 0.2
 
@@ -35,13 +36,13 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float | None,
     return replies, sent
 
 
-class PollingGrid(Grid):
+class PollingGrid(ForwardingGrid):
     """Flower's Grid with fedclinic's `send_and_receive`: what Flower's `Strategy.start` is
     given, so that Flower drives the rounds while replies are polled every `poll` s and `sent`
     (message id -> node) tells, after each phase, which node every message went to."""
 
     def __init__(self, grid: Grid, poll: float = REPLY_POLL_SECONDS) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.poll = poll
         self.sent: dict[str, int] = {}
 
@@ -49,32 +50,3 @@ class PollingGrid(Grid):
                          timeout: float | None = None) -> list[Message]:
         replies, self.sent = send_and_receive(self.grid, list(messages), timeout, self.poll)
         return replies
-
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:
-        return self.grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def __getattr__(self, name: str) -> Any:
-        """Anything else a particular Grid offers (e.g. `close`) is the wrapped one's."""
-        if name == "grid":                      # not set yet (e.g. while copying)
-            raise AttributeError(name)
-        return getattr(self.grid, name)

@@ -21,12 +21,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError
+from runtime.forwarding_grid import ForwardingGrid
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 PLACEMENT_PREFIX = "fedclinic-placement:"     # the line a site prints for each task
@@ -183,14 +184,14 @@ def crash_of(reply: Message) -> str:
     return reason.strip()
 
 
-class CrashAwareGrid(Grid):
+class CrashAwareGrid(ForwardingGrid):
     """The grid the ServerApp gets in simulation: Flower's, except that once ``stopped`` is set
     (the engine crashed) or a site's reply reports a crash, the next call raises
     SimulationCrashed, so the ServerApp's thread ends within one poll instead of waiting out the
     round timeout. The first crash's message is kept in ``first_error``."""
 
     def __init__(self, grid: Grid, stopped: threading.Event) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.stopped = stopped
         self.first_error = ""
 
@@ -222,25 +223,6 @@ class CrashAwareGrid(Grid):
         from server.messaging import send_and_receive
 
         return send_and_receive(self, list(messages), timeout)[0]
-
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_nodes(self) -> Iterable[Any]:
-        return self.grid.get_nodes()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "grid":
-            raise AttributeError(name)
-        return getattr(self.grid, name)
 
 
 def crash_aware(server_app: ServerApp, stopped: threading.Event,
