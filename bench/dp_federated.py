@@ -1,4 +1,5 @@
-"""DP settings for a federation, chosen on the VAL split: FedAvg under `--dp sample`.
+"""DP settings for a federation, chosen on the VAL split: FedAvg (or a candidate's strategy) under
+`--dp sample`.
 
 Each candidate is a set of flags on top of the `--dp sample` defaults
 (`common.task_defaults.DP_CLASSIFICATION_RECIPE`): one `fedclinic simulate` per (candidate,
@@ -64,6 +65,11 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "aug": ("--augment", "hflip,crop"),
     "aug-int": ("--augment", "intensity"),
     "wd": ("--weight-decay", "5e-4"),
+    # FedAdam under DP: Flower's tau (1e-3) makes each coordinate's step about eta whatever the
+    # size of its (mostly noise) update; a larger tau moves it towards FedAvg's averaged step
+    "fedadam": ("--strategy", "fedadam"),
+    "fedadam-tau01": ("--strategy", "fedadam", "--server-tau", "0.01"),
+    "fedadam-tau1": ("--strategy", "fedadam", "--server-tau", "0.1", "--server-lr", "0.1"),
 }
 
 

@@ -135,6 +135,8 @@ class RunConfig:
                                         "site itself", lo=0.01, hi=1.0)
     proximal_mu: float = _opt(0.01, "FedProx proximal weight mu", lo=0.0, hi=100.0)
     server_lr: float = _opt(0.01, "FedAdam/FedYogi server learning rate (eta)", lo=1e-6, hi=10.0)
+    server_tau: float = _opt(1e-3, "FedAdam/FedYogi adaptivity tau: added to the root of the "
+                                   "second moment (Flower's default)", lo=1e-9, hi=10.0)
     trim_beta: float = _opt(0.2, "FedTrimmedAvg: fraction cut from each end", lo=0.0, hi=0.49)
     krum_malicious: int = _opt(0, "Krum: number of malicious sites tolerated", lo=0, hi=1000)
     round_timeout: float = _opt(3600.0, "seconds the server waits for a round's replies; sites "

@@ -129,7 +129,7 @@ def build_strategy(cfg: RunConfig, num_sites: int) -> Strategy:
         return _coping(FedProx)(**common, proximal_mu=cfg.proximal_mu)
     if name in ("fedadam", "fedyogi"):
         cls = FedAdam if name == "fedadam" else FedYogi
-        return _coping(cls)(**common, eta=cfg.server_lr, eta_l=cfg.lr)
+        return _coping(cls)(**common, eta=cfg.server_lr, eta_l=cfg.lr, tau=cfg.server_tau)
     if name == "fedmedian":
         return _coping(FedMedian)(**common)
     if name == "fedtrimmedavg":

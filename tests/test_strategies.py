@@ -71,3 +71,22 @@ def test_fedprox_sends_mu_to_sites():
 def test_krum_needs_enough_sites():
     with pytest.raises(ConfigError, match="krum_malicious=1 needs at least 5 sampled sites; got 3"):
         build_strategy(RunConfig(strategy="krum", krum_malicious=1, sites=3), 3)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
+def test_server_tau_sets_the_adaptive_step(name):
+    """One round from zero with every site at 1.0: m = 0.1, v = 0.01 (FedAdam) and the step is
+    eta_norm * 0.1 / (0.1 + tau); a larger tau damps it."""
+    steps = []
+    for tau in (1e-3, 1.0):
+        strategy = build_strategy(RunConfig(strategy=name, sites=2, server_lr=0.1,
+                                            server_tau=tau), 2)
+        assert strategy.tau == tau
+        strategy.current_arrays = {"0": np.zeros(3, dtype=np.float32)}
+        replies = [_reply(i + 1, np.ones(3, dtype=np.float32), 10) for i in range(2)]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        steps.append(float(arrays.to_numpy_ndarrays()[0][0]))
+    eta_norm = 0.1 * np.sqrt(1 - 0.99 ** 2) / (1 - 0.9 ** 2)
+    if name == "fedadam":
+        assert steps == pytest.approx([eta_norm * 0.1 / (0.1 + t) for t in (1e-3, 1.0)], rel=1e-4)
+    assert steps[1] < steps[0] / 5
