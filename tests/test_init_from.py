@@ -1,6 +1,6 @@
 """--init-from: a fedclinic model file or a plain state dict starts the federation and the
-baselines; a head re-initialised when only the number of classes differs; a clear ConfigError
-for a missing, broken or mismatched file."""
+baselines; a head re-initialised when only the number of classes differs; kernels converted
+between 2D and 3D; a clear ConfigError for a missing, broken or mismatched file."""
 
 from pathlib import Path
 
@@ -88,6 +88,58 @@ def test_missing_and_unexpected_layers_are_named(tmp_path):
     with pytest.raises(ConfigError, match=rf"missing from the file: {first}.*not in this "
                                            rf"network: extra.weight"):
         load_init(path, _net(), 4)
+
+
+def _resnet(spatial_dims: int) -> torch.nn.Module:
+    return build_model("resnet18", spatial_dims=spatial_dims, in_channels=1, num_classes=2,
+                       norm="group", width=8)
+
+
+def test_a_2d_model_starts_a_3d_run_with_inflated_kernels(tmp_path):
+    torch.manual_seed(1)
+    src = _resnet(2)
+    path = tmp_path / "chest2d.pt"
+    torch.save(src.state_dict(), path)
+    net = _resnet(3)
+    init = initial_state(str(path), net, 2)
+    convs = [k for k, v in src.state_dict().items() if v.dim() == 4]
+    assert convs and set(init.converted) == set(convs) and init.reinitialised == ()
+    assert f"{len(convs)} convolution kernels converted" in init.note
+    for k, v in net.state_dict().items():
+        w = src.state_dict()[k]
+        if k in convs:             # repeated along depth, divided by its length
+            depth = v.shape[2]
+            assert v.shape == w.shape[:2] + (depth,) + w.shape[2:], k
+            assert all(torch.allclose(v[:, :, d] * depth, w) for d in range(depth)), k
+        else:
+            assert torch.equal(v, w), k
+
+
+def test_an_inflated_kernel_answers_a_depth_constant_input_as_the_2d_one():
+    torch.manual_seed(2)
+    conv2, conv3 = torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Conv3d(2, 3, 3, padding=1)
+    from common.training.init import across_dims
+    with torch.no_grad():
+        conv3.weight.copy_(across_dims(conv2.weight, conv3.weight))
+        conv3.bias.copy_(conv2.bias)
+        image = torch.randn(1, 2, 6, 6)
+        volume = image.unsqueeze(2).repeat(1, 1, 5, 1, 1)
+        inner = conv3(volume)[:, :, 1:-1]           # away from the depth borders' zero padding
+        assert torch.allclose(inner, conv2(image).unsqueeze(2).expand_as(inner), atol=1e-6)
+        back = across_dims(conv3.weight, conv2.weight)     # 3D -> 2D: summed over depth
+        assert torch.allclose(back, conv2.weight, atol=1e-6)
+
+
+def test_a_3d_model_starts_a_2d_run_and_other_shapes_still_fail(tmp_path):
+    path = tmp_path / "ct3d.pt"
+    torch.save(_resnet(3).state_dict(), path)
+    init = load_init(path, _resnet(2), 2)
+    assert init.converted and all(init.state[k].dim() == 4 for k in init.converted)
+    wide = build_model("resnet18", spatial_dims=3, in_channels=1, num_classes=2, norm="group",
+                       width=16)
+    torch.save(wide.state_dict(), path)
+    with pytest.raises(ConfigError, match="other shapes: conv1.weight"):
+        load_init(path, _resnet(2), 2)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a torch file at all", b"PK\x03\x04broken"])

@@ -10,6 +10,14 @@ number of classes differs: the head keeps the seeded random init of this run and
 so. Anything else is a `ConfigError` naming the file and the layers (missing, unexpected, or
 with another shape), before any round starts.
 
+Across dimensions (a 2D model starting a 3D run, or the reverse: the issue's "pretrain on one
+modality, federate on the other"), the convolution kernels are converted as I3D does (Carreira
+and Zisserman, 2017): a 2D kernel is repeated along the new depth axis and divided by its
+length, a 3D kernel summed over depth. Either way a convolution gives the same output on an
+input that is constant along depth (away from the zero padding at its first and last slices),
+so the pretrained filters keep their meaning; every other
+tensor (normalisation, head) has the same shape in both and is taken as it is.
+
 The file is public to the federation (pretrained elsewhere, e.g. on a public dataset), so it
 costs the sites no privacy; in deployment the server reads it and sends the weights as the
 initial global model, as it sends a random init.
@@ -37,11 +45,15 @@ class InitFrom:
     state: dict[str, torch.Tensor]
     source: str                        # "fedclinic final_model.pt (round 10)" / "state dict"
     reinitialised: tuple[str, ...] = ()   # head tensors left at this run's random init
+    converted: tuple[str, ...] = ()    # kernels taken across dimensions (module docstring)
 
     @property
     def note(self) -> str:
         loaded = len(self.state) - len(self.reinitialised)
         text = f"init-from: {loaded} of {len(self.state)} tensors from {self.source}"
+        if self.converted:
+            text += (f"; {len(self.converted)} convolution kernels converted across spatial "
+                     f"dimensions (2D kernels repeated along depth / 3D kernels summed over it)")
         if self.reinitialised:
             text += (f"; head {', '.join(self.reinitialised)} re-initialised (the file's "
                      f"number of classes differs from this task's)")
@@ -94,6 +106,18 @@ def head_keys(model: nn.Module, num_classes: int) -> tuple[str, ...]:
                  and "." not in k[len(prefix):])
 
 
+def across_dims(kernel: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+    """``kernel`` (out, in, [d,] h, w) converted to the shape of ``like`` across one spatial
+    dimension (module docstring), or None when the two are not a 2D and a 3D form of the same
+    kernel."""
+    if kernel.dim() == 4 and like.dim() == 5 and kernel.shape == like.shape[:2] + like.shape[3:]:
+        depth = like.shape[2]
+        return kernel.unsqueeze(2).repeat(1, 1, depth, 1, 1) / depth
+    if kernel.dim() == 5 and like.dim() == 4 and kernel.shape[:2] + kernel.shape[3:] == like.shape:
+        return kernel.sum(dim=2)
+    return None
+
+
 def _shape(t: torch.Tensor) -> str:
     return "x".join(map(str, t.shape)) or "scalar"
 
@@ -109,6 +133,9 @@ def load_init(path: str | Path, model: nn.Module, num_classes: int) -> InitFrom:
     path = Path(path)
     raw, source = _read(path)
     found, own = _strip(raw), model.state_dict()
+    converted = {k: t for k in own if k in found
+                 and (t := across_dims(found[k], own[k])) is not None}
+    found.update(converted)
     missing = [k for k in own if k not in found]
     unexpected = [k for k in found if k not in own]
     reshaped = [k for k in own if k in found and found[k].shape != own[k].shape]
@@ -124,11 +151,11 @@ def load_init(path: str | Path, model: nn.Module, num_classes: int) -> InitFrom:
         if unexpected:
             problems.append("not in this network: " + _listed(unexpected))
         raise ConfigError(f"init_from={str(path)!r}: the file's layers do not fit this run's "
-                          f"network (model, width, norm, spatial dims and input channels "
-                          f"must be the ones it was trained with): " + "; ".join(problems))
+                          f"network (model, width, norm and input channels must be the ones "
+                          f"it was trained with): " + "; ".join(problems))
     state = {k: (own[k].clone() if k in reshaped else found[k].to(own[k].dtype).clone())
              for k in own}
-    return InitFrom(state, source, tuple(reshaped))
+    return InitFrom(state, source, tuple(reshaped), tuple(converted))
 
 
 def initial_state(init_from: str, model: nn.Module, num_classes: int) -> InitFrom | None:
