@@ -70,6 +70,19 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "fedadam": ("--strategy", "fedadam"),
     "fedadam-tau01": ("--strategy", "fedadam", "--server-tau", "0.01"),
     "fedadam-tau1": ("--strategy", "fedadam", "--server-tau", "0.1", "--server-lr", "0.1"),
+    # --init-from a public checkpoint (issue 14 items 5 and 6): "@NAME" is PRETRAINED[NAME]'s
+    # final_model.pt, trained first if it is not there yet
+    "init-chest": ("--init-from", "@chest2d-w16"),
+}
+
+# Public checkpoints: one non-DP `fedclinic simulate` each, pooled (1 site) on a public dataset,
+# the classification recipe's defaults except the width (16: the --dp sample default, so that
+# its layers fit a DP run). PneumoniaMNIST (2D) starts a 3D run through --init-from's I3D
+# kernel inflation.
+PRETRAINED: dict[str, tuple[str, ...]] = {
+    "chest2d-w16": ("--data-path", str(DATA / DATASETS["pneumonia"].file), "--sites", "1",
+                    "--partition", "iid", "--model", "resnet18", "--width", "16",
+                    "--rounds", "10", "--seed", "0"),
 }
 
 
@@ -77,6 +90,22 @@ def run_name(candidate: str, seed: int, rounds: int, epsilon: str,
              dataset: str = "pneumonia") -> str:
     prefix = "" if dataset == "pneumonia" else f"{dataset}-"
     return f"{prefix}{candidate}-eps{epsilon}-r{rounds}-s{seed}"
+
+
+def pretrained(name: str) -> Path:
+    """PRETRAINED[name]'s model file, after training it if its run has no summary yet."""
+    out = RUNS / f"pretrain-{name}"
+    code, error = run_simulation([sys.executable, "-m", "fedclinic.cli", "simulate",
+                                  "--dataset", "medmnist", *PRETRAINED[name], "--baselines", "",
+                                  "--output-dir", str(out.parent), "--run-name", out.name], out)
+    if error:
+        raise RuntimeError(f"{out.name}: exit {code}\n{error}")
+    return out / "final_model.pt"
+
+
+def resolved(flags: tuple[str, ...]) -> list[str]:
+    """A candidate's flags with each "@NAME" replaced by that public checkpoint's path."""
+    return [str(pretrained(f[1:])) if f.startswith("@") else f for f in flags]
 
 
 def argv(candidate: str, seed: int, rounds: int, epsilon: str, out: Path,
@@ -88,7 +117,7 @@ def argv(candidate: str, seed: int, rounds: int, epsilon: str, out: Path,
             "--rounds", str(rounds), "--seed", str(seed),
             "--baselines", "", "--strategy", "fedavg", "--output-dir", str(out.parent),
             "--run-name", out.name, "--dp", "sample", "--target-epsilon", epsilon,
-            *CANDIDATES[candidate]]
+            *resolved(CANDIDATES[candidate])]
 
 
 def run(candidate: str, seed: int, rounds: int, epsilon: str,

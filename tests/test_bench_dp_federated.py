@@ -23,6 +23,24 @@ def test_a_candidate_is_a_dp_fedavg_run_with_its_flags_and_no_baselines(tmp_path
     assert adrenal[adrenal.index("--sites") + 1] == "4" and "adrenalmnist3d" in adrenal[adrenal.index("--data-path") + 1]
 
 
+def test_a_public_checkpoint_is_pretrained_once_and_passed_as_init_from(tmp_path, monkeypatch):
+    runs = []
+
+    def fake_run(argv, out):
+        runs.append((argv, out))
+        return 0, ""
+
+    monkeypatch.setattr(dpf, "RUNS", tmp_path)
+    monkeypatch.setattr(dpf, "run_simulation", fake_run)
+    got = dpf.argv("init-chest", 0, 10, "8", tmp_path / "x", dataset="adrenal")
+    pre_argv, pre_out = runs[0]
+    assert len(runs) == 1 and pre_out == tmp_path / "pretrain-chest2d-w16"
+    assert got[-2:] == ["--init-from", str(pre_out / "final_model.pt")]
+    assert "pneumoniamnist" in pre_argv[pre_argv.index("--data-path") + 1]
+    assert pre_argv[pre_argv.index("--sites") + 1] == "1" and "--dp" not in pre_argv
+    assert pre_argv[pre_argv.index("--width") + 1] == "16"    # fits a --dp sample run
+
+
 def _run_dir(tmp_path: Path, threshold: float, best: bool) -> Path:
     out = tmp_path / "run"
     out.mkdir()
