@@ -53,6 +53,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "default": (),
     "lr02": ("--lr", "0.2"),
     "lr005": ("--lr", "0.05"),
+    "lr002": ("--lr", "0.02"),
     "b128-lr02": ("--batch-size", "128", "--lr", "0.2"),
     "b256-lr04": ("--batch-size", "256", "--lr", "0.4"),
     "ep4": ("--local-epochs", "4"),
