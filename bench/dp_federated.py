@@ -59,6 +59,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "ep4": ("--local-epochs", "4"),
     "ep1": ("--local-epochs", "1"),
     "w32": ("--width", "32"),
+    "w8": ("--width", "8"),       # fewer parameters: less noise per step under DP-SGD
     "warm": ("--warmup-fraction", "0.1"),
     "clip05-lr02": ("--max-grad-norm", "0.5", "--lr", "0.2"),
     # augmentation multiplicity K = 1 (one augmented copy per record and step): whether plain

@@ -9,11 +9,23 @@ rule's threshold is then scored by the balanced accuracy it gives on the exact v
 
 * ``argmax``: threshold 0.5; ``exact50``: Youden on exact 50-bin histograms (no DP);
 * ``noised50`` / ``noised10``: sites release 50 / 10 noised bins;
-* ``coarsened50to10``: sites release 50 noised bins, the server sums them into 10.
+* ``coarsened50to10``: sites release 50 noised bins, the server sums them into 10;
+* ``unclamped10``: 10 noised bins, the cumulative counts read without clamping each cell at 0
+  first (clamping adds a positive bias to every empty bin);
+* ``gated10_z<Z>``: Youden on 10 noised bins when both noised class totals are at least Z times
+  their noise's standard deviation (sigma x sqrt(sites x bins)), else the argmax (the
+  logit-adjusted loss of ``--dp sample`` already targets balanced accuracy at 0.5);
+* ``gatedp10_z<Z>``: as gated10, the smaller class's total estimated with less noise: the
+  training share of that class (``prior``) times the histograms' noised grand total;
+* ``gatedprior10_z<Z>``: as gated10, with the ``prior`` threshold instead of the argmax when
+  the histograms are mostly noise;
+* ``prior``: P(label 1) >= the training share of label 1 (the exact share: its noise is small).
 
-    .venv/bin/python -m bench.noised_threshold RUN_DIR [RUN_DIR ...] [--draws 400] [--val-cases N]
+    .venv/bin/python -m bench.noised_threshold RUN_DIR [RUN_DIR ...] [--draws 400]
+        [--val-cases N] [--tag NAME]
 
-Writes bench/results/noised_threshold.json (``_val<N>.json`` with --val-cases) and prints
+Writes bench/results/noised_threshold.json (``_<tag>`` and ``_val<N>`` with --tag and
+--val-cases) and prints
 one summary line (the mean balanced accuracy of each rule over the runs). Tuning evidence for
 `common.operating_point.NOISED_HIST_BINS`; it reads val splits only.
 """
@@ -38,7 +50,10 @@ from common.operating_point import choose_threshold, coarsened, score_histograms
 from common.training.prediction import predict_proba
 
 RESULTS = Path(__file__).resolve().parent / "results" / "noised_threshold.json"
-RULES = ("argmax", "exact50", "noised50", "noised10", "coarsened50to10")
+GATES = (0.5, 1.0, 1.5, 2.0)
+RULES = ("argmax", "exact50", "noised50", "noised10", "coarsened50to10", "unclamped10",
+         *(f"gated10_z{z:g}" for z in GATES), *(f"gatedp10_z{z:g}" for z in GATES),
+         *(f"gatedprior10_z{z:g}" for z in GATES), "prior")
 
 
 def val_scores(run: Path, model_file: str = "final_model.pt"
@@ -60,6 +75,11 @@ def val_scores(run: Path, model_file: str = "final_model.pt"
     return probs, np.asarray(data.val.labels).reshape(-1), cfg
 
 
+def train_share(cfg: RunConfig) -> float:
+    """The share of label 1 in the run's dataset's train split."""
+    return float(np.mean(np.asarray(load_dataset(cfg).train.labels).reshape(-1) == 1))
+
+
 def balanced_accuracy(p1: np.ndarray, labels: np.ndarray, threshold: float) -> float:
     called = p1 >= threshold
     return 0.5 * (called[labels == 1].mean() + (~called[labels == 0]).mean())
@@ -70,8 +90,30 @@ def youden_threshold(hist: np.ndarray) -> float:
     return 0.5 if point is None else point.threshold
 
 
+def unclamped_threshold(hist: np.ndarray) -> float:
+    """Youden's threshold from the raw cumulative counts, the shares clamped to [0, 1]."""
+    totals = hist.sum(axis=1)
+    if (totals <= 0).any():
+        return 0.5
+    above = np.concatenate([np.cumsum(hist[:, ::-1], axis=1)[:, ::-1], np.zeros((2, 1))], axis=1)
+    share = np.clip(above / totals[:, None], 0.0, 1.0)
+    j = share[1] - share[0]
+    best = np.flatnonzero(np.round(j, 12) == np.round(j.max(), 12))
+    k = best[np.argmin(np.abs(best / hist.shape[1] - 0.5))]
+    return float(k / hist.shape[1])
+
+
+def gated_threshold(hist: np.ndarray, total_sd: float, z: float, share: float = 0.0,
+                    fallback: float = 0.5) -> float:
+    """Youden on ``hist`` when the smaller class total is >= z x ``total_sd``, else
+    ``fallback``; with ``share`` (the smaller class's training share) that total is share x the
+    grand total."""
+    smaller = share * hist.sum() if share else hist.sum(axis=1).min()
+    return youden_threshold(hist) if smaller >= z * total_sd else fallback
+
+
 def score_rules(probs: np.ndarray, labels: np.ndarray, sites: int, sigma: float, draws: int,
-                seed: int = 0) -> dict[str, list[float]]:
+                seed: int = 0, prior: float = 0.5) -> dict[str, list[float]]:
     """Each rule's val balanced accuracy, one value per noise draw (one for the exact rules)."""
     rng = np.random.default_rng(seed)
     p1 = probs[:, 1]
@@ -85,11 +127,25 @@ def score_rules(probs: np.ndarray, labels: np.ndarray, sites: int, sigma: float,
            "exact50": [balanced_accuracy(p1, labels, youden_threshold(fine))]}
     out["noised50"] = [balanced_accuracy(p1, labels, youden_threshold(noised(fine)))
                        for _ in range(draws)]
-    out["noised10"] = [balanced_accuracy(p1, labels, youden_threshold(noised(coarse)))
-                       for _ in range(draws)]
+    draws10 = [noised(coarse) for _ in range(draws)]          # one set for every 10-bin rule
+    out["noised10"] = [balanced_accuracy(p1, labels, youden_threshold(h)) for h in draws10]
     out["coarsened50to10"] = [
         balanced_accuracy(p1, labels, youden_threshold(coarsened(noised(fine), 10)))
         for _ in range(draws)]
+    out["unclamped10"] = [balanced_accuracy(p1, labels, unclamped_threshold(h)) for h in draws10]
+    total_sd = scale * np.sqrt(coarse.shape[1])
+    for z in GATES:
+        out[f"gated10_z{z:g}"] = [balanced_accuracy(p1, labels, gated_threshold(h, total_sd, z))
+                                  for h in draws10]
+    for z in GATES:
+        out[f"gatedp10_z{z:g}"] = [
+            balanced_accuracy(p1, labels, gated_threshold(h, total_sd, z, min(prior, 1 - prior)))
+            for h in draws10]
+    for z in GATES:
+        out[f"gatedprior10_z{z:g}"] = [
+            balanced_accuracy(p1, labels, gated_threshold(h, total_sd, z, fallback=prior))
+            for h in draws10]
+    out["prior"] = [balanced_accuracy(p1, labels, prior)]
     return out
 
 
@@ -108,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-cases", type=int, default=0,
                    help="score a random subset of this many val cases (a smaller val split, "
                         "as in the small MedMNIST subsets); 0: all")
+    p.add_argument("--tag", default="",
+                   help="write noised_threshold_<tag>.json (e.g. the dataset's name)")
     args = p.parse_args(argv)
     results = {}
     for run in args.runs:
@@ -115,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         if 0 < args.val_cases < len(labels):
             keep = np.random.default_rng(1).choice(len(labels), args.val_cases, replace=False)
             probs, labels = probs[keep], labels[keep]
-        rules = score_rules(probs, labels, cfg.sites, args.sigma, args.draws)
+        rules = score_rules(probs, labels, cfg.sites, args.sigma, args.draws,
+                            prior=train_share(cfg))
         results[run.name] = {"sites": cfg.sites, "val": int(len(labels)),
                              **{rule: summary(v) for rule, v in rules.items()}}
-    out = RESULTS.with_name(f"noised_threshold_val{args.val_cases}.json") if args.val_cases \
-        else RESULTS
+    suffix = "".join(f"_{part}" for part in (args.tag, args.val_cases and f"val{args.val_cases}")
+                     if part)
+    out = RESULTS.with_name(f"noised_threshold{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"sigma": args.sigma, "draws": args.draws,
                                    "val_cases": args.val_cases,

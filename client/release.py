@@ -60,7 +60,7 @@ from common.privacy.mechanisms import (
 from common.private_files import PRIVATE_FILE, private_dir
 from common.training.prediction import classification_logits, evaluate, predict_proba
 from common.validation_stats import (
-    COUNT_KINDS, VAL_EXAMPLES, VAL_LOSS, counts_metrics, validation_counts,
+    COUNT_KINDS, VAL_EXAMPLES, VAL_LOSS, VAL_NOISE_SD, counts_metrics, validation_counts,
 )
 from common.training.secure_random import CsprngSource
 
@@ -336,4 +336,4 @@ def _noised_metrics(rel: Releases, model: nn.Module, site: LocalSite, cfg: RunCo
     test_part = noisy[:counts.size].reshape(counts.shape)
     val_part = noisy[counts.size:].reshape(val.shape)
     return {**derived_metrics(site.task.kind, test_part),
-            **counts_metrics(site.task.kind, val_part)}
+            **counts_metrics(site.task.kind, val_part), VAL_NOISE_SD: float(sigma)}

@@ -199,6 +199,11 @@ def _validation() -> list[Release]:
     for key, what in counts:
         r.append(Release(EVALUATE, key, "yes", CHARGED, DP, f"{what}; {_VAL}"))
         r.append(Release(EVALUATE, key, "yes", NONE, NO_DP, what))
+    r.append(Release(EVALUATE, "val_noise_sd", "no", PUBLIC, DP,
+                     "the standard deviation of the noise on each noised val count (the site "
+                     "policy's metric_noise_multiplier), sent with them: the server reads a "
+                     "threshold from the noised histograms only when their class totals stand "
+                     "out of that noise"))
     return r
 
 

@@ -13,7 +13,9 @@ each is protected):
   whose P(label 1) falls in bin b of `HIST_BINS` equal bins (exact) or `NOISED_HIST_BINS`
   (noised: `common.operating_point` says why); multi-class/ordinal - ``val_cm_<c>_<d>``, the
   val confusion matrix (true class c, argmax prediction d). One patient is in one split and in
-  one cell: the counts (with the test confusion matrix) have L2 sensitivity 1.
+  one cell: the counts (with the test confusion matrix) have L2 sensitivity 1. A noised release
+  also says how noisy it is: ``val_noise_sd``, the standard deviation of each count's noise (the
+  site policy's public sigma), so that the server can tell counts from noise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from common.operating_point import HIST_BINS, NOISED_HIST_BINS, coarsened, score
 
 VAL_LOSS = "val_loss"
 VAL_EXAMPLES = "val_examples"
+VAL_NOISE_SD = "val_noise_sd"
 COUNT_KINDS = ("binary", "multiclass", "ordinal")
 
 
@@ -97,6 +100,8 @@ class RoundValidation:
     examples: float                 # exact val cases behind ``loss`` (0 without it)
     counts: np.ndarray | None       # summed histograms / confusion matrix; None unless all did
     noised: bool                    # the counts carry DP noise (no loss then)
+    noise_sd: float | None = 0.0    # sd of each summed count's noise; None: a noised site did
+                                    # not say (`VAL_NOISE_SD`)
 
 
 def combine(kind: str, num_classes: int, per_site: Mapping[str, Mapping[str, float]]
@@ -117,7 +122,21 @@ def combine(kind: str, num_classes: int, per_site: Mapping[str, Mapping[str, flo
     total = None if not counts or any(c is None for c in counts) else _summed(counts)
     return RoundValidation(sites=tuple(sorted(sent, key=_site_order)), loss=loss,
                            examples=examples if loss is not None else 0.0, counts=total,
-                           noised=loss is None and total is not None)
+                           noised=loss is None and total is not None,
+                           noise_sd=_noise_sd(sent.values()))
+
+
+def _noise_sd(sent) -> float | None:
+    """The sd of a summed count's noise: the sites' independent noise adds in variance (an exact
+    site, one that sent its val loss, adds none); None when a noised site did not say."""
+    variance = 0.0
+    for m in sent:
+        if VAL_LOSS in m:
+            continue
+        if VAL_NOISE_SD not in m:
+            return None
+        variance += float(m[VAL_NOISE_SD]) ** 2
+    return float(np.sqrt(variance))
 
 
 def _summed(counts: list[np.ndarray]) -> np.ndarray:

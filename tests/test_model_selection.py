@@ -4,6 +4,7 @@ the baselines select on their val splits the same way, under DP with the simulat
 nothing is selected (and the report says so), and no exact validation value leaves a DP site.
 The test splits never choose anything: the tests assert on what is passed where."""
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -29,8 +30,8 @@ from common.partitions.federation import build_federation
 from common.partitions.loader import site_data
 from common.releases import EVALUATE, allowed_metric_keys
 from common.report.operating import operating_section
-from common.validation_stats import (VAL_EXAMPLES, VAL_LOSS, counts_metrics, counts_of,
-                                     hist_key)
+from common.validation_stats import (VAL_EXAMPLES, VAL_LOSS, VAL_NOISE_SD, counts_metrics,
+                                     counts_of, hist_key)
 from fedclinic.cli import main
 from server.model_selection import (BEST_MODEL, NOT_SENT, EarlyStopped, ModelSelection)
 from server.round_log import RoundLog
@@ -223,6 +224,7 @@ def test_a_dp_evaluate_reply_carries_no_exact_validation_value(breast_cfg, task_
     assert metrics["withheld"] == 0.0
     assert set(metrics) <= allowed_metric_keys(EVALUATE, dp=True)
     assert VAL_LOSS not in metrics and VAL_EXAMPLES not in metrics
+    assert metrics[VAL_NOISE_SD] == policy.metric_noise_multiplier       # public: the policy's
     assert struct.pack("<d", exact[VAL_LOSS]) not in wire
     hists = {k: v for k, v in metrics.items() if k.startswith("val_hist_")}
     assert len(hists) == 2 * NOISED_HIST_BINS                    # fewer, fuller bins under noise
@@ -373,20 +375,24 @@ def test_under_dp_without_validation_the_threshold_is_the_sites_noised_class_pri
 
 
 @pytest.mark.parametrize("loss,policy", [("ce", "local"), ("logit_adjusted", "local"),
-                                         ("logit_adjusted", "simulation")])
+                                         ("logit_adjusted", "simulation"),
+                                         ("logit_adjusted", "sigma1")])
 def test_a_dp_simulation_sets_its_operating_point_from_noised_statistics(tmp_path, loss, policy):
     """Under DP the simulation policy releases the validation histograms noised in the last
-    round, and the threshold is Youden's J on them. A policy that keeps them local leaves the
-    sites' noised class prior: the threshold for CE; with the logit-adjusted loss (its prior
-    the same noised counts) the argmax. Every release fits the run's epsilon."""
+    round (sigma 10): on 20 val cases per site they are mostly noise, and the threshold is the
+    sites' noised class prior, as when a policy keeps them local (for CE and the logit-adjusted
+    loss alike). At sigma 1 ("sigma1") they stand out of the noise and Youden's J on them sets
+    it. Every release fits the run's epsilon."""
     path = breast_npz(tmp_path / "breastmnist.npz", sizes=(200, 40, 60))
     argv = ["simulate", "--output-dir", str(tmp_path / "runs"), "--run-name", "dp",
             "--dataset", "medmnist", "--data-path", str(path), "--sites", "2", "--rounds", "1",
             "--local-epochs", "1", "--model", "cnn", "--width", "4", "--batch-size", "16",
             "--dp", "sample", "--target-epsilon", "8", "--baselines", "pooled", "--loss", loss]
-    if policy == "local":
-        (tmp_path / "local.toml").write_text(LOCAL_POLICY.to_toml())
-        argv += ["--site-policy", str(tmp_path / "local.toml")]
+    if policy in ("local", "sigma1"):
+        chosen = LOCAL_POLICY if policy == "local" else dataclasses.replace(
+            LOCAL_POLICY, test_metrics="noised", metric_noise_multiplier=1.0)
+        (tmp_path / "policy.toml").write_text(chosen.to_toml())
+        argv += ["--site-policy", str(tmp_path / "policy.toml")]
     assert main(argv) == 0
     run = tmp_path / "runs" / "dp"
     summary = json.loads((run / rundir.SUMMARY).read_text())
@@ -398,15 +404,49 @@ def test_a_dp_simulation_sets_its_operating_point_from_noised_statistics(tmp_pat
         assert abs(site["train"]["num-examples"] - sum(
             site["train"][f"train_class_count_{c}"] for c in (0, 1))) <= 1.0
     point = summary["selection"]["operating_point"]
-    if policy == "simulation":
-        assert point["kind"] == "threshold" and "Youden's J" in point["rule"]
-        assert "noised" in point["rule"] and summary["selection"]["criterion"] == "val_auc"
-    elif loss == "ce":
+    assert point["kind"] == "threshold"
+    if policy == "sigma1":
+        assert "Youden's J" in point["rule"] and "noised" in point["rule"]
+        assert summary["selection"]["criterion"] == "val_auc"
+    else:
         total = np.sum(counts, axis=0)
-        assert point["kind"] == "threshold"
         assert point["threshold"] == pytest.approx((total[1] + 1) / (total.sum() + 2))
         assert "noised counts of 2 site(s)" in point["rule"]
-    else:
-        assert point["kind"] == "argmax" and "already logit-adjusted" in point["skipped"]
+        assert ("mostly noise" in point["rule"]) == (policy == "simulation")
     assert summary["privacy"]["max_epsilon"] <= 8.0 + 1e-6       # every release included
     assert summary["pooled"]["privacy"]["epsilon"] <= 8.0 + 1e-6   # its prior release too
+
+
+def _noised_site(hist: np.ndarray, sd: float, prior: tuple[float, float]) -> dict:
+    return {"train": {"train_class_count_0": prior[0], "train_class_count_1": prior[1]},
+            "test": {"withheld": 0.0, **counts_metrics("binary", hist), VAL_NOISE_SD: sd}}
+
+
+@pytest.mark.parametrize("prior_adjusted", [False, True])
+def test_noised_histograms_that_are_mostly_noise_leave_the_threshold_to_the_class_prior(
+        prior_adjusted):
+    """Two sites, each with 40 val cases of label 0 (bin 3) and 10 of label 1 (bin 6): the
+    smaller class totals 20. At a per-site sigma that puts 20 at half of MIN_HISTOGRAM_SIGNAL
+    sds of its noise (sigma sqrt(2 x 10) on a total), the histograms are not read: the threshold
+    is the sites' noised training prior, (2 x 99 + 1) / (2 x 399 + 2), for a logit-adjusted
+    model too, and a target sensitivity is said to be unused. With a sigma 10 times smaller
+    the same counts set the threshold (the target's)."""
+    from common.operating_point import MIN_HISTOGRAM_SIGNAL, positive_class
+
+    h = np.zeros((2, NOISED_HIST_BINS))
+    h[0, 3], h[1, 6] = 40.0, 10.0
+    weak = 20.0 / (0.5 * MIN_HISTOGRAM_SIGNAL * np.sqrt(2 * NOISED_HIST_BINS))
+    for sd, reads in ((weak, False), (weak / 10, True)):
+        selection = ModelSelection(BINARY, positive=positive_class(BINARY),
+                                   prior_adjusted=prior_adjusted, target_sensitivity=0.9)
+        assert selection.observe(1, {s: _noised_site(h, sd, (300.0, 99.0)) for s in "01"})
+        point = selection.outcome(1).operating_point
+        assert point.kind == THRESHOLD
+        if reads:
+            assert "sensitivity >= 0.9" in point.rule and 0.4 <= point.threshold <= 0.6
+        else:
+            assert point.threshold == pytest.approx(199 / 800)
+            assert "mostly noise" in point.rule
+            assert f"{0.5 * MIN_HISTOGRAM_SIGNAL:.2f} sd of its noise" in point.rule
+            assert "noised counts of 2 site(s)" in point.rule
+            assert "--target-sensitivity 0.9 not applied" in point.rule

@@ -202,8 +202,13 @@ def test_the_prior_point_is_the_post_hoc_logit_adjustment_of_the_training_counts
     multi = prior_point(task, np.array([9.0, 29.0, -5.0]), positive=None, source="test")
     assert multi.kind == LOGIT_ADJUSTMENT
     assert np.exp(multi.log_prior) == pytest.approx([10 / 41, 30 / 41, 1 / 41])  # clamped at 0
-    assert prior_point(BINARY, np.array([99.0, 299.0]), positive=None, source="t",
+    # a logit-adjusted model: multi-class keeps the argmax; binary gets the threshold even so
+    # (the counts exist only under DP, whose clipping undoes much of the adjustment)
+    assert prior_point(task, np.array([9.0, 29.0, 5.0]), positive=None, source="t",
                        prior_adjusted=True).kind == "argmax"
+    adjusted = prior_point(BINARY, np.array([99.0, 299.0]), positive=None, source="t",
+                           prior_adjusted=True)
+    assert adjusted.kind == THRESHOLD and adjusted.threshold == pytest.approx(0.75)
 
 
 def test_a_noised_release_has_fewer_bins_and_adds_up_with_exact_sites_at_the_coarsest():
@@ -227,3 +232,25 @@ def test_a_noised_release_has_fewer_bins_and_adds_up_with_exact_sites_at_the_coa
     assert (point.threshold * NOISED_HIST_BINS) == pytest.approx(round(point.threshold * 10))
     with pytest.raises(ValueError, match="7 equal bins"):
         coarsened(fine, 7)
+
+
+def test_the_noise_of_summed_counts_adds_in_variance_and_the_signal_is_in_its_sds():
+    """Two noised sites (sigma 3 and 4) and an exact one: each summed count carries noise of sd
+    sqrt(9 + 16) = 5; over 10 bins a class total carries 5 sqrt(10). The smaller class (label 1,
+    total 31.6...) is then 2 sds of its noise; exact counts are all signal."""
+    from common.operating_point import histogram_signal
+    from common.validation_stats import VAL_NOISE_SD
+
+    h = np.zeros((2, NOISED_HIST_BINS))
+    h[0, 2], h[1, 7] = 100.0, 10 * np.sqrt(10)
+    exact = {**counts_metrics("binary", np.zeros((2, HIST_BINS))), "val_loss": 0.3,
+             "val_examples": 0.0}
+    noised = {**counts_metrics("binary", h / 2), VAL_NOISE_SD: 3.0}
+    other = {**counts_metrics("binary", h / 2), VAL_NOISE_SD: 4.0}
+    both = combine("binary", 2, {"0": exact, "1": noised, "2": other})
+    assert both.noised and both.loss is None                  # a mixed federation
+    assert both.noise_sd == pytest.approx(5.0)
+    assert histogram_signal(both.counts, both.noise_sd) == pytest.approx(2.0)
+    assert histogram_signal(h, 0.0) == math.inf
+    assert combine("binary", 2, {"1": counts_metrics("binary", h)}).noise_sd is None  # unsaid
+    assert combine("binary", 2, {"0": exact}).noise_sd == 0.0
