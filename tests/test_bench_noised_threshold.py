@@ -27,3 +27,19 @@ def test_noise_of_the_sites_degrades_the_fine_bins_more():
     got = nt.score_rules(probs, labels, sites=5, sigma=10.0, draws=200)
     assert np.mean(got["noised10"]) > np.mean(got["noised50"])
     assert max(max(v) for v in got.values()) <= 1.0
+
+
+def test_the_gated_rule_reads_the_histograms_only_when_they_stand_out_of_the_noise():
+    """At a tiny sigma every gate passes (Youden on 10 bins); at a sigma that buries 400 cases
+    (sd 1e4 per cell) a gate of 1 sd or more fails in most draws (pure noise passes it in
+    P(both N(0, 1) >= z) <= 3% of them): the argmax, or the prior threshold."""
+    probs, labels = _scores()
+    quiet = nt.score_rules(probs, labels, sites=5, sigma=1e-9, draws=2, prior=0.8)
+    for z in nt.GATES:
+        assert quiet[f"gated10_z{z:g}"] == quiet["noised10"]
+        assert quiet[f"gatedprior10_z{z:g}"] == quiet["noised10"]
+    loud = nt.score_rules(probs, labels, sites=5, sigma=1e4, draws=50, prior=0.8)
+    assert loud["prior"] == [pytest.approx(nt.balanced_accuracy(probs[:, 1], labels, 0.8))]
+    for z in (z for z in nt.GATES if z >= 1):
+        assert np.mean(np.array(loud[f"gated10_z{z:g}"]) == loud["argmax"][0]) >= 0.8
+        assert np.mean(np.array(loud[f"gatedprior10_z{z:g}"]) == loud["prior"][0]) >= 0.8
