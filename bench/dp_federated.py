@@ -60,6 +60,9 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "ep1": ("--local-epochs", "1"),
     "w32": ("--width", "32"),
     "w8": ("--width", "8"),       # fewer parameters: less noise per step under DP-SGD
+    # parameter averaging: each site sends the EMA of its round's DP-SGD iterates (free)
+    "ema09": ("--ema-decay", "0.9"),
+    "ema07": ("--ema-decay", "0.7"),
     "warm": ("--warmup-fraction", "0.1"),
     "clip05-lr02": ("--max-grad-norm", "0.5", "--lr", "0.2"),
     # augmentation multiplicity K = 1 (one augmented copy per record and step): whether plain

@@ -188,6 +188,9 @@ class RunConfig:
     delta: float = _opt(0.0, "DP delta; 0 = 1/(10 n) with n the site's training-set size", lo=0.0,
                         hi=0.1)
     max_grad_norm: float = _opt(1.0, "per-sample gradient clipping norm C", lo=1e-6, hi=1e6)
+    ema_decay: float = _opt(0.0, "dp=sample: a site sends the exponential moving average of its "
+                                 "DP-SGD iterates over the round (decay per step; 0 = the last "
+                                 "iterate). Post-processing: no privacy cost", lo=0.0, hi=0.9999)
     accountant: str = _opt("rdp", "privacy accountant (Opacus)", choices=ACCOUNTANTS)
     grad_sample_mode: str = _opt("auto", "Opacus per-sample gradient mode; auto = the fastest "
                                          "correct one for the model", choices=GRAD_SAMPLE_MODES)
@@ -210,6 +213,10 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"baselines={self.baselines!r}: unknown {sorted(unknown)}; "
                               f"allowed: {', '.join(BASELINES)}")
+        if self.ema_decay > 0 and self.dp != "sample":
+            raise ConfigError(f"ema_decay={self.ema_decay:g} averages DP-SGD iterates; it needs "
+                              f"dp='sample' (got dp={self.dp!r}): set --dp sample or drop "
+                              f"--ema-decay")
         if self.dataset == "medmnist" and not self.data_path:
             raise ConfigError("data_path='' but dataset='medmnist' needs a .npz file path or a "
                               "MedMNIST subset name (e.g. pneumoniamnist)")

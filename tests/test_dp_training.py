@@ -323,3 +323,44 @@ def test_bad_arguments_raise_value_error(kwargs, match):
             "steps": None} | kwargs
     with pytest.raises(ValueError, match=match):
         train_local_dp(_cnn(), args.pop("split"), TASK, EXACT, seed=0, **args)
+
+
+def test_ema_decay_returns_the_moving_average_of_the_dp_sgd_iterates(monkeypatch):
+    """The iterates do not depend on the average (same seed, same noise): record them in a run
+    without it, then a run with decay 0.6 must end at w_0 averaged by hand,
+    a_t = 0.6 a_(t-1) + 0.4 w_t from a_0 = the starting weights."""
+    import common.training.dp_local as dp_local
+
+    split, init = _split(24), _cnn()
+    cfg = EXACT.replace(dp="sample", max_grad_norm=1.0, batch_size=6)
+    iterates = []
+    real_step = dp_local._optimiser_step
+
+    def recording(loop, taken):
+        stepped = real_step(loop, taken)
+        if stepped:
+            iterates.append(_params(loop.net._module if hasattr(loop.net, "_module")
+                                    else loop.net))
+        return stepped
+
+    monkeypatch.setattr(dp_local, "_optimiser_step", recording)
+    last = copy.deepcopy(init)
+    train_local_dp(last, split, TASK, cfg, epochs=2, seed=3, noise_multiplier=1.0,
+                   sample_rate=0.25)
+    monkeypatch.setattr(dp_local, "_optimiser_step", real_step)
+    assert len(iterates) == default_steps(2, 0.25) and len(iterates) > 2
+    _assert_same(_params(last), iterates[-1])
+    averaged = copy.deepcopy(init)
+    train_local_dp(averaged, split, TASK, cfg.replace(ema_decay=0.6), epochs=2, seed=3,
+                   noise_multiplier=1.0, sample_rate=0.25)
+    expected = _params(init)
+    for w in iterates:
+        expected = [0.6 * a + 0.4 * b for a, b in zip(expected, w)]
+    _assert_same(_params(averaged), expected, atol=1e-5)
+    assert not all(torch.allclose(a, b) for a, b in zip(_params(averaged), iterates[-1]))
+
+
+def test_ema_decay_needs_dp_sample():
+    with pytest.raises(ConfigError, match="ema_decay=0.9 .* needs dp='sample'"):
+        RunConfig(ema_decay=0.9)
+    assert RunConfig(dp="sample", ema_decay=0.9).ema_decay == 0.9
