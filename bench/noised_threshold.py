@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -56,6 +57,12 @@ RULES = ("argmax", "exact50", "noised50", "noised10", "coarsened50to10", "unclam
          *(f"gatedprior10_z{z:g}" for z in GATES), "prior")
 
 
+@functools.lru_cache(maxsize=1)
+def _dataset(cfg: RunConfig):
+    """The run's dataset, read once for its val scores and its train share."""
+    return load_dataset(cfg)
+
+
 def val_scores(run: Path, model_file: str = "final_model.pt"
                ) -> tuple[np.ndarray, np.ndarray, RunConfig]:
     """(class probabilities, labels) of the run's model (`model_file` in the run directory:
@@ -63,7 +70,7 @@ def val_scores(run: Path, model_file: str = "final_model.pt"
     raw = json.loads((run / "config.json").read_text())
     names = {f.name for f in dataclasses.fields(RunConfig)}
     cfg = RunConfig(**{k: v for k, v in raw.items() if k in names})
-    data = load_dataset(cfg)
+    data = _dataset(cfg)
     if data.task.kind != "binary" or data.val is None:
         raise SystemExit(f"bench.noised_threshold: {run}: a binary task with a val split only")
     model = build_model(cfg.model, spatial_dims=data.task.spatial_dims,
@@ -77,7 +84,7 @@ def val_scores(run: Path, model_file: str = "final_model.pt"
 
 def train_share(cfg: RunConfig) -> float:
     """The share of label 1 in the run's dataset's train split."""
-    return float(np.mean(np.asarray(load_dataset(cfg).train.labels).reshape(-1) == 1))
+    return float(np.mean(np.asarray(_dataset(cfg).train.labels).reshape(-1) == 1))
 
 
 def balanced_accuracy(p1: np.ndarray, labels: np.ndarray, threshold: float) -> float:

@@ -20,7 +20,7 @@ each is protected):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +126,7 @@ def combine(kind: str, num_classes: int, per_site: Mapping[str, Mapping[str, flo
                            noise_sd=_noise_sd(sent.values()))
 
 
-def _noise_sd(sent) -> float | None:
+def _noise_sd(sent: Iterable[Mapping[str, float]]) -> float | None:
     """The sd of a summed count's noise: the sites' independent noise adds in variance (an exact
     site, one that sent its val loss, adds none); None when a noised site did not say."""
     variance = 0.0

@@ -134,38 +134,35 @@ class ModelSelection:
         (`common.operating_point.histogram_signal` below `MIN_HISTOGRAM_SIGNAL`: a few val
         cases per site), from the sites' noised training class prior when they sent it
         (`common.class_prior`)."""
-        if self.best_stats is None:
-            return self._prior_point(NOT_SENT)
         stats = self.best_stats
+        if stats is None:
+            return self._prior_point(NOT_SENT)
         signal = (histogram_signal(stats.counts, stats.noise_sd)
                   if self.task.kind == "binary" and stats.noised and stats.noise_sd else None)
         if signal is not None and signal < MIN_HISTOGRAM_SIGNAL:
             unused = (f"; --target-sensitivity {self.target_sensitivity:g} not applied"
                       if self.target_sensitivity > 0 else "")
-            return self._prior_point(
-                f"the noised val histograms of round {self.best_round} are mostly noise (the "
-                f"smaller class's total is {signal:.2f} sd of its noise, under "
-                f"{MIN_HISTOGRAM_SIGNAL:g}){unused}")
-        source = (f"the validation statistics of {len(self.best_stats.sites)} site(s) at "
-                  f"round {self.best_round}" + (", noised" if self.best_stats.noised else ""))
-        return choose_operating_point(self.task, self.best_stats.counts,
+            why = (f"the noised val histograms of round {self.best_round} are mostly noise (the "
+                   f"smaller class's total is {signal:.2f} sd of its noise, under "
+                   f"{MIN_HISTOGRAM_SIGNAL:g}){unused}")
+            return self._prior_point(why, also=why)
+        source = (f"the validation statistics of {len(stats.sites)} site(s) at "
+                  f"round {self.best_round}" + (", noised" if stats.noised else ""))
+        return choose_operating_point(self.task, stats.counts,
                                       target_sensitivity=self.target_sensitivity,
                                       positive=self.positive, source=source,
                                       prior_adjusted=self.prior_adjusted)
 
-    def _prior_point(self, why: str) -> OperatingPoint:
-        """The operating point from the sites' noised training class prior (``why`` there is no
-        other), or the argmax without one."""
+    def _prior_point(self, why: str, also: str = "") -> OperatingPoint:
+        """The operating point from the sites' noised training class prior, its rule followed by
+        ``also``; without that prior the argmax, ``why`` saying why there is nothing better."""
         counts = self.prior.counts()
         if counts is None or self.task.kind not in COUNT_KINDS:
             return argmax_point(why, self.positive)
         point = prior_point(self.task, counts, positive=self.positive,
                             source=f"noised counts of {len(self.prior.sites)} site(s)",
                             prior_adjusted=self.prior_adjusted)
-        if why == NOT_SENT:
-            return point
-        return replace(point, rule=f"{point.rule}; {why}",
-                       skipped=f"{point.skipped}; {why}" if point.skipped else "")
+        return replace(point, rule=f"{point.rule}; {also}") if also else point
 
     def outcome(self, last_round: int, stopped: str = "") -> Selection:
         """What the report says: the chosen round (or why none), the operating point."""
