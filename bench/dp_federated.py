@@ -63,6 +63,9 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     # parameter averaging: each site sends the EMA of its round's DP-SGD iterates (free)
     "ema09": ("--ema-decay", "0.9"),
     "ema07": ("--ema-decay", "0.7"),
+    # class-balanced clipping: each record's clipped gradient weighted (p_min / p_class) ** tau
+    "bal1": ("--dp-class-balance", "1.0"),
+    "bal05": ("--dp-class-balance", "0.5"),
     "warm": ("--warmup-fraction", "0.1"),
     "clip05-lr02": ("--max-grad-norm", "0.5", "--lr", "0.2"),
     # augmentation multiplicity K = 1 (one augmented copy per record and step): whether plain

@@ -191,6 +191,11 @@ class RunConfig:
     ema_decay: float = _opt(0.0, "dp=sample: a site sends the exponential moving average of its "
                                  "DP-SGD iterates over the round (decay per step; 0 = the last "
                                  "iterate). Post-processing: no privacy cost", lo=0.0, hi=0.9999)
+    dp_class_balance: float = _opt(0.0, "dp=sample, classification: after clipping, each "
+                                        "record's gradient is weighted by (p_min / p_class) ** "
+                                        "this, p from the site's noised class counts (weights "
+                                        "<= 1: the sensitivity stays max_grad_norm); 1 = the "
+                                        "classes count equally, 0 = off", lo=0.0, hi=1.0)
     accountant: str = _opt("rdp", "privacy accountant (Opacus)", choices=ACCOUNTANTS)
     grad_sample_mode: str = _opt("auto", "Opacus per-sample gradient mode; auto = the fastest "
                                          "correct one for the model", choices=GRAD_SAMPLE_MODES)
@@ -217,6 +222,10 @@ class RunConfig:
             raise ConfigError(f"ema_decay={self.ema_decay:g} averages DP-SGD iterates; it needs "
                               f"dp='sample' (got dp={self.dp!r}): set --dp sample or drop "
                               f"--ema-decay")
+        if self.dp_class_balance > 0 and self.dp != "sample":
+            raise ConfigError(f"dp_class_balance={self.dp_class_balance:g} weights DP-SGD's "
+                              f"clipped gradients; it needs dp='sample' (got dp={self.dp!r}): "
+                              f"set --dp sample or drop --dp-class-balance")
         if self.dataset == "medmnist" and not self.data_path:
             raise ConfigError("data_path='' but dataset='medmnist' needs a .npz file path or a "
                               "MedMNIST subset name (e.g. pneumoniamnist)")

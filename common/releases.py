@@ -87,7 +87,9 @@ def _train() -> list[Release]:
         Release(TRAIN, "arrays (the model weights)", "yes", DP_SGD, DP,
                 "Opacus DP-SGD with the site's plan (clipped per-sample gradients + Gaussian "
                 "noise, Poisson sampling); with --ema-decay, the moving average of the round's "
-                "DP-SGD iterates (post-processing of them); DP models hold no data-dependent "
+                "DP-SGD iterates (post-processing of them); with --dp-class-balance, each "
+                "record's clipped gradient weighted (<= 1) by its class from the noised class "
+                "counts (same sensitivity); DP models hold no data-dependent "
                 "buffers (BatchNorm is refused)", metric=False),
         Release(TRAIN, "arrays (the model weights)", "yes", NONE, NO_DP,
                 "dp='off': exact; dp='client': clipped and noised by the coordinator after "

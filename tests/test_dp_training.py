@@ -364,3 +364,68 @@ def test_ema_decay_needs_dp_sample():
     with pytest.raises(ConfigError, match="ema_decay=0.9 .* needs dp='sample'"):
         RunConfig(ema_decay=0.9)
     assert RunConfig(dp="sample", ema_decay=0.9).ema_decay == 0.9
+
+
+def _clipped_loop_gradients(model: nn.Module, split: Split, clip: float) -> list[list[torch.Tensor]]:
+    """Each record's CE gradient clipped to norm ``clip``, by a plain loop (no Opacus)."""
+    rows = []
+    for i in range(len(split)):
+        model.zero_grad()
+        F.cross_entropy(model(torch.from_numpy(split.images[i:i + 1])),
+                        torch.from_numpy(split.labels[i:i + 1])).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        rows.append([g * min(1.0, clip / (float(norm) + 1e-6)) for g in grads])
+    model.zero_grad(set_to_none=True)
+    return rows
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_dp_class_balance_weights_each_clipped_gradient_by_its_class(tau):
+    """One DP-SGD step at sigma 0, q 1: the update is lr / n times the sum of
+    w_y * clip(g_i), with w = (p_min / p_y) ** tau from the noised counts (clamped at 0, plus
+    one), computed by hand."""
+    split, model = _split(), _cnn()
+    counts = np.array([7.6, 2.2, -1.0])                  # noised: can be negative
+    shares = np.array([8.6, 3.2, 1.0])
+    weights = (1.0 / shares) ** tau                      # p_min / p_c; class 2 is the rarest
+    clip, cfg = 0.05, EXACT.replace(dp="sample", dp_class_balance=tau)
+    rows = _clipped_loop_gradients(copy.deepcopy(model), split, clip)
+    expected = [p.detach() - cfg.lr / len(split) * sum(weights[y] * r[j]
+                                                       for y, r in zip(split.labels, rows))
+                for j, p in enumerate(model.parameters())]
+    train_local_dp(model, split, TASK, cfg.replace(max_grad_norm=clip), epochs=1, seed=0,
+                   noise_multiplier=0.0, sample_rate=1.0, steps=1, prior_counts=counts)
+    _assert_same(_params(model), [e.float() for e in expected], atol=1e-6)
+
+
+def test_dp_class_balance_keeps_every_contribution_within_the_clip():
+    from common.training.balanced_clipping import weight_clipped_grad_samples
+    a, b = nn.Parameter(torch.zeros(2, 3)), nn.Parameter(torch.zeros(3))
+    a.grad_sample = torch.tensor([[[3.0, 0, 0], [0, 0, 0]], [[0.1, 0, 0], [0, 0, 0]]])
+    b.grad_sample = torch.tensor([[0.0, 4.0, 0], [0.0, 0.0, 0.0]])
+    original = a.grad_sample
+    weight_clipped_grad_samples([a, b], torch.tensor([0.5, 1.0]), max_grad_norm=1.0)
+    # record 0 has norm 5: clipped to 1, then halved; record 1 (norm 0.1) is kept whole
+    torch.testing.assert_close(a.grad_sample[0, 0, 0], torch.tensor(0.5 * 3 / 5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(b.grad_sample[0, 1], torch.tensor(0.5 * 4 / 5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.grad_sample[1, 0, 0], torch.tensor(0.1), atol=1e-6, rtol=0)
+    assert original[0, 0, 0] == 3.0                      # out of place: Opacus' tensor untouched
+
+
+def test_dp_class_balance_needs_dp_sample_counts_and_one_class_per_record():
+    from common.training.balanced_clipping import class_balance_weights
+    with pytest.raises(ConfigError, match="dp_class_balance=1 .* needs dp='sample'"):
+        RunConfig(dp_class_balance=1.0)
+    cfg = EXACT.replace(dp="sample", dp_class_balance=1.0)
+    with pytest.raises(ConfigError, match="needs the site's noised class counts"):
+        train_local_dp(_cnn(), _split(), TASK, cfg, epochs=1, seed=0, noise_multiplier=1.0,
+                       sample_rate=0.5)
+    multilabel = TaskInfo(kind="multilabel", num_classes=3, spatial_dims=2, channels=1, size=8)
+    labels = np.eye(3, dtype=np.float32)[np.arange(12) % 3]
+    with pytest.raises(ConfigError, match="a multilabel task has none"):
+        train_local_dp(_cnn(), Split(_split().images, labels), multilabel,
+                       cfg.replace(loss="ce"), epochs=1, seed=0, noise_multiplier=1.0,
+                       sample_rate=0.5, prior_counts=np.array([4.0, 4.0, 4.0]))
+    torch.testing.assert_close(class_balance_weights(np.array([99.0, 9.0]), 0.5),
+                               torch.tensor([0.1 ** 0.5, 1.0]))

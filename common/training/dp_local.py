@@ -33,7 +33,9 @@ epochs into the call (`common.training.schedule`; public, data-independent); wit
 ``cfg.loss='weighted_ce'`` the class weights come from the site's labels (masks), a
 data-dependent choice outside the DP guarantee. FedProx: the gradient ``mu * (w - w_global)`` of
 the proximal term involves no record, so it is added after clipping and noising
-(post-processing, no privacy cost).
+(post-processing, no privacy cost). ``cfg.dp_class_balance`` weights each record's clipped
+gradient by its class, from the noised class counts (`common.training.balanced_clipping`;
+weights <= 1, same sensitivity).
 
 Segmentation: a record is one image or volume with its mask (3D volumes in slice mode are
 refused: a slice is not a patient); the seg losses are per-record means, and ``cfg.augment``
@@ -63,6 +65,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from common.config import ConfigError, RunConfig
+from common.training.balanced_clipping import class_balance_weights, weight_clipped_grad_samples
 from common.datasets.base import Split, TaskInfo
 from common.training.batches import BatchFn, batch_source, model_device, slice_depth
 from common.training.checks import check_split
@@ -142,6 +145,7 @@ class _DPLoop:
     lr: float                        # named in the error when the loss diverges
     started: float                   # time.perf_counter() when the loop began
     lr_schedule: StepSchedule        # the learning rate of every logical step
+    class_weights: torch.Tensor | None = None   # --dp-class-balance: weight per class, on device
 
 
 def _per_sample_loss(loss_fn: nn.Module) -> LossFn:
@@ -213,6 +217,18 @@ def _loader(schedule: _Schedule) -> DataLoader:
     return poisson_loader(schedule.n, schedule.sample_rate, schedule.steps, schedule.seeds[0])
 
 
+def _class_weights(cfg: RunConfig, task: TaskInfo, prior_counts: np.ndarray | None,
+                   device: torch.device) -> torch.Tensor | None:
+    """``cfg.dp_class_balance``'s weight per class (`common.training.balanced_clipping`), or
+    None when it is off."""
+    if cfg.dp_class_balance == 0:
+        return None
+    if task.kind in ("segmentation", "multilabel"):
+        raise ConfigError(f"dp_class_balance weights each record by its one class; a "
+                          f"{task.kind} task has none: drop --dp-class-balance")
+    return class_balance_weights(prior_counts, cfg.dp_class_balance).to(device)
+
+
 @contextmanager
 def _dp_loop(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig,
              schedule: _Schedule, global_params: list[torch.Tensor] | None,
@@ -226,6 +242,7 @@ def _dp_loop(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig,
     loss_fn = _per_sample_loss(training_loss(cfg, task, split, prior_counts).to(device))
     _, fetch = batch_source(split, task, cfg, device, schedule.seed)   # + augmentation (seg)
     params = [p for p in model.parameters() if p.requires_grad]
+    weights = _class_weights(cfg, task, prior_counts, device)
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), dp_wrapped(
             model, make_optimizer(cfg, params), mode=mode,
@@ -233,7 +250,7 @@ def _dp_loop(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig,
             expected_batch_size=int(schedule.n * schedule.sample_rate), **_noise(schedule, device)
     ) as (net, optimizer):
         yield _DPLoop(schedule, net, optimizer, params, loss_fn, fetch, prox, mode, cfg.lr, started,
-                      step_schedule(cfg, schedule.epochs, schedule.window))
+                      step_schedule(cfg, schedule.epochs, schedule.window), weights)
 
 
 def _backward(loop: _DPLoop, index: np.ndarray, taken: int) -> tuple[float, int]:
@@ -244,6 +261,9 @@ def _backward(loop: _DPLoop, index: np.ndarray, taken: int) -> tuple[float, int]
         raise FloatingPointError(f"train_local_dp: loss became {loss.item()} at "
                                  f"step {taken + 1}; lower lr={loop.lr}")
     loss.backward()
+    if loop.class_weights is not None:
+        weight_clipped_grad_samples(loop.params, loop.class_weights[targets],
+                                    loop.optimizer.max_grad_norm)
     return loss.item() * len(index), len(index)
 
 
