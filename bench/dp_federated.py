@@ -66,6 +66,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     # class-balanced clipping: each record's clipped gradient weighted (p_min / p_class) ** tau
     "bal1": ("--dp-class-balance", "1.0"),
     "bal05": ("--dp-class-balance", "0.5"),
+    # the balanced weights already undo the prior: plain CE, not the logit-adjusted loss too
+    "bal1-ce": ("--dp-class-balance", "1.0", "--loss", "ce"),
     "warm": ("--warmup-fraction", "0.1"),
     "clip05-lr02": ("--max-grad-norm", "0.5", "--lr", "0.2"),
     # augmentation multiplicity K = 1 (one augmented copy per record and step): whether plain
