@@ -74,6 +74,11 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     # augmentation helps under DP-SGD before paying K times the compute for K > 1
     "aug": ("--augment", "hflip,crop"),
     "aug-int": ("--augment", "intensity"),
+    # augmentation multiplicity K = 4: each record's gradient averaged over 4 augmented copies
+    # before clipping (4x the compute of a step, the same privacy)
+    "aug-m4": ("--augment", "hflip,crop", "--aug-multiplicity", "4"),
+    "crop-m4": ("--augment", "crop", "--aug-multiplicity", "4"),
+    "aug-int-m4": ("--augment", "intensity", "--aug-multiplicity", "4"),
     "wd": ("--weight-decay", "5e-4"),
     # FedAdam under DP: Flower's tau (1e-3) makes each coordinate's step about eta whatever the
     # size of its (mostly noise) update; a larger tau moves it towards FedAvg's averaged step

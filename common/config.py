@@ -191,6 +191,11 @@ class RunConfig:
     ema_decay: float = _opt(0.0, "dp=sample: a site sends the exponential moving average of its "
                                  "DP-SGD iterates over the round (decay per step; 0 = the last "
                                  "iterate). Post-processing: no privacy cost", lo=0.0, hi=0.9999)
+    aug_multiplicity: int = _opt(1, "dp=sample with --augment: each record's gradient is the "
+                                    "mean over this many augmented copies of it, taken before "
+                                    "clipping (augmentation multiplicity, De et al. 2022): the "
+                                    "same privacy, this many times the compute of a step; 1 = "
+                                    "one copy", lo=1, hi=64)
     dp_class_balance: float = _opt(0.0, "dp=sample, classification: after clipping, each "
                                         "record's gradient is weighted by (p_min / p_class) ** "
                                         "this, p from the site's noised class counts (weights "
@@ -222,6 +227,11 @@ class RunConfig:
             raise ConfigError(f"ema_decay={self.ema_decay:g} averages DP-SGD iterates; it needs "
                               f"dp='sample' (got dp={self.dp!r}): set --dp sample or drop "
                               f"--ema-decay")
+        if self.aug_multiplicity > 1 and (self.dp != "sample" or not self.augment.strip()):
+            raise ConfigError(f"aug_multiplicity={self.aug_multiplicity} averages the gradients "
+                              f"of a record's augmented copies inside DP-SGD; it needs "
+                              f"dp='sample' and an --augment (got dp={self.dp!r}, "
+                              f"augment={self.augment!r})")
         if self.dp_class_balance > 0 and self.dp != "sample":
             raise ConfigError(f"dp_class_balance={self.dp_class_balance:g} weights DP-SGD's "
                               f"clipped gradients; it needs dp='sample' (got dp={self.dp!r}): "

@@ -89,7 +89,8 @@ def _train() -> list[Release]:
                 "noise, Poisson sampling); with --ema-decay, the moving average of the round's "
                 "DP-SGD iterates (post-processing of them); with --dp-class-balance, each "
                 "record's clipped gradient weighted (<= 1) by its class from the noised class "
-                "counts (same sensitivity); DP models hold no data-dependent "
+                "counts (same sensitivity); with --aug-multiplicity, each record's gradient the mean "
+                "over its augmented copies before clipping (same sensitivity); DP models hold no data-dependent "
                 "buffers (BatchNorm is refused)", metric=False),
         Release(TRAIN, "arrays (the model weights)", "yes", NONE, NO_DP,
                 "dp='off': exact; dp='client': clipped and noised by the coordinator after "

@@ -429,3 +429,50 @@ def test_dp_class_balance_needs_dp_sample_counts_and_one_class_per_record():
                        sample_rate=0.5, prior_counts=np.array([4.0, 4.0, 4.0]))
     torch.testing.assert_close(class_balance_weights(np.array([99.0, 9.0]), 0.5),
                                torch.tensor([0.1 ** 0.5, 1.0]))
+
+
+def test_aug_multiplicity_clips_the_mean_gradient_of_each_records_copies():
+    """One DP-SGD step at sigma 0, q 1, a clip that binds: the update is lr / n times the sum
+    over records of clip(mean of its K copies' gradients), the copies being the rows the
+    seeded augmentation draws for np.repeat(index, K), computed here by a plain loop."""
+    from common.training.batches import batch_source
+    k, clip = 3, 0.05
+    split, model = _split(), _cnn()
+    cfg = EXACT.replace(dp="sample", augment="crop,intensity", aug_multiplicity=k,
+                        max_grad_norm=clip)
+    _, fetch = batch_source(split, TASK, cfg, torch.device("cpu"), 0)
+    images, labels = fetch(np.repeat(np.arange(len(split)), k))
+    assert not torch.equal(images[0], images[1])             # the copies differ
+    probe = copy.deepcopy(model)
+    total = [torch.zeros_like(p) for p in model.parameters()]
+    for i in range(len(split)):
+        probe.zero_grad()
+        F.cross_entropy(probe(images[i * k:(i + 1) * k]), labels[i * k:(i + 1) * k]).backward()
+        mean = [p.grad.clone() for p in probe.parameters()]   # mean over the record's copies
+        norm = float(torch.sqrt(sum((g ** 2).sum() for g in mean)))
+        total = [t + g * min(1.0, clip / (norm + 1e-6)) for t, g in zip(total, mean)]
+    expected = [p.detach() - cfg.lr / len(split) * t for p, t in zip(model.parameters(), total)]
+    train_local_dp(model, split, TASK, cfg, epochs=1, seed=0, noise_multiplier=0.0,
+                   sample_rate=1.0, steps=1)
+    _assert_same(_params(model), expected, atol=1e-6)
+
+
+def test_average_copies_folds_rows_into_records():
+    from common.training.aug_multiplicity import average_copies, repeat_index
+    assert repeat_index(np.array([4, 7]), 3).tolist() == [4, 4, 4, 7, 7, 7]
+    p = nn.Parameter(torch.zeros(2))
+    p.grad_sample = torch.tensor([[1.0, 0], [3.0, 2], [5.0, 4], [0, 6]])
+    average_copies([p], 2)
+    torch.testing.assert_close(p.grad_sample, torch.tensor([[2.0, 1], [2.5, 5]]))
+    p.grad_sample = torch.zeros(5, 2)
+    with pytest.raises(ValueError, match="5 per-sample gradients are not a whole number"):
+        average_copies([p], 2)
+
+
+def test_aug_multiplicity_needs_dp_sample_and_an_augmentation():
+    with pytest.raises(ConfigError, match="aug_multiplicity=4 .* needs dp='sample' and an "
+                                          "--augment"):
+        RunConfig(dp="sample", aug_multiplicity=4)
+    with pytest.raises(ConfigError, match="aug_multiplicity=4"):
+        RunConfig(augment="crop", aug_multiplicity=4)
+    assert RunConfig(dp="sample", augment="crop", aug_multiplicity=4).aug_multiplicity == 4

@@ -43,7 +43,8 @@ def class_balance_weights(counts: np.ndarray | None, tau: float) -> torch.Tensor
     return torch.tensor((c.min() / c) ** tau, dtype=torch.float32)
 
 
-def _flat(p: nn.Parameter) -> torch.Tensor:
+def flat_grad_sample(p: nn.Parameter) -> torch.Tensor:
+    """``p.grad_sample`` as one tensor (Opacus may hold a list, one entry per forward pass)."""
     g = p.grad_sample
     return torch.cat(g, dim=0) if isinstance(g, list) else g
 
@@ -53,7 +54,7 @@ def weight_clipped_grad_samples(params: list[nn.Parameter], record_weights: torc
     """Replace each parameter's per-sample gradients (``p.grad_sample``, one row per record)
     by ``record_weights[i] * clip(g_i, max_grad_norm)``, ``g_i`` the record's gradient over all
     ``params``; out of place (Opacus may hold the original tensors)."""
-    grads = [_flat(p) for p in params]
+    grads = [flat_grad_sample(p) for p in params]
     norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in grads], dim=1).norm(2, dim=1)
     factor = record_weights.to(norms) * (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
     for p, g in zip(params, grads):

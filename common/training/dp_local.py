@@ -35,7 +35,9 @@ data-dependent choice outside the DP guarantee. FedProx: the gradient ``mu * (w 
 the proximal term involves no record, so it is added after clipping and noising
 (post-processing, no privacy cost). ``cfg.dp_class_balance`` weights each record's clipped
 gradient by its class, from the noised class counts (`common.training.balanced_clipping`;
-weights <= 1, same sensitivity).
+weights <= 1, same sensitivity). ``cfg.aug_multiplicity`` K > 1 averages each record's gradient
+over K augmented copies before clipping (`common.training.aug_multiplicity`; same sensitivity,
+K times the compute; physical batches then hold ``MAX_PHYSICAL_BATCH // K`` records).
 
 Segmentation: a record is one image or volume with its mask (3D volumes in slice mode are
 refused: a slice is not a patient); the seg losses are per-record means, and ``cfg.augment``
@@ -65,6 +67,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from common.config import ConfigError, RunConfig
+from common.training.aug_multiplicity import average_copies, repeat_index
 from common.training.balanced_clipping import class_balance_weights, weight_clipped_grad_samples
 from common.datasets.base import Split, TaskInfo
 from common.training.batches import BatchFn, batch_source, model_device, slice_depth
@@ -146,6 +149,7 @@ class _DPLoop:
     started: float                   # time.perf_counter() when the loop began
     lr_schedule: StepSchedule        # the learning rate of every logical step
     class_weights: torch.Tensor | None = None   # --dp-class-balance: weight per class, on device
+    copies: int = 1                  # --aug-multiplicity: augmented copies per record and step
 
 
 def _per_sample_loss(loss_fn: nn.Module) -> LossFn:
@@ -250,17 +254,21 @@ def _dp_loop(model: nn.Module, split: Split, task: TaskInfo, cfg: RunConfig,
             expected_batch_size=int(schedule.n * schedule.sample_rate), **_noise(schedule, device)
     ) as (net, optimizer):
         yield _DPLoop(schedule, net, optimizer, params, loss_fn, fetch, prox, mode, cfg.lr, started,
-                      step_schedule(cfg, schedule.epochs, schedule.window), weights)
+                      step_schedule(cfg, schedule.epochs, schedule.window), weights,
+                      cfg.aug_multiplicity)
 
 
 def _backward(loop: _DPLoop, index: np.ndarray, taken: int) -> tuple[float, int]:
     """Per-sample gradients of one non-empty physical batch; ``(loss sum, records)``."""
-    inputs, targets = loop.fetch(index)
+    inputs, targets = loop.fetch(repeat_index(index, loop.copies))
     loss = loop.loss_fn(loop.net(inputs), targets)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"train_local_dp: loss became {loss.item()} at "
                                  f"step {taken + 1}; lower lr={loop.lr}")
     loss.backward()
+    if loop.copies > 1:
+        average_copies(loop.params, loop.copies)
+        targets = targets[::loop.copies]
     if loop.class_weights is not None:
         weight_clipped_grad_samples(loop.params, loop.class_weights[targets],
                                     loop.optimizer.max_grad_norm)
@@ -317,7 +325,8 @@ def _run_steps(loop: _DPLoop, ema_decay: float = 0.0) -> tuple[int, np.ndarray]:
     taken, sums = 0, np.zeros((2, 2))
     ema = _Ema(loop.params, ema_decay) if ema_decay > 0 else None
     torch.manual_seed(loop.schedule.seed)
-    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=MAX_PHYSICAL_BATCH,
+    physical = max(1, MAX_PHYSICAL_BATCH // loop.copies)   # records; x copies rows each
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
                             optimizer=loop.optimizer) as batches:
         for index in batches:
             if len(index) == 0:
