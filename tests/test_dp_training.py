@@ -366,7 +366,8 @@ def test_ema_decay_needs_dp_sample():
     assert RunConfig(dp="sample", ema_decay=0.9).ema_decay == 0.9
 
 
-def _clipped_loop_gradients(model: nn.Module, split: Split, clip: float) -> list[list[torch.Tensor]]:
+def _clipped_loop_gradients(model: nn.Module, split: Split,
+                            clip: float) -> list[list[torch.Tensor]]:
     """Each record's CE gradient clipped to norm ``clip``, by a plain loop (no Opacus)."""
     rows = []
     for i in range(len(split)):

@@ -55,7 +55,8 @@ def weight_clipped_grad_samples(params: list[nn.Parameter], record_weights: torc
     by ``record_weights[i] * clip(g_i, max_grad_norm)``, ``g_i`` the record's gradient over all
     ``params``; out of place (Opacus may hold the original tensors)."""
     grads = [flat_grad_sample(p) for p in params]
-    norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in grads], dim=1).norm(2, dim=1)
+    per_param = [g.reshape(len(g), -1).norm(2, dim=-1) for g in grads]
+    norms = torch.stack(per_param, dim=1).norm(2, dim=1)
     factor = record_weights.to(norms) * (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
     for p, g in zip(params, grads):
         p.grad_sample = g * factor.to(g).view(-1, *([1] * (g.dim() - 1)))

@@ -67,9 +67,9 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from common.config import ConfigError, RunConfig
+from common.datasets.base import Split, TaskInfo
 from common.training.aug_multiplicity import average_copies, repeat_index
 from common.training.balanced_clipping import class_balance_weights, weight_clipped_grad_samples
-from common.datasets.base import Split, TaskInfo
 from common.training.batches import BatchFn, batch_source, model_device, slice_depth
 from common.training.checks import check_split
 from common.training.dp_model import PROBE_SAMPLES, check_dp_model, pick_grad_sample_mode
