@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError
+from common.training.logit_adjusted import count_offsets
 
 
 def class_balance_weights(counts: np.ndarray | None, tau: float) -> torch.Tensor:
@@ -39,8 +40,8 @@ def class_balance_weights(counts: np.ndarray | None, tau: float) -> torch.Tensor
                           "none were given: drop --dp-class-balance or release the counts")
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"class_balance_weights: tau={tau}; expected 0 <= tau <= 1")
-    c = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None) + 1.0
-    return torch.tensor((c.min() / c) ** tau, dtype=torch.float32)
+    log_p = count_offsets(counts)                    # the logit-adjusted loss's smoothed prior
+    return torch.exp(tau * (log_p.min() - log_p))
 
 
 def flat_grad_sample(p: nn.Parameter) -> torch.Tensor:
