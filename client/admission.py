@@ -3,7 +3,7 @@
 The server's run config is a request; the site's policy (client.policy) decides. In order:
 
 1. the request itself: DP-SGD required (``require_dp``: dp=off and dp=client are refused),
-   allowed models and strategies;
+   allowed models and strategies, the compute it asks (``max_local_passes``, ``max_width``);
 2. the site's own plan: delta = min(policy delta or min(1e-5, 1/(10 n)), the server's if it
    gave one); the clipping norm the policy fixes, else the run's; the server's
    ``target_epsilon`` (refused above ``max_epsilon_per_run``) or its fixed noise multiplier
@@ -17,7 +17,7 @@ The server's run config is a request; the site's policy (client.policy) decides.
    within ``lifetime_epsilon``.
 
 A refusal by the policy raises `PolicyRefused` (rule ``require_dp``, ``allowed_models``,
-``allowed_strategies``, ``max_epsilon_per_run``, ``lifetime_epsilon``); a run that has spent its
+``allowed_strategies``, ``max_local_passes``, ``max_width``, ``max_epsilon_per_run``, ``lifetime_epsilon``); a run that has spent its
 own budget raises `BudgetExhausted` (reply code 4030, as before).
 """
 
@@ -31,7 +31,7 @@ from common.privacy.accounting import epsilon_of_history
 from common.privacy.ledger import BUDGET_RTOL, BudgetExhausted, PrivacyLedger
 from common.privacy.planner import PrivacyPlan, given_delta, given_noise_multiplier, plan
 
-from client.policy import PolicyRefused, SitePolicy
+from client.policy import PolicyRefused, SitePolicy, local_passes
 
 SITE_DELTA_CAP = 1e-5     # the default delta is min(1e-5, 1/(10 n))
 
@@ -62,7 +62,7 @@ class Admitted:
 
 def check_request(cfg: RunConfig, policy: SitePolicy) -> None:
     """The rules that need no data: DP required, a loss the policy's releases allow, allowed
-    models and strategies."""
+    models and strategies, the compute asked (`check_compute`)."""
     if policy.require_dp and cfg.dp != "sample":
         why = ("the run trains without DP" if cfg.dp == "off" else
                "client-level DP noises at the server, which this site does not trust")
@@ -81,6 +81,28 @@ def check_request(cfg: RunConfig, policy: SitePolicy) -> None:
         raise PolicyRefused("allowed_strategies",
                             f"strategy {cfg.strategy!r} is not one this site allows "
                             f"({', '.join(policy.allowed_strategies)})")
+    check_compute(cfg, policy)
+
+
+def check_compute(cfg: RunConfig, policy: SitePolicy) -> None:
+    """The compute one request may ask of this site: passes over its train split per train
+    round (`client.policy.local_passes`; the fine-tuning epochs of ``personalize=finetune``
+    count too, they are passes of their own request) and the model's width."""
+    most = policy.max_local_passes
+    if most is not None:
+        asked = local_passes(cfg.local_epochs, cfg.aug_multiplicity)
+        if asked > most:
+            raise PolicyRefused("max_local_passes",
+                                f"a round asks {asked} passes over the train split "
+                                f"(local_epochs {cfg.local_epochs} x aug_multiplicity "
+                                f"{cfg.aug_multiplicity}); this site allows at most {most}")
+        if cfg.personalize == "finetune" and cfg.finetune_epochs > most:
+            raise PolicyRefused("max_local_passes",
+                                f"personalize=finetune asks {cfg.finetune_epochs} epochs of "
+                                f"fine-tuning; this site allows at most {most} passes")
+    if policy.max_width is not None and cfg.width > policy.max_width:
+        raise PolicyRefused("max_width", f"the run asks width {cfg.width}; this site allows "
+                                         f"at most {policy.max_width}")
 
 
 def site_delta(policy: SitePolicy, cfg: RunConfig, n_train: int) -> float:

@@ -64,6 +64,9 @@ class SitePolicy:
     max_grad_norm: float | None = None      # None: the run's clipping norm; else the site's
     allowed_models: tuple[str, ...] = ()    # empty: any
     allowed_strategies: tuple[str, ...] = ()
+    max_local_passes: int | None = None     # None: any; else the most passes over the site's
+                                            # train split one request may ask (`local_passes`)
+    max_width: int | None = None            # None: any; else the widest model (--width) allowed
     sample_count: str = "noised"            # "noised" (charged, once per run) | "equal" | "exact"
     count_noise_multiplier: float = 10.0    # sigma of the count release (sensitivity 1)
     test_metrics: str = "local"             # "local" (stay here) | "noised" (charged) | "exact"
@@ -160,6 +163,9 @@ class SitePolicy:
             f"  clipping norm:          {clip}",
             f"  models allowed:         {', '.join(self.allowed_models) or 'any'}",
             f"  strategies allowed:     {', '.join(self.allowed_strategies) or 'any'}",
+            f"  passes per request:     {_most(self.max_local_passes)} (local epochs x "
+            f"augmented copies; fine-tuning epochs)",
+            f"  model width:            {_most(self.max_width)}",
             f"  under DP, sample count: {count}",
             f"  under DP, test metrics: {metrics}",
             "  under DP, train loss:   stays at the site",
@@ -171,6 +177,18 @@ class SitePolicy:
                          f"{self.test_metrics_release(False)}, train loss "
                          f"{self.train_loss_release(False)}")
         return "\n".join(lines)
+
+
+def _most(value: int | None) -> str:
+    return "any" if value is None else f"at most {value}"
+
+
+def local_passes(local_epochs: int, aug_multiplicity: int = 1) -> int:
+    """Forward and backward passes over the site's train split that one train round asks:
+    each local epoch, and under ``--aug-multiplicity K`` each of a record's K augmented copies,
+    is one more pass. The compute a coordinator can make a site spend per request grows with
+    it (and with the model's width), whatever the privacy cost: `max_local_passes` caps it."""
+    return local_epochs * aug_multiplicity
 
 
 def _eps(value: float) -> str:
@@ -200,6 +218,10 @@ def _one_of(choices: tuple[str, ...]):
     return lambda v: isinstance(v, str) and v in choices
 
 
+def _count_or_none(v: Any) -> bool:
+    return v is None or type(v) is int and v >= 1
+
+
 def _names_in(choices: tuple[str, ...]):
     return lambda v: isinstance(v, tuple) and all(isinstance(x, str) and x in choices for x in v)
 
@@ -215,6 +237,9 @@ _RULES: dict[str, tuple[str, Any]] = {
     "allowed_models": (f"a list of model names from: {', '.join(MODELS)}", _names_in(MODELS)),
     "allowed_strategies": (f"a list of strategy names from: {', '.join(STRATEGIES)}",
                            _names_in(STRATEGIES)),
+    "max_local_passes": ("an integer >= 1 (leave it out for any)", _count_or_none),
+    "max_width": ("an integer >= 4 (leave it out for any)",
+                  lambda v: v is None or type(v) is int and v >= 4),
     "sample_count": (f"one of {', '.join(SAMPLE_COUNTS)}", _one_of(SAMPLE_COUNTS)),
     "count_noise_multiplier": (f"a finite number > 0 and <= {MAX_SIGMA:g}", _positive(MAX_SIGMA)),
     "test_metrics": (f"one of {', '.join(TEST_METRICS)}", _one_of(TEST_METRICS)),

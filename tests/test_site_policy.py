@@ -102,6 +102,9 @@ def _refusal(reply: Message) -> tuple[int, str]:
     ("test_metrics = \"exact\"\n", r'test_metrics = "exact" with require_dp = true: an exact '
                                    r'value never leaves a DP run; use "local" or "noised"'),
     ("require_dp = true\nrequire_dp = false\n", r"not valid TOML"),
+    ("max_local_passes = 0\n", r"max_local_passes = 0: expected an integer >= 1 \(leave it "
+                               r"out for any\)"),
+    ("max_width = 2.5\n", r"max_width = 2.5: expected an integer >= 4"),
 ])
 def test_a_policy_file_mistake_names_the_file_the_key_and_what_is_expected(tmp_path, text,
                                                                           expected):
@@ -223,6 +226,42 @@ def test_admission_refuses_what_the_policy_does_not_allow():
         assert str(refused.value).startswith(f"policy-refused: {rule}: ")
 
 
+def test_admission_caps_the_compute_a_request_asks():
+    """Passes over the train split per request (local epochs x augmented copies; fine-tuning
+    epochs) and the model's width, at and one past each limit."""
+    policy = SitePolicy(max_local_passes=8, max_width=8)
+    cfg = RunConfig(dp="sample", target_epsilon=4.0, **TINY)
+    fits = [cfg.replace(local_epochs=8), cfg.replace(width=8),
+            cfg.replace(local_epochs=2, augment="hflip", aug_multiplicity=4),
+            cfg.replace(personalize="finetune", finetune_epochs=8)]
+    for asked in fits:
+        assert admit(asked, policy, 400, _Ledger(), "run-a", 1).plan is not None
+    cases = [(cfg.replace(local_epochs=9), "local_epochs 9 x aug_multiplicity 1"),
+             (cfg.replace(local_epochs=3, augment="hflip", aug_multiplicity=3),
+              "asks 9 passes over the train split (local_epochs 3 x aug_multiplicity 3); this "
+              "site allows at most 8"),
+             (cfg.replace(personalize="finetune", finetune_epochs=9), "9 epochs of fine-tuning"),
+             (cfg.replace(width=16), "the run asks width 16; this site allows at most 8")]
+    for asked, why in cases:
+        with pytest.raises(PolicyRefused, match=r"^policy-refused: max_") as refused:
+            admit(asked, policy, 400, _Ledger(), "run-a", 1)
+        assert why in str(refused.value)
+        assert refused.value.rule == ("max_width" if "width" in why else "max_local_passes")
+    unlimited = SitePolicy()
+    assert admit(cfg.replace(local_epochs=1000, width=512), unlimited, 400, _Ledger(), "run-a",
+                 1).plan is not None
+
+
+def test_a_compute_cap_leaves_the_default_policys_digest_and_shows_in_the_policy():
+    capped = policy_from_text("max_local_passes = 16\nmax_width = 64\n", "capped.toml")
+    assert (capped.max_local_passes, capped.max_width) == (16, 64)
+    assert policy_from_text(capped.to_toml(), "again").digest() == capped.digest()
+    assert capped.digest() != DEFAULT_POLICY.digest()
+    assert "max_local_passes" not in DEFAULT_POLICY.to_toml()      # unset keys: no line
+    assert "passes per request:     at most 16" in capped.render()
+    assert "model width:            any" in DEFAULT_POLICY.render()
+
+
 # ------------------------------------------------------------------- the train task, deployed
 
 def test_the_default_policy_refuses_a_run_without_dp_with_a_4033_reply(site):
@@ -231,6 +270,15 @@ def test_the_default_policy_refuses_a_run_without_dp_with_a_4033_reply(site):
     assert code == ReplyCode.POLICY_REFUSED == 4033
     assert reason.startswith("policy-refused: require_dp: ") and "dp=off" in reason
     assert site["data-path"] not in reason and "/" not in reason        # no local path leaves
+
+
+def test_a_deployed_site_refuses_more_compute_than_its_policy_allows_before_reading_data(
+        site, tmp_path):
+    capped = _policy_file(tmp_path, "max_local_passes = 2\n")
+    node = {**site, "policy-path": str(capped), "data-path": str(tmp_path / "absent.npz")}
+    code, reason = _refusal(_train(node, RunConfig(dp="sample", **{**TINY, "local_epochs": 3})))
+    assert code == 4033 and reason.startswith("policy-refused: max_local_passes: a round asks 3 "
+                                              "passes")
 
 
 def test_a_broken_policy_file_refuses_without_saying_where_it_is(site, tmp_path):
