@@ -21,8 +21,14 @@ rule's threshold is then scored by the balanced accuracy it gives on the exact v
   the histograms are mostly noise;
 * ``prior``: P(label 1) >= the training share of label 1 (the exact share: its noise is small).
 
+With ``--from-train`` the thresholds are chosen instead from histograms of the final model's
+scores on the TRAIN split (the union of the sites' train splits: about 9x the val cases), exact
+or noised as above, and still scored on the exact val scores (`train_rules`): whether a
+train-split release, which DP-SGD's bound on memorisation keeps close to held-out data, would
+locate a better threshold than the val split's.
+
     .venv/bin/python -m bench.noised_threshold RUN_DIR [RUN_DIR ...] [--draws 400]
-        [--val-cases N] [--tag NAME]
+        [--val-cases N] [--tag NAME] [--from-train]
 
 Writes bench/results/noised_threshold.json (``_<tag>`` and ``_val<N>`` with --tag and
 --val-cases) and prints
@@ -63,10 +69,14 @@ def _dataset(cfg: RunConfig):
     return load_dataset(cfg)
 
 
-def val_scores(run: Path, model_file: str = "final_model.pt"
+TRAIN_RULES = ("prior", "val_exact50", "train_exact10", "train_exact50", "train_noised10",
+               "train_noised50")
+
+
+def val_scores(run: Path, model_file: str = "final_model.pt", split: str = "val"
                ) -> tuple[np.ndarray, np.ndarray, RunConfig]:
     """(class probabilities, labels) of the run's model (`model_file` in the run directory:
-    its final model by default) on its dataset's val split."""
+    its final model by default) on its dataset's ``split`` (val, or train)."""
     raw = json.loads((run / "config.json").read_text())
     names = {f.name for f in dataclasses.fields(RunConfig)}
     cfg = RunConfig(**{k: v for k, v in raw.items() if k in names})
@@ -78,8 +88,9 @@ def val_scores(run: Path, model_file: str = "final_model.pt"
                         norm=cfg.norm, width=cfg.width)
     model.load_state_dict(torch.load(run / model_file, weights_only=False)["state_dict"])
     model.eval()
-    probs = predict_proba(model, data.val.images, data.task)
-    return probs, np.asarray(data.val.labels).reshape(-1), cfg
+    part = data.val if split == "val" else data.train
+    probs = predict_proba(model, part.images, data.task)
+    return probs, np.asarray(part.labels).reshape(-1), cfg
 
 
 def train_share(cfg: RunConfig) -> float:
@@ -156,6 +167,30 @@ def score_rules(probs: np.ndarray, labels: np.ndarray, sites: int, sigma: float,
     return out
 
 
+def train_rules(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                sites: int, sigma: float, draws: int, seed: int = 0, prior: float = 0.5
+                ) -> dict[str, list[float]]:
+    """Val balanced accuracy of thresholds chosen on the train split's score histograms
+    (``train``: its probabilities and labels), exact and with the sites' summed noise, against
+    the prior threshold and Youden on the exact val histograms (``val``)."""
+    rng = np.random.default_rng(seed)
+    (tp, tl), (vp, vl) = train, val
+    scale = sigma * np.sqrt(sites)
+
+    def on_val(threshold: float) -> float:
+        return balanced_accuracy(vp[:, 1], vl, threshold)
+
+    out = {"prior": [on_val(prior)],
+           "val_exact50": [on_val(youden_threshold(score_histograms(vl, vp, 50)))]}
+    for bins in (10, 50):
+        hist = score_histograms(tl, tp, bins)
+        out[f"train_exact{bins}"] = [on_val(youden_threshold(hist))]
+        out[f"train_noised{bins}"] = [
+            on_val(youden_threshold(hist + rng.normal(0.0, scale, hist.shape)))
+            for _ in range(draws)]
+    return out
+
+
 def summary(values: list[float]) -> dict[str, float]:
     v = np.asarray(values)
     return {"mean": float(v.mean()), "p10": float(np.percentile(v, 10)),
@@ -173,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                         "as in the small MedMNIST subsets); 0: all")
     p.add_argument("--tag", default="",
                    help="write noised_threshold_<tag>.json (e.g. the dataset's name)")
+    p.add_argument("--from-train", action="store_true",
+                   help="choose the thresholds on the train split's histograms (`train_rules`)")
     args = p.parse_args(argv)
     results = {}
     for run in args.runs:
@@ -180,19 +217,24 @@ def main(argv: list[str] | None = None) -> int:
         if 0 < args.val_cases < len(labels):
             keep = np.random.default_rng(1).choice(len(labels), args.val_cases, replace=False)
             probs, labels = probs[keep], labels[keep]
-        rules = score_rules(probs, labels, cfg.sites, args.sigma, args.draws,
-                            prior=train_share(cfg))
+        if args.from_train:
+            train = val_scores(run, split="train")[:2]
+            rules = train_rules(train, (probs, labels), cfg.sites, args.sigma, args.draws,
+                                prior=train_share(cfg))
+        else:
+            rules = score_rules(probs, labels, cfg.sites, args.sigma, args.draws,
+                                prior=train_share(cfg))
         results[run.name] = {"sites": cfg.sites, "val": int(len(labels)),
                              **{rule: summary(v) for rule, v in rules.items()}}
-    suffix = "".join(f"_{part}" for part in (args.tag, args.val_cases and f"val{args.val_cases}")
-                     if part)
+    parts = (args.tag, args.val_cases and f"val{args.val_cases}", args.from_train and "train")
+    suffix = "".join(f"_{part}" for part in parts if part)
     out = RESULTS.with_name(f"noised_threshold{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"sigma": args.sigma, "draws": args.draws,
                                    "val_cases": args.val_cases,
                                    "runs": results}, indent=1))
     means = {rule: statistics.fmean(r[rule]["mean"] for r in results.values())
-             for rule in RULES}
+             for rule in (TRAIN_RULES if args.from_train else RULES)}
     print("bench.noised_threshold: mean val balanced accuracy over "
           f"{len(results)} run(s): " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
     return 0

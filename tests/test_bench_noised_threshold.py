@@ -43,3 +43,15 @@ def test_the_gated_rule_reads_the_histograms_only_when_they_stand_out_of_the_noi
     for z in (z for z in nt.GATES if z >= 1):
         assert np.mean(np.array(loud[f"gated10_z{z:g}"]) == loud["argmax"][0]) >= 0.8
         assert np.mean(np.array(loud[f"gatedprior10_z{z:g}"]) == loud["prior"][0]) >= 0.8
+
+
+def test_thresholds_from_the_train_split_are_scored_on_val():
+    """Train scores drawn like the val ones: Youden on exact train histograms lands on val's
+    best cut (~0.7); the prior 0.5 and tiny noise change nothing of that."""
+    train, val = _scores(2000), _scores(400)
+    got = nt.train_rules(train, val, sites=5, sigma=1e-9, draws=2, prior=0.5)
+    assert set(got) == set(nt.TRAIN_RULES) and len(got["train_noised10"]) == 2
+    assert got["prior"] == [pytest.approx(nt.balanced_accuracy(val[0][:, 1], val[1], 0.5))]
+    assert got["train_exact50"][0] == pytest.approx(got["val_exact50"][0], abs=0.02)
+    assert got["train_exact50"][0] > got["prior"][0] + 0.1
+    assert got["train_noised50"] == pytest.approx(got["train_exact50"] * 2)
