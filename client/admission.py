@@ -17,8 +17,9 @@ The server's run config is a request; the site's policy (client.policy) decides.
    within ``lifetime_epsilon``.
 
 A refusal by the policy raises `PolicyRefused` (rule ``require_dp``, ``allowed_models``,
-``allowed_strategies``, ``max_local_passes``, ``max_width``, ``max_epsilon_per_run``, ``lifetime_epsilon``); a run that has spent its
-own budget raises `BudgetExhausted` (reply code 4030, as before).
+``allowed_strategies``, ``max_local_passes``, ``max_width``, ``max_epsilon_per_run``,
+``lifetime_epsilon``); a run that has spent its own budget raises `BudgetExhausted` (reply code
+4030, as before).
 """
 
 from __future__ import annotations
