@@ -218,8 +218,8 @@ def _one_of(choices: tuple[str, ...]):
     return lambda v: isinstance(v, str) and v in choices
 
 
-def _count_or_none(v: Any) -> bool:
-    return v is None or type(v) is int and v >= 1
+def _int_or_none(lo: int):
+    return lambda v: v is None or type(v) is int and v >= lo
 
 
 def _names_in(choices: tuple[str, ...]):
@@ -237,9 +237,8 @@ _RULES: dict[str, tuple[str, Any]] = {
     "allowed_models": (f"a list of model names from: {', '.join(MODELS)}", _names_in(MODELS)),
     "allowed_strategies": (f"a list of strategy names from: {', '.join(STRATEGIES)}",
                            _names_in(STRATEGIES)),
-    "max_local_passes": ("an integer >= 1 (leave it out for any)", _count_or_none),
-    "max_width": ("an integer >= 4 (leave it out for any)",
-                  lambda v: v is None or type(v) is int and v >= 4),
+    "max_local_passes": ("an integer >= 1 (leave it out for any)", _int_or_none(1)),
+    "max_width": ("an integer >= 4 (leave it out for any)", _int_or_none(4)),
     "sample_count": (f"one of {', '.join(SAMPLE_COUNTS)}", _one_of(SAMPLE_COUNTS)),
     "count_noise_multiplier": (f"a finite number > 0 and <= {MAX_SIGMA:g}", _positive(MAX_SIGMA)),
     "test_metrics": (f"one of {', '.join(TEST_METRICS)}", _one_of(TEST_METRICS)),
